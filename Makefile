@@ -1,0 +1,46 @@
+# The README's commands. Every target that needs Python depends on the .venv stamp, so a fresh clone
+# installs itself and a second run skips what is already there.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.fastlt-installed
+DEMO_DIR ?= data/demo
+PYTEST_ARGS ?=
+
+.PHONY: setup system-deps demo test test-fast test-gpu bench lint clean-venv
+
+setup: $(STAMP)
+
+system-deps:
+	@bash tools/setup_system.sh
+
+# Reinstall only when the declared dependencies change.
+$(STAMP): setup.cfg pyproject.toml tools/setup_system.sh
+	@bash tools/setup_system.sh
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip wheel setuptools
+	$(PY) -m pip install -q --progress-bar off -e '.[dev]'
+	$(PY) -c "import ffcv, nvidia.dali, torch, torchvision, accelerate; print('fastlt: environment ready, torch', torch.__version__)"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) tools/demo.py --out $(DEMO_DIR)
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not gpu and not slow" $(PYTEST_ARGS)
+
+test-gpu: $(STAMP)
+	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) tools/benchmark.py --out bench_out
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+clean-venv:
+	rm -rf $(VENV)
