@@ -1,0 +1,162 @@
+"""`<stem>.meta.json`: what a conversion wrote, and the class counts every loss and metric relies on.
+
+The converter writes one beside its outputs; loaders and the trainer read it with `read_meta`, given the
+meta file itself, the `.beton`, or the `.dali` folder. The JSON shape is a contract:
+
+    {"dataset", "split", "stem", "num_classes", "num_samples", "class_counts": [...],
+     "max_resolution", "jpeg_quality", "seed",
+     "formats": {"ffcv": {"file": "<stem>.beton"},
+                 "dali": {"dir": "<stem>.dali", "shards": [names], "samples_per_shard": [...]}},
+     "skipped": [{"path", "line", "error"}]}
+
+plus optional `class_names` and `format_version`. Names in `formats` are relative to the meta file's folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+META_SUFFIX = ".meta.json"
+FORMAT_VERSION = 1
+
+
+class MetaError(ValueError):
+    """A meta file that is missing, unreadable or inconsistent; the message names the file."""
+
+
+@dataclass(frozen=True)
+class DatasetMeta:
+    dataset: str
+    split: str
+    stem: str
+    num_classes: int
+    num_samples: int
+    class_counts: tuple[int, ...]
+    max_resolution: int
+    jpeg_quality: int
+    seed: int
+    formats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    skipped: tuple[dict[str, Any], ...] = ()
+    class_names: tuple[str, ...] | None = None
+    format_version: int = FORMAT_VERSION
+    # Folder the meta file was read from (not serialised): where the names in `formats` live.
+    directory: Path | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        counts = tuple(int(c) for c in self.class_counts)
+        object.__setattr__(self, "class_counts", counts)
+        object.__setattr__(self, "skipped", tuple(dict(s) for s in self.skipped))
+        if self.class_names is not None:
+            object.__setattr__(self, "class_names", tuple(self.class_names))
+        if len(counts) != self.num_classes:
+            raise MetaError(f"class_counts has {len(counts)} entries but num_classes is {self.num_classes}")
+        if sum(counts) != self.num_samples:
+            raise MetaError(f"class_counts sum to {sum(counts)} but num_samples is {self.num_samples}")
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise MetaError(f"class_names has {len(self.class_names)} entries, num_classes is {self.num_classes}")
+
+    # --- paths of what was written (need `directory`, set by read_meta) ---------------------------------
+    def _dir(self) -> Path:
+        if self.directory is None:
+            raise MetaError(f"meta for {self.stem!r} was not read from disk: its output paths are unknown")
+        return self.directory
+
+    @property
+    def beton_path(self) -> Path:
+        if "ffcv" not in self.formats:
+            raise MetaError(f"{self.stem}{META_SUFFIX}: no ffcv output was written (formats: {sorted(self.formats)})")
+        return self._dir() / self.formats["ffcv"]["file"]
+
+    @property
+    def dali_dir(self) -> Path:
+        if "dali" not in self.formats:
+            raise MetaError(f"{self.stem}{META_SUFFIX}: no dali output was written (formats: {sorted(self.formats)})")
+        return self._dir() / self.formats["dali"]["dir"]
+
+    @property
+    def shard_paths(self) -> list[Path]:
+        """The DALI `.tar` shards, in order."""
+        return [self.dali_dir / name for name in self.formats["dali"]["shards"]] if "dali" in self.formats else []
+
+    @property
+    def index_paths(self) -> list[Path]:
+        """The DALI index file beside each shard (`shard-00000.tar` -> `shard-00000.idx`)."""
+        return [p.with_suffix(".idx") for p in self.shard_paths]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("directory")
+        d["class_counts"] = list(self.class_counts)
+        d["skipped"] = list(self.skipped)
+        if self.class_names is None:
+            d.pop("class_names")
+        else:
+            d["class_names"] = list(self.class_names)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, source: str = "<dict>", directory: Path | None = None) -> DatasetMeta:
+        required = ("dataset", "split", "stem", "num_classes", "num_samples", "class_counts",
+                    "max_resolution", "jpeg_quality", "seed")
+        missing = [k for k in required if k not in d]
+        if missing:
+            raise MetaError(f"{source}: missing key(s) {missing}")
+        known = {f for f in cls.__dataclass_fields__ if f != "directory"}
+        kwargs = {k: v for k, v in d.items() if k in known}
+        try:
+            return cls(**kwargs, directory=directory)
+        except MetaError as exc:
+            raise MetaError(f"{source}: {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise MetaError(f"{source}: malformed meta: {exc}") from None
+
+
+def meta_path_for(path: str | os.PathLike) -> Path:
+    """`x.meta.json` for `x.meta.json`, `x.beton`, `x.dali` (folder) or the bare stem `x`."""
+    p = Path(path)
+    name = p.name.rstrip("/")
+    if name.endswith(META_SUFFIX):
+        return p
+    for suffix in (".beton", ".dali"):
+        if name.endswith(suffix):
+            return p.with_name(name[: -len(suffix)] + META_SUFFIX)
+    if p.suffix == ".tar" and p.parent.name.endswith(".dali"):  # a shard inside <stem>.dali/
+        return meta_path_for(p.parent)
+    return p.with_name(name + META_SUFFIX)
+
+
+def read_meta(path: str | os.PathLike) -> DatasetMeta:
+    """Read the meta beside a `.beton`, a `.dali` folder, or the `.meta.json` itself."""
+    mp = meta_path_for(path)
+    if not mp.is_file():
+        raise MetaError(f"no dataset meta file {mp} (looked for it for {Path(path)}); "
+                        "convert the dataset with tools/convert_datasets.py first")
+    try:
+        d = json.loads(mp.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MetaError(f"{mp}: cannot read meta: {exc}") from None
+    if not isinstance(d, dict):
+        raise MetaError(f"{mp}: expected a JSON object, got {type(d).__name__}")
+    return DatasetMeta.from_dict(d, source=str(mp), directory=mp.parent.resolve())
+
+
+def write_meta(meta: DatasetMeta, path: str | os.PathLike) -> Path:
+    """Write `meta` as JSON to `path` (a file name, or a folder: `<folder>/<stem>.meta.json`), atomically."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / f"{meta.stem}{META_SUFFIX}"
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(meta.to_dict(), fh, indent=1)
+            fh.write("\n")
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
