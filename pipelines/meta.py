@@ -9,7 +9,7 @@ meta file itself, the `.beton`, or the `.dali` folder. The JSON shape is a contr
                  "dali": {"dir": "<stem>.dali", "shards": [names], "samples_per_shard": [...]}},
      "skipped": [{"path", "line", "error"}]}
 
-plus optional `class_names` and `format_version`. Names in `formats` are relative to the meta file's folder.
+plus optional `class_names`, `source`, `imb_ratio` and `format_version`; readers ignore keys they do not know. Names in `formats` are relative to the meta file's folder.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ class DatasetMeta:
     formats: dict[str, dict[str, Any]] = field(default_factory=dict)
     skipped: tuple[dict[str, Any], ...] = ()
     class_names: tuple[str, ...] | None = None
+    source: str | None = None  # the split file (or pickles, or folder) that was converted
+    imb_ratio: float | None = None  # CIFAR-LT: the imbalance ratio the training split was cut with
     format_version: int = FORMAT_VERSION
     # Folder the meta file was read from (not serialised): where the names in `formats` live.
     directory: Path | None = field(default=None, compare=False, repr=False)
@@ -58,7 +60,9 @@ class DatasetMeta:
         if sum(counts) != self.num_samples:
             raise MetaError(f"class_counts sum to {sum(counts)} but num_samples is {self.num_samples}")
         if self.class_names is not None and len(self.class_names) != self.num_classes:
-            raise MetaError(f"class_names has {len(self.class_names)} entries, num_classes is {self.num_classes}")
+            raise MetaError(
+                f"class_names has {len(self.class_names)} entries, num_classes is {self.num_classes}"
+            )
 
     # --- paths of what was written (need `directory`, set by read_meta) ---------------------------------
     def _dir(self) -> Path:
@@ -69,19 +73,27 @@ class DatasetMeta:
     @property
     def beton_path(self) -> Path:
         if "ffcv" not in self.formats:
-            raise MetaError(f"{self.stem}{META_SUFFIX}: no ffcv output was written (formats: {sorted(self.formats)})")
+            raise MetaError(
+                f"{self.stem}{META_SUFFIX}: no ffcv output was written (formats: {sorted(self.formats)})"
+            )
         return self._dir() / self.formats["ffcv"]["file"]
 
     @property
     def dali_dir(self) -> Path:
         if "dali" not in self.formats:
-            raise MetaError(f"{self.stem}{META_SUFFIX}: no dali output was written (formats: {sorted(self.formats)})")
+            raise MetaError(
+                f"{self.stem}{META_SUFFIX}: no dali output was written (formats: {sorted(self.formats)})"
+            )
         return self._dir() / self.formats["dali"]["dir"]
 
     @property
     def shard_paths(self) -> list[Path]:
         """The DALI `.tar` shards, in order."""
-        return [self.dali_dir / name for name in self.formats["dali"]["shards"]] if "dali" in self.formats else []
+        return (
+            [self.dali_dir / name for name in self.formats["dali"]["shards"]]
+            if "dali" in self.formats
+            else []
+        )
 
     @property
     def index_paths(self) -> list[Path]:
@@ -100,9 +112,20 @@ class DatasetMeta:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], *, source: str = "<dict>", directory: Path | None = None) -> DatasetMeta:
-        required = ("dataset", "split", "stem", "num_classes", "num_samples", "class_counts",
-                    "max_resolution", "jpeg_quality", "seed")
+    def from_dict(
+        cls, d: dict[str, Any], *, source: str = "<dict>", directory: Path | None = None
+    ) -> DatasetMeta:
+        required = (
+            "dataset",
+            "split",
+            "stem",
+            "num_classes",
+            "num_samples",
+            "class_counts",
+            "max_resolution",
+            "jpeg_quality",
+            "seed",
+        )
         missing = [k for k in required if k not in d]
         if missing:
             raise MetaError(f"{source}: missing key(s) {missing}")
@@ -134,8 +157,10 @@ def read_meta(path: str | os.PathLike) -> DatasetMeta:
     """Read the meta beside a `.beton`, a `.dali` folder, or the `.meta.json` itself."""
     mp = meta_path_for(path)
     if not mp.is_file():
-        raise MetaError(f"no dataset meta file {mp} (looked for it for {Path(path)}); "
-                        "convert the dataset with tools/convert_datasets.py first")
+        raise MetaError(
+            f"no dataset meta file {mp} (looked for it for {Path(path)}); "
+            "convert the dataset with tools/convert_datasets.py first"
+        )
     try:
         d = json.loads(mp.read_text())
     except (OSError, json.JSONDecodeError) as exc:

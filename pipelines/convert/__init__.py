@@ -1,0 +1,18 @@
+"""Offline conversion of long-tailed image datasets into FFCV `.beton` files and DALI WebDataset shards.
+
+    from pipelines.convert import ConvertOptions, SplitRequest, convert
+    summary = convert(SplitRequest("imagenet_lt", root, split_file=...), out_dir, ConvertOptions(workers=8))
+
+The CLI is `tools/convert_datasets.py`; the output files and the meta schema are in `pipelines/meta.py`.
+"""
+
+from .readers import READERS, read_split, register
+from .run import ConversionError, ConvertOptions, convert, convert_samples, summary_line, write_order
+from .samples import SampleList, SplitError, SplitRequest, SplitWarning
+from .staging import OutputExistsError
+
+__all__ = [
+    "READERS", "ConversionError", "ConvertOptions", "OutputExistsError", "SampleList", "SplitError",
+    "SplitRequest", "SplitWarning", "convert", "convert_samples", "read_split", "register", "summary_line",
+    "write_order",
+]  # fmt: skip

@@ -1,0 +1,149 @@
+"""Image decoding and normalising: any input -> correct RGB, longest side <= max resolution, encoded once.
+
+One call per sample produces what both writers need from a single decode:
+- for FFCV, the RGBImageField payload: JPEG at `jpeg_quality` (as FFCV's 'jpg' mode writes it: cv2, RGB->BGR),
+  or raw uint8 pixels for tiny images (FFCV's 'smart' mode idea: no decode cost, no JPEG loss);
+- for DALI, JPEG bytes: the source file itself when nothing has to change (a JPEG, RGB, small enough, no EXIF
+  rotation), otherwise the same JPEG that FFCV gets (tiny images: q >= 95, no chroma subsampling).
+CMYK and grayscale JPEGs, PNG data behind a .JPEG name, palette/alpha images and EXIF orientation all end as
+upright RGB.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+from PIL import Image
+
+FFCV_JPG, FFCV_RAW = 0, 1  # RGBImageField's per-sample `mode` values
+EXIF_ORIENTATION = 0x0112
+# EXIF orientation -> the transpose that makes the image upright (as PIL.ImageOps.exif_transpose does)
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+TINY_JPEG_QUALITY = 95
+
+# cv2 would otherwise spawn its own threads inside every worker process and oversubscribe the cores.
+cv2.setNumThreads(1)
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    max_resolution: int = 512  # longest side; 0 = keep the source size
+    jpeg_quality: int = 90
+    ffcv: bool = True  # produce the FFCV payload
+    dali: bool = True  # produce the DALI JPEG
+    raw_max_pixels: int = 64 * 64  # FFCV stores images of at most this many pixels raw
+
+
+class Encoded(NamedTuple):
+    width: int
+    height: int
+    ffcv_mode: int  # FFCV_JPG or FFCV_RAW (meaningless when no FFCV payload was asked for)
+    ffcv_data: bytes | None
+    dali_jpeg: bytes | None  # None with dali_same_as_ffcv: the FFCV JPEG is the DALI one
+    dali_same_as_ffcv: bool = False
+    passthrough: bool = False  # dali_jpeg is the source file, byte for byte
+
+    def dali_bytes(self) -> bytes | None:
+        return self.ffcv_data if self.dali_same_as_ffcv else self.dali_jpeg
+
+
+def target_size(width: int, height: int, max_resolution: int) -> tuple[int, int]:
+    """FFCV's `resizer` rule: scale the longest side down to max_resolution, never up, sizes floored."""
+    longest = max(width, height)
+    if not max_resolution or longest <= max_resolution:
+        return width, height
+    ratio = max_resolution / longest
+    return max(1, int(ratio * width)), max(1, int(ratio * height))
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int, subsampling_444: bool = False) -> bytes:
+    params = [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)]
+    if subsampling_444:
+        params += [int(cv2.IMWRITE_JPEG_SAMPLING_FACTOR), int(cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444)]
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        value = im.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # a broken EXIF block must not lose the image: treat it as upright
+        return 1
+    return value if value in _TRANSPOSE else 1
+
+
+def encode_array(rgb: np.ndarray, opts: EncodeOptions, source: bytes | None = None) -> Encoded:
+    """Resize an upright HxWx3 uint8 image and encode it for the requested formats."""
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 uint8 image, got {rgb.dtype} {rgb.shape}")
+    h, w = rgb.shape[:2]
+    tw, th = target_size(w, h, opts.max_resolution)
+    if (tw, th) != (w, h):
+        rgb = cv2.resize(rgb, (tw, th), interpolation=cv2.INTER_AREA)
+    rgb = np.ascontiguousarray(rgb)
+    tiny = tw * th <= opts.raw_max_pixels
+    ffcv_mode, ffcv_data, dali, same = FFCV_JPG, None, None, False
+    if opts.ffcv and tiny:
+        ffcv_mode, ffcv_data = FFCV_RAW, rgb.tobytes()
+    elif opts.ffcv:
+        ffcv_data = encode_jpeg(rgb, opts.jpeg_quality)
+        same = opts.dali and source is None
+    if opts.dali and source is not None:
+        dali = source
+    elif opts.dali and not same:
+        q = max(opts.jpeg_quality, TINY_JPEG_QUALITY) if tiny else opts.jpeg_quality
+        dali = encode_jpeg(rgb, q, subsampling_444=tiny)
+    return Encoded(tw, th, ffcv_mode, ffcv_data, dali, same, source is not None and opts.dali)
+
+
+def decode(data: bytes, opts: EncodeOptions) -> tuple[np.ndarray | None, bool]:
+    """(upright RGB pixels, whether the bytes can go to DALI unchanged). Pixels are None when only a
+    pass-through DALI copy is wanted: then the image is still fully entropy-decoded (at 1/8 scale) to
+    prove it is readable."""
+    im = Image.open(io.BytesIO(data))
+    orientation = _orientation(im)
+    w, h = im.size
+    upright = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+    tw, th = target_size(*upright, opts.max_resolution)
+    passthrough = im.format == "JPEG" and im.mode == "RGB" and orientation == 1 and (tw, th) == upright
+    if passthrough and not opts.ffcv:
+        im.draft(im.mode, (max(1, w // 8), max(1, h // 8)))
+        im.load()
+        return None, True
+    if (tw, th) != upright:
+        # Let libjpeg decode at 1/2, 1/4 or 1/8 scale where the target is that much smaller (still >= target;
+        # the INTER_AREA resize below gives the exact FFCV size).
+        dw, dh = (th, tw) if orientation in (5, 6, 7, 8) else (tw, th)
+        im.draft(im.mode, (dw, dh))
+    im.load()
+    if orientation != 1:
+        im = im.transpose(_TRANSPOSE[orientation])
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    rgb = np.asarray(im)
+    if rgb.shape[:2] != (th, tw):
+        rgb = cv2.resize(rgb, (tw, th), interpolation=cv2.INTER_AREA)
+    return rgb, passthrough
+
+
+def encode_bytes(data: bytes, opts: EncodeOptions) -> Encoded:
+    """Decode an image file's bytes once and encode it for the requested formats."""
+    rgb, passthrough = decode(data, opts)
+    if rgb is None:
+        w, h = Image.open(io.BytesIO(data)).size
+        return Encoded(w, h, FFCV_JPG, None, data, False, True)
+    return encode_array(rgb, opts, source=data if passthrough else None)

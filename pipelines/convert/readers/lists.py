@@ -1,0 +1,88 @@
+"""`<relative/path> <label>` lists: ImageNet-LT and Places-LT (OLTR release), and the iNaturalist lists."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..samples import SampleList, SplitError, SplitRequest
+from . import register
+
+# Where `--split NAME` looks when no `--split-file` is given (relative to --root).
+DEFAULT_LISTS = {
+    "imagenet_lt": ("ImageNet_LT_{split}.txt",),
+    "places_lt": ("Places_LT_{split}.txt",),
+    "inat2018": ("{split}2018.json", "iNaturalist18_{split}.txt"),
+}
+
+
+def split_name(stem: str) -> str:
+    """`ImageNet_LT_train` -> `train`: the conventional split word in a file stem, else the stem itself."""
+    low = stem.lower()
+    hits = [(low.rfind(w), w) for w in ("train", "val", "test") if w in low]
+    return max(hits)[1] if hits else stem
+
+
+def resolve_split_file(request: SplitRequest) -> Path:
+    """The split file to read: `--split-file`, or the dataset's conventional name for `--split` under --root."""
+    if request.split_file is not None:
+        path = Path(request.split_file)
+        if not path.is_file():
+            raise SplitError(f"split file {path} does not exist")
+        return path
+    if not request.split:
+        raise SplitError(f"{request.dataset}: give --split-file FILE or --split NAME")
+    tried = [request.root / pattern.format(split=request.split) for pattern in DEFAULT_LISTS[request.dataset]]
+    for path in tried:
+        if path.is_file():
+            return path
+    raise SplitError(f"{request.dataset}: no split file for --split {request.split}: tried "
+                     + ", ".join(map(str, tried)) + "; pass --split-file")  # fmt: skip
+
+
+def parse_list(path: Path) -> tuple[list[str], list[int], list[int]]:
+    """Paths, labels and 1-based line numbers. The label is the last whitespace-separated token (as DALI's
+    `file_list` parses it), so paths may contain spaces; empty lines are skipped."""
+    paths: list[str] = []
+    labels: list[int] = []
+    lines: list[int] = []
+    try:
+        fh = open(path, encoding="utf-8")
+    except OSError as exc:
+        raise SplitError(f"cannot read split file {path}: {exc}") from None
+    with fh:
+        for lineno, raw in enumerate(fh, 1):
+            text = raw.strip()
+            if not text:
+                continue
+            parts = text.rsplit(None, 1)
+            if len(parts) != 2:
+                raise SplitError(f"{path} line {lineno}: expected '<relative/path> <label>', got {text!r}")
+            try:
+                label = int(parts[1])
+            except ValueError:
+                raise SplitError(f"{path} line {lineno}: label {parts[1]!r} is not an integer") from None
+            paths.append(parts[0])
+            labels.append(label)
+            lines.append(lineno)
+    if not paths:
+        raise SplitError(f"split file {path} lists no image")
+    return paths, labels, lines
+
+
+def read_list_file(request: SplitRequest, path: Path) -> SampleList:
+    paths, labels, lines = parse_list(path)
+    num_classes = request.num_classes or max(labels) + 1
+    return SampleList(
+        dataset=request.dataset, split=request.split or split_name(path.stem), stem=path.stem, origin=str(path),
+        labels=labels, lines=lines, num_classes=num_classes, root=request.root, paths=paths, line_kind="line",
+    )  # fmt: skip
+
+
+@register("imagenet_lt")
+def read_imagenet_lt(request: SplitRequest) -> SampleList:
+    return read_list_file(request, resolve_split_file(request))
+
+
+@register("places_lt")
+def read_places_lt(request: SplitRequest) -> SampleList:
+    return read_list_file(request, resolve_split_file(request))

@@ -1,0 +1,110 @@
+"""Convert a long-tailed image dataset once into FFCV `.beton` and DALI WebDataset shards (+ `.meta.json`).
+
+    python tools/convert_datasets.py imagenet_lt --root /data/imagenet \\
+        --split-file /data/ImageNet_LT/ImageNet_LT_train.txt --out data/imagenet_lt --workers 16
+    python tools/convert_datasets.py cifar100_lt --root /data/cifar --split train --imb-ratio 100 --out data/c100
+
+For a split file <stem>.txt / <stem>.json (or <dataset>_<split> when there is none) it writes into --out
+<stem>.beton, <stem>.dali/shard-NNNNN.{tar,idx} and <stem>.meta.json, all at once at the end: a failed run
+leaves --out untouched. Exit status: 0 done, 1 the data could not be converted (the message names the file
+and its line), 2 bad arguments or existing outputs without --overwrite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from pipelines.convert import (  # noqa: E402
+    READERS,
+    ConversionError,
+    ConvertOptions,
+    OutputExistsError,
+    SplitError,
+    SplitRequest,
+    convert,
+    summary_line,
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dataset", choices=sorted(READERS), metavar="DATASET", help=" | ".join(sorted(READERS)))
+    p.add_argument(
+        "--root", type=Path, required=True, help="image root; paths in split files are relative to it"
+    )
+    split = p.add_mutually_exclusive_group()
+    split.add_argument("--split-file", type=Path, help="list (<path> <label> lines) or iNaturalist JSON")
+    split.add_argument(
+        "--split", help="split name (train/val/test): the dataset's conventional file under --root"
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument(
+        "--formats", default="ffcv,dali", help="comma-separated subset of ffcv,dali (default both)"
+    )
+    p.add_argument(
+        "--max-resolution", type=int, default=512, help="longest image side, 0 = keep (default 512)"
+    )
+    p.add_argument(
+        "--jpeg-quality", type=int, default=90, help="JPEG quality of re-encoded images (default 90)"
+    )
+    p.add_argument("--workers", type=int, default=0, help="decoding processes (default: all cores)")
+    p.add_argument(
+        "--imb-ratio", type=float, default=None, help="CIFAR-LT imbalance ratio n_max/n_min (default 100)"
+    )
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="number of classes, when the highest label of a list is not the last class")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffled write order (default 0)")
+    p.add_argument("--shard-size", type=int, default=10_000, help="samples per DALI shard (default 10000)")
+    p.add_argument(
+        "--skip-bad", action="store_true", help="skip missing/unreadable images, list them in the meta"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs of the same stem")
+    p.add_argument("--allow-empty-classes", action="store_true", help="convert even if a class has no image")
+    p.add_argument("--raw-max-pixels", type=int, default=64 * 64,
+                   help="FFCV stores images of at most this many pixels as raw pixels (default 4096)")  # fmt: skip
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the temporary outputs are removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
+    try:
+        opts = ConvertOptions(
+            formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
+            max_resolution=args.max_resolution, jpeg_quality=args.jpeg_quality, workers=args.workers,
+            seed=args.seed, shard_size=args.shard_size, skip_bad=args.skip_bad, overwrite=args.overwrite,
+            allow_empty_classes=args.allow_empty_classes, raw_max_pixels=args.raw_max_pixels,
+            progress=not args.no_progress,
+        )  # fmt: skip
+    except ValueError as exc:
+        print(f"convert_datasets: {exc}", file=sys.stderr)
+        return 2
+    request = SplitRequest(
+        args.dataset, args.root, args.split_file, args.split, args.imb_ratio, args.num_classes
+    )
+    try:
+        summary = convert(request, args.out, opts)
+    except OutputExistsError as exc:
+        print(f"convert_datasets: {exc}", file=sys.stderr)
+        return 2
+    except (SplitError, ConversionError) as exc:
+        print(f"convert_datasets: error: {exc}\nnothing was written to {args.out}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"convert_datasets: interrupted; nothing was written to {args.out}", file=sys.stderr)
+        return 130
+    print(summary_line(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
