@@ -1,0 +1,43 @@
+"""fastlt losses: the cosine classifier, DBM, FBL, the re-balancing bases (CE, DRW, BS, LDAM) and BCL.
+
+Imports only torch. See spec/losses.md for the formulas and DESIGN.md for the contract.
+"""
+
+from losses.bcl import balanced_contrastive
+from losses.cross_entropy import TargetLogits, cross_entropy
+from losses.functional import (
+    class_margins,
+    dbm_logits,
+    drw_weights,
+    fbl_curriculum,
+    fbl_logits,
+    fbl_strengths,
+    ldam_margins,
+    log_prior,
+)
+from losses.heads import CosineClassifier
+from losses.modules import Loss
+from losses.output import ModelOutput
+from losses.registry import LOSSES, build_loss, loss_class, loss_names, loss_params
+
+__all__ = [
+    "LOSSES",
+    "CosineClassifier",
+    "TargetLogits",
+    "Loss",
+    "ModelOutput",
+    "balanced_contrastive",
+    "build_loss",
+    "class_margins",
+    "cross_entropy",
+    "dbm_logits",
+    "drw_weights",
+    "fbl_curriculum",
+    "fbl_logits",
+    "fbl_strengths",
+    "ldam_margins",
+    "log_prior",
+    "loss_class",
+    "loss_names",
+    "loss_params",
+]

@@ -180,6 +180,9 @@ def write_meta(meta: DatasetMeta, path: str | os.PathLike) -> Path:
         with os.fdopen(fd, "w") as fh:
             json.dump(meta.to_dict(), fh, indent=1)
             fh.write("\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; a meta file is as readable as the data
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

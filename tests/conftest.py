@@ -37,9 +37,22 @@ def demo_images(tmp_path_factory) -> Path:
 
 def convert(images: Path, out: Path, split: str, formats: str = "ffcv,dali", *extra: str) -> None:
     """Run the contract CLI, exactly as a user would."""
-    cmd = [sys.executable, str(ROOT / "tools" / "convert_datasets.py"), "imagenet_lt", "--root", str(images),
-           "--split-file", str(images / f"{split}.txt"), "--out", str(out), "--formats", formats,
-           "--workers", "1", *extra]
+    cmd = [
+        sys.executable,
+        str(ROOT / "tools" / "convert_datasets.py"),
+        "imagenet_lt",
+        "--root",
+        str(images),
+        "--split-file",
+        str(images / f"{split}.txt"),
+        "--out",
+        str(out),
+        "--formats",
+        formats,
+        "--workers",
+        "1",
+        *extra,
+    ]
     subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True)
 
 

@@ -57,8 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--imb-ratio", type=float, default=None, help="CIFAR-LT imbalance ratio n_max/n_min (default 100)"
     )
-    p.add_argument("--num-classes", type=int, default=None,
-                   help="number of classes, when the highest label of a list is not the last class")  # fmt: skip
+    p.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="number of classes, when the highest label of a list is not the last class",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the shuffled write order (default 0)")
     p.add_argument("--shard-size", type=int, default=10_000, help="samples per DALI shard (default 10000)")
     p.add_argument(
@@ -66,8 +70,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs of the same stem")
     p.add_argument("--allow-empty-classes", action="store_true", help="convert even if a class has no image")
-    p.add_argument("--raw-max-pixels", type=int, default=64 * 64,
-                   help="FFCV stores images of at most this many pixels as raw pixels (default 4096)")  # fmt: skip
+    p.add_argument(
+        "--raw-max-pixels",
+        type=int,
+        default=64 * 64,
+        help="FFCV stores images of at most this many pixels as raw pixels (default 4096)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -80,11 +88,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         opts = ConvertOptions(
             formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
-            max_resolution=args.max_resolution, jpeg_quality=args.jpeg_quality, workers=args.workers,
-            seed=args.seed, shard_size=args.shard_size, skip_bad=args.skip_bad, overwrite=args.overwrite,
-            allow_empty_classes=args.allow_empty_classes, raw_max_pixels=args.raw_max_pixels,
+            max_resolution=args.max_resolution,
+            jpeg_quality=args.jpeg_quality,
+            workers=args.workers,
+            seed=args.seed,
+            shard_size=args.shard_size,
+            skip_bad=args.skip_bad,
+            overwrite=args.overwrite,
+            allow_empty_classes=args.allow_empty_classes,
+            raw_max_pixels=args.raw_max_pixels,
             progress=not args.no_progress,
-        )  # fmt: skip
+        )
     except ValueError as exc:
         print(f"convert_datasets: {exc}", file=sys.stderr)
         return 2

@@ -38,8 +38,10 @@ def long_tail_counts(num_classes: int, n_max: int, imbalance: float) -> list[int
 def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
     def ring(k: int, radii: list[float]) -> list[tuple[float, float]]:
         return [
-            (cx + radii[i % len(radii)] * math.cos(angle + 2 * math.pi * i / k),
-             cy + radii[i % len(radii)] * math.sin(angle + 2 * math.pi * i / k))
+            (
+                cx + radii[i % len(radii)] * math.cos(angle + 2 * math.pi * i / k),
+                cy + radii[i % len(radii)] * math.sin(angle + 2 * math.pi * i / k),
+            )
             for i in range(k)
         ]
 
@@ -55,8 +57,20 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
         return ring(6, [r * 1.05])
     if shape == "cross":  # a plus sign with arms of width r/2.5, rotated by `angle`
         w = r / 2.5
-        pts = [(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w), (-r, w), (-r, -w),
-               (-w, -w)]
+        pts = [
+            (-w, -r),
+            (w, -r),
+            (w, -w),
+            (r, -w),
+            (r, w),
+            (w, w),
+            (w, r),
+            (-w, r),
+            (-w, w),
+            (-r, w),
+            (-r, -w),
+            (-w, -w),
+        ]
         ca, sa = math.cos(angle), math.sin(angle)
         return [(cx + x * ca - y * sa, cy + x * sa + y * ca) for x, y in pts]
     raise ValueError(f"unknown shape {shape!r}; valid: {SHAPES}")
@@ -83,7 +97,9 @@ def _clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, w: int, h: int
     s = min(w, h)
     for _ in range(int(rng.integers(2, 7))):
         x0, y0, x1, y1 = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0, h)
-        draw.line([(x0, y0), (x1, y1)], fill=_random_colour(rng), width=max(1, int(s * rng.uniform(0.01, 0.04))))
+        draw.line(
+            [(x0, y0), (x1, y1)], fill=_random_colour(rng), width=max(1, int(s * rng.uniform(0.01, 0.04)))
+        )
     for _ in range(int(rng.integers(1, 5))):
         cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), s * rng.uniform(0.02, 0.07)
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=_random_colour(rng))
@@ -133,7 +149,10 @@ def plan(num_classes: int, n_max: int, imbalance: float, test_per_class: int, se
     """(split, relative path, label, per-image seed) for every image, in class order like the LT lists."""
     if not 2 <= num_classes <= len(CLASS_NAMES):
         raise ValueError(f"--classes must be in 2..{len(CLASS_NAMES)}, got {num_classes}")
-    counts = {"train": long_tail_counts(num_classes, n_max, imbalance), "test": [test_per_class] * num_classes}
+    counts = {
+        "train": long_tail_counts(num_classes, n_max, imbalance),
+        "test": [test_per_class] * num_classes,
+    }
     items = []
     for split_index, (split, per_class) in enumerate(counts.items()):
         for label, n in enumerate(per_class):
@@ -143,13 +162,22 @@ def plan(num_classes: int, n_max: int, imbalance: float, test_per_class: int, se
     return items
 
 
-def make_demo_data(out: Path, *, num_classes: int = 12, n_max: int = 300, imbalance: float = 100.0,
-                   test_per_class: int = 30, size: tuple[int, int] = (64, 64), seed: int = 0,
-                   quality: int = 92, workers: int | None = None) -> dict[str, int]:
+def make_demo_data(
+    out: Path,
+    *,
+    num_classes: int = 12,
+    n_max: int = 300,
+    imbalance: float = 100.0,
+    test_per_class: int = 30,
+    size: tuple[int, int] = (64, 64),
+    seed: int = 0,
+    quality: int = 92,
+    workers: int | None = None,
+) -> dict[str, int]:
     """Write the image set under `out` and return the number of images per split."""
     out = Path(out)
     items = plan(num_classes, n_max, imbalance, test_per_class, seed)
-    for split, rel, _, _ in items:
+    for _, rel, _, _ in items:
         (out / rel).parent.mkdir(parents=True, exist_ok=True)
     jobs = [(str(out / rel), label, s, size, quality) for _, rel, label, s in items]
     workers = workers or min(4, os.cpu_count() or 1)
@@ -193,16 +221,26 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     start = time.perf_counter()
     try:
-        totals = make_demo_data(args.out, num_classes=args.classes, n_max=args.n_max, imbalance=args.imbalance,
-                                test_per_class=args.test_per_class, size=args.size, seed=args.seed,
-                                quality=args.quality, workers=args.workers)
+        totals = make_demo_data(
+            args.out,
+            num_classes=args.classes,
+            n_max=args.n_max,
+            imbalance=args.imbalance,
+            test_per_class=args.test_per_class,
+            size=args.size,
+            seed=args.seed,
+            quality=args.quality,
+            workers=args.workers,
+        )
     except ValueError as exc:
         print(f"make_demo_data: {exc}", file=sys.stderr)
         return 2
     counts = long_tail_counts(args.classes, args.n_max, args.imbalance)
-    print(f"demo data: {totals['train']} train / {totals['test']} test images, {args.classes} classes, "
-          f"train counts {counts[0]}..{counts[-1]}, {args.size[0]}x{args.size[1]} px, "
-          f"in {time.perf_counter() - start:.1f} s -> {args.out}")
+    print(
+        f"demo data: {totals['train']} train / {totals['test']} test images, {args.classes} classes, "
+        f"train counts {counts[0]}..{counts[-1]}, {args.size[0]}x{args.size[1]} px, "
+        f"in {time.perf_counter() - start:.1f} s -> {args.out}"
+    )
     return 0
 
 

@@ -52,6 +52,9 @@ class DataConfig:
     cutout: int = 0  # side of the Cutout square in pixels, 0 = off
     sampler: str = "uniform"  # "uniform" | "class_balanced" | "sqrt"
     epoch_samples: int = 0  # samples per resampled epoch, 0: the natural epoch length
+    crop_scale: tuple[float, ...] = (0.08, 1.0)  # training RandomResizedCrop area range
+    view_crop_scale: tuple[float, ...] = ()  # BCL's contrastive views' crop area range; empty: crop_scale
+    eval_crop_ratio: float = 0.875  # eval centre crop side / shorter side (224/256); 1.0: whole image (CIFAR)
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
 
@@ -61,6 +64,9 @@ class ModelConfig:
     arch: str = "resnet50"
     pretrained: str = ""  # path to a torchvision state_dict (Places-LT's frozen ResNet-152)
     channels_last: bool = True
+    head_fp32: bool = True  # classifier and BCL heads in fp32 under bf16 autocast (raw cosines feed arccos)
+    bcl_hidden: int = 0  # BCL projection MLP width; 0: the arch's default (CIFAR 512, large: feature dim)
+    bcl_embed: int = 0  # BCL embedding size; 0: the arch's default (CIFAR 128, large 1024)
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,8 @@ class StepConfig:
     mode: str = "compile"  # "eager" | "compile" | "graph" (graph falls back to compile on a CPU)
     precision: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU) | "bf16" | "fp32"
     compile_mode: str = "max-autotune-no-cudagraphs"
+    graph_warmup: int = 3  # real steps run before a CUDA-graph capture (at least 11 under DDP)
+    compile_backend: str = "inductor"  # "aot_eager": trace without code generation (fast tests)
 
 
 @dataclass(frozen=True)
@@ -164,7 +172,8 @@ def from_dict(tree: dict[str, Any], source: str = "config") -> Config:
         for key, value in values.items():
             if key not in fields:
                 raise ConfigError(
-                    f"{source}: unknown key {name}.{key}; valid keys in [{name}]: {', '.join(fields)}")
+                    f"{source}: unknown key {name}.{key}; valid keys in [{name}]: {', '.join(fields)}"
+                )
             checked[key] = _coerce(value, fields[key], f"{source}: {name}.{key}")
         kwargs[name] = cls(**checked)
     return Config(**kwargs)

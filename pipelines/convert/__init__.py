@@ -12,7 +12,18 @@ from .samples import SampleList, SplitError, SplitRequest, SplitWarning
 from .staging import OutputExistsError
 
 __all__ = [
-    "READERS", "ConversionError", "ConvertOptions", "OutputExistsError", "SampleList", "SplitError",
-    "SplitRequest", "SplitWarning", "convert", "convert_samples", "read_split", "register", "summary_line",
+    "READERS",
+    "ConversionError",
+    "ConvertOptions",
+    "OutputExistsError",
+    "SampleList",
+    "SplitError",
+    "SplitRequest",
+    "SplitWarning",
+    "convert",
+    "convert_samples",
+    "read_split",
+    "register",
+    "summary_line",
     "write_order",
-]  # fmt: skip
+]

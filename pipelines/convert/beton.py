@@ -18,10 +18,15 @@ import numpy as np
 FORMAT_VERSION = 2
 PAGE_SIZE = 1 << 23  # 8 MiB, FFCV's default (4 * 2 MiB)
 HEADER_TYPE = np.dtype(
-    [("version", "<u2"), ("num_fields", "<u2"), ("page_size", "<u4"), ("num_samples", "<u8"),
-     ("alloc_table_ptr", "<u8")],
+    [
+        ("version", "<u2"),
+        ("num_fields", "<u2"),
+        ("page_size", "<u4"),
+        ("num_samples", "<u8"),
+        ("alloc_table_ptr", "<u8"),
+    ],
     align=True,
-)  # fmt: skip
+)
 FIELD_DESC_TYPE = np.dtype(
     [("type_id", "<u1"), ("name", ("<u1", 16)), ("arguments", ("<u1", (1024,)))], align=True
 )
@@ -86,6 +91,10 @@ class BetonWriter:
             desc[i]["type_id"] = type_id
             desc[i]["name"][: len(encoded)] = encoded
         return desc
+
+    def fits(self, size: int) -> bool:
+        """Whether an image payload of `size` bytes fits in one page."""
+        return size <= self.page_size
 
     def add(self, mode: int, width: int, height: int, data: bytes, label: int) -> int:
         """Append one sample; returns its index. A sample never straddles two pages (FFCV's rule)."""

@@ -110,10 +110,12 @@ def encode_array(rgb: np.ndarray, opts: EncodeOptions, source: bytes | None = No
     return Encoded(tw, th, ffcv_mode, ffcv_data, dali, same, source is not None and opts.dali)
 
 
-def decode(data: bytes, opts: EncodeOptions) -> tuple[np.ndarray | None, bool]:
-    """(upright RGB pixels, whether the bytes can go to DALI unchanged). Pixels are None when only a
-    pass-through DALI copy is wanted: then the image is still fully entropy-decoded (at 1/8 scale) to
-    prove it is readable."""
+def decode(data: bytes, opts: EncodeOptions) -> tuple[np.ndarray | None, bool, tuple[int, int]]:
+    """(upright RGB pixels at the target size, whether the bytes can go to DALI unchanged, source size).
+
+    Pixels are None when only a pass-through DALI copy is wanted: the image is then still entropy-decoded in
+    full (at 1/8 scale, which skips most of the IDCT) to prove it is readable.
+    """
     im = Image.open(io.BytesIO(data))
     orientation = _orientation(im)
     w, h = im.size
@@ -123,12 +125,11 @@ def decode(data: bytes, opts: EncodeOptions) -> tuple[np.ndarray | None, bool]:
     if passthrough and not opts.ffcv:
         im.draft(im.mode, (max(1, w // 8), max(1, h // 8)))
         im.load()
-        return None, True
+        return None, True, (w, h)
     if (tw, th) != upright:
-        # Let libjpeg decode at 1/2, 1/4 or 1/8 scale where the target is that much smaller (still >= target;
-        # the INTER_AREA resize below gives the exact FFCV size).
-        dw, dh = (th, tw) if orientation in (5, 6, 7, 8) else (tw, th)
-        im.draft(im.mode, (dw, dh))
+        # libjpeg decodes at 1/2, 1/4 or 1/8 scale where the target is that much smaller (the result is still
+        # >= the target; the INTER_AREA resize below gives FFCV's exact size). A no-op for other formats.
+        im.draft(im.mode, (th, tw) if orientation in (5, 6, 7, 8) else (tw, th))
     im.load()
     if orientation != 1:
         im = im.transpose(_TRANSPOSE[orientation])
@@ -137,13 +138,12 @@ def decode(data: bytes, opts: EncodeOptions) -> tuple[np.ndarray | None, bool]:
     rgb = np.asarray(im)
     if rgb.shape[:2] != (th, tw):
         rgb = cv2.resize(rgb, (tw, th), interpolation=cv2.INTER_AREA)
-    return rgb, passthrough
+    return rgb, passthrough, (w, h)
 
 
 def encode_bytes(data: bytes, opts: EncodeOptions) -> Encoded:
     """Decode an image file's bytes once and encode it for the requested formats."""
-    rgb, passthrough = decode(data, opts)
+    rgb, passthrough, (w, h) = decode(data, opts)
     if rgb is None:
-        w, h = Image.open(io.BytesIO(data)).size
         return Encoded(w, h, FFCV_JPG, None, data, False, True)
     return encode_array(rgb, opts, source=data if passthrough else None)

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+from contextlib import closing
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from tqdm import tqdm
 
 from ..meta import META_SUFFIX, DatasetMeta, write_meta
 from .beton import BetonWriter, page_size_for
-from .images import EncodeOptions, Encoded, encode_array, encode_bytes
+from .images import Encoded, EncodeOptions, encode_array, encode_bytes
 from .readers import read_split
 from .samples import SampleList, SplitRequest, check_empty_classes, check_labels, drop_duplicates
 from .staging import Staging
@@ -68,8 +69,13 @@ class ConvertOptions:
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
     def encode_options(self) -> EncodeOptions:
-        return EncodeOptions(self.max_resolution, self.jpeg_quality, "ffcv" in self.formats,
-                             "dali" in self.formats, self.raw_max_pixels)  # fmt: skip
+        return EncodeOptions(
+            self.max_resolution,
+            self.jpeg_quality,
+            "ffcv" in self.formats,
+            "dali" in self.formats,
+            self.raw_max_pixels,
+        )
 
 
 def output_names(stem: str) -> dict[str, str]:
@@ -86,10 +92,14 @@ def write_order(n: int, seed: int) -> np.ndarray:
 _ENCODE: EncodeOptions | None = None
 
 
-def _init_worker(opts: EncodeOptions) -> None:
+def _init_worker(opts: EncodeOptions, in_process: bool = False) -> None:
     global _ENCODE
     _ENCODE = opts
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle (it cleans up)
+    if not in_process:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle (it cleans up)
+        # Pool.terminate() stops workers with SIGTERM: a Python-level handler inherited from the CLI could miss a
+        # signal that lands just before a blocking lock wait and leave the pool hanging, so restore the default.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _encode_task(task: tuple[str, Any]) -> tuple[bool, Encoded | str]:
@@ -110,8 +120,7 @@ def _encode_task(task: tuple[str, Any]) -> tuple[bool, Encoded | str]:
 
 def _encoded_stream(tasks: Iterable[tuple[str, Any]], opts: EncodeOptions, workers: int, n: int) -> Iterator:
     if workers <= 1 or n < 2:
-        _init_worker(opts)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _init_worker(opts, in_process=True)
         yield from map(_encode_task, tasks)
         return
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
@@ -136,8 +145,10 @@ def _precheck(samples: SampleList, opts: ConvertOptions, skipped: list[dict]) ->
         if missing and not opts.skip_bad:
             shown = "; ".join(f"{samples.describe(i)} ({samples.where(i)})" for i in missing[:5])
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-            raise ConversionError(f"{len(missing)} image(s) not found: {shown}{more} "
-                                  "(--skip-bad converts the rest and lists them in the meta file)")  # fmt: skip
+            raise ConversionError(
+                f"{len(missing)} image(s) not found: {shown}{more} "
+                "(--skip-bad converts the rest and lists them in the meta file)"
+            )
         skipped += [_skip_record(samples, i, "file not found") for i in missing]
         samples = samples.subset(np.setdiff1d(np.arange(len(samples)), missing))
     if not len(samples):
@@ -173,87 +184,146 @@ def convert_samples(samples: SampleList, out: str | os.PathLike, opts: ConvertOp
     return summary
 
 
+@dataclass
+class _Written:
+    counts: np.ndarray
+    skipped: list[dict]
+    images: int = 0
+    passthrough: int = 0
+
+
+def _write_all(
+    samples: SampleList, order: np.ndarray, opts: ConvertOptions, beton, shards, skipped
+) -> _Written:
+    """Encode every sample over the worker pool, in write order, and append it to both writers."""
+    done = _Written(np.zeros(samples.num_classes, dtype=np.int64), skipped)
+    bar = tqdm(
+        total=len(order),
+        unit="img",
+        desc=samples.stem,
+        disable=not opts.progress,
+        file=sys.stderr,
+        mininterval=0.5,
+        smoothing=0.05,
+    )
+    stream = _encoded_stream(_tasks(samples, order), opts.encode_options(), opts.num_workers(), len(order))
+    with closing(stream), bar:  # closing the stream terminates the pool, also on errors and Ctrl-C
+        for j, (ok, result) in zip(order, stream, strict=True):
+            if ok and beton is not None and not beton.fits(len(result.ffcv_data)):
+                ok, result = (
+                    False,
+                    f"encoded image of {len(result.ffcv_data)} bytes exceeds the FFCV page size",
+                )
+            if not ok:
+                if not opts.skip_bad:
+                    raise ConversionError(
+                        f"cannot convert image {samples.describe(j)} ({samples.where(j)}): {result}"
+                    )
+                done.skipped.append(_skip_record(samples, j, result))
+                bar.update()
+                continue
+            label = int(samples.labels[j])
+            if beton is not None:
+                beton.add(result.ffcv_mode, result.width, result.height, result.ffcv_data, label)
+            if shards is not None:
+                shards.add(f"{done.images:08d}", result.dali_bytes(), label)
+            done.counts[label] += 1
+            done.images += 1
+            done.passthrough += result.passthrough
+            bar.update()
+    return done
+
+
 def _convert(samples: SampleList, staging: Staging, opts: ConvertOptions, names: dict, start: float) -> dict:
     skipped: list[dict] = []
     samples = _precheck(samples, opts, skipped)
-    n = len(samples)
-    order = write_order(n, opts.seed)
-    beton = (BetonWriter(staging.path(names["ffcv"]), n, page_size_for(opts.max_resolution))
-             if "ffcv" in opts.formats else None)  # fmt: skip
-    shards = ShardWriter(staging.path(names["dali"]), opts.shard_size) if "dali" in opts.formats else None
-    counts = np.zeros(samples.num_classes, dtype=np.int64)
-    written = passthrough = 0
-    workers = opts.num_workers()
-    bar = tqdm(total=n, unit="img", desc=samples.stem, disable=not opts.progress, file=sys.stderr,
-               mininterval=0.5, smoothing=0.05)  # fmt: skip
+    order = write_order(len(samples), opts.seed)
+    beton = shards = None
     try:
-        stream = _encoded_stream(_tasks(samples, order), opts.encode_options(), workers, n)
-        for j, (ok, result) in zip(order, stream, strict=True):
-            if ok:
-                label = int(samples.labels[j])
-                try:
-                    if beton is not None:
-                        beton.add(result.ffcv_mode, result.width, result.height, result.ffcv_data, label)
-                    if shards is not None:
-                        shards.add(f"{written:08d}", result.dali_bytes(), label)
-                except ValueError as exc:
-                    ok, result = False, str(exc)
-                else:
-                    counts[label] += 1
-                    written += 1
-                    passthrough += result.passthrough
-            if not ok:
-                if not opts.skip_bad:
-                    raise ConversionError(f"cannot convert image {samples.describe(j)} ({samples.where(j)}): "
-                                          f"{result}")  # fmt: skip
-                skipped.append(_skip_record(samples, j, result))
-            bar.update()
+        if "ffcv" in opts.formats:
+            beton = BetonWriter(staging.path(names["ffcv"]), len(samples), page_size_for(opts.max_resolution))
+        if "dali" in opts.formats:
+            shards = ShardWriter(staging.path(names["dali"]), opts.shard_size)
+        done = _write_all(samples, order, opts, beton, shards, skipped)
         if beton is not None:
             beton.close()
         shard_names, per_shard = shards.close() if shards is not None else ([], [])
     finally:
-        bar.close()
         for w in (beton, shards):
             if w is not None:
-                w.abort()
-    if not written:
+                w.abort()  # a no-op after close()
+    if not done.images:
         raise ConversionError(f"{samples.origin}: every image failed to convert ({len(skipped)} skipped)")
-    check_empty_classes(_counts_only(samples, counts), opts.allow_empty_classes)
+    check_empty_classes(_counts_only(samples, done.counts), opts.allow_empty_classes)
 
     formats: dict[str, dict] = {}
     ffcv_bytes = dali_bytes = 0
     if beton is not None:
         ffcv_bytes = staging.path(names["ffcv"]).stat().st_size
-        formats["ffcv"] = {"file": names["ffcv"], "bytes": ffcv_bytes, "raw_max_pixels": opts.raw_max_pixels,
-                           "page_size": beton.page_size}  # fmt: skip
+        formats["ffcv"] = {
+            "file": names["ffcv"],
+            "bytes": ffcv_bytes,
+            "raw_max_pixels": opts.raw_max_pixels,
+            "page_size": beton.page_size,
+        }
     if shards is not None:
         dali_bytes = shards.bytes_written
-        formats["dali"] = {"dir": names["dali"], "shards": shard_names, "samples_per_shard": per_shard,
-                           "bytes": dali_bytes, "passthrough_jpegs": int(passthrough)}  # fmt: skip
+        formats["dali"] = {
+            "dir": names["dali"],
+            "shards": shard_names,
+            "samples_per_shard": per_shard,
+            "bytes": dali_bytes,
+            "passthrough_jpegs": done.passthrough,
+        }
     meta = DatasetMeta(
-        dataset=samples.dataset, split=samples.split, stem=samples.stem, num_classes=samples.num_classes,
-        num_samples=written, class_counts=counts.tolist(), max_resolution=opts.max_resolution,
-        jpeg_quality=opts.jpeg_quality, seed=opts.seed, formats=formats, skipped=skipped,
-        class_names=samples.class_names, source=samples.origin, imb_ratio=samples.extra.get("imb_ratio"),
-    )  # fmt: skip
+        dataset=samples.dataset,
+        split=samples.split,
+        stem=samples.stem,
+        num_classes=samples.num_classes,
+        num_samples=done.images,
+        class_counts=done.counts.tolist(),
+        max_resolution=opts.max_resolution,
+        jpeg_quality=opts.jpeg_quality,
+        seed=opts.seed,
+        formats=formats,
+        skipped=skipped,
+        class_names=samples.class_names,
+        source=samples.origin,
+        imb_ratio=samples.extra.get("imb_ratio"),
+    )
     write_meta(meta, staging.path(names["meta"]))
     seconds = time.perf_counter() - start
     return {
-        "stem": samples.stem, "dataset": samples.dataset, "split": samples.split, "images": written,
-        "classes": samples.num_classes, "skipped": len(skipped), "ffcv_bytes": ffcv_bytes,
-        "dali_bytes": dali_bytes, "passthrough": int(passthrough), "seconds": seconds,
-        "images_per_s": written / seconds if seconds > 0 else float("inf"), "workers": workers,
-        "out": str(staging.out), "formats": list(opts.formats),
-    }  # fmt: skip
+        "stem": samples.stem,
+        "dataset": samples.dataset,
+        "split": samples.split,
+        "images": done.images,
+        "classes": samples.num_classes,
+        "skipped": len(skipped),
+        "ffcv_bytes": ffcv_bytes,
+        "dali_bytes": dali_bytes,
+        "passthrough": done.passthrough,
+        "seconds": seconds,
+        "images_per_s": done.images / seconds if seconds > 0 else float("inf"),
+        "workers": opts.num_workers(),
+        "out": str(staging.out),
+        "formats": list(opts.formats),
+    }
 
 
 def _counts_only(samples: SampleList, counts: np.ndarray) -> SampleList:
     """A label-only stand-in with the given class counts, for the empty-class check after skipping."""
     labels = np.repeat(np.arange(samples.num_classes), counts)
-    return SampleList(dataset=samples.dataset, split=samples.split, stem=samples.stem,
-                      origin=f"{samples.origin} (after skipping bad images)", labels=labels,
-                      lines=np.zeros(len(labels)), num_classes=samples.num_classes,
-                      arrays=np.zeros((len(labels), 0), np.uint8))  # fmt: skip
+    return SampleList(
+        dataset=samples.dataset,
+        split=samples.split,
+        stem=samples.stem,
+        origin=f"{samples.origin} (after skipping bad images)",
+        labels=labels,
+        lines=np.zeros(len(labels)),
+        num_classes=samples.num_classes,
+        arrays=np.zeros((len(labels), 0), np.uint8),
+    )
 
 
 def convert(request: SplitRequest, out: str | os.PathLike, opts: ConvertOptions) -> dict[str, Any]:
@@ -264,5 +334,7 @@ def convert(request: SplitRequest, out: str | os.PathLike, opts: ConvertOptions)
 def summary_line(s: dict[str, Any]) -> str:
     sizes = ", ".join(f"{f} {s[f + '_bytes'] / 1e6:.1f} MB" for f in s["formats"])
     skipped = f", {s['skipped']} skipped" if s["skipped"] else ""
-    return (f"{s['stem']}: {s['images']} images, {s['classes']} classes{skipped} -> {sizes} in {s['out']}; "
-            f"{s['seconds']:.1f} s, {s['images_per_s']:.0f} images/s ({s['workers']} workers)")  # fmt: skip
+    return (
+        f"{s['stem']}: {s['images']} images, {s['classes']} classes{skipped} -> {sizes} in {s['out']}; "
+        f"{s['seconds']:.1f} s, {s['images_per_s']:.0f} images/s ({s['workers']} workers)"
+    )

@@ -86,12 +86,20 @@ class SampleList:
     def subset(self, keep: Sequence[int] | np.ndarray) -> SampleList:
         keep = np.asarray(keep, dtype=np.int64)
         return SampleList(
-            dataset=self.dataset, split=self.split, stem=self.stem, origin=self.origin,
-            labels=self.labels[keep], lines=self.lines[keep], num_classes=self.num_classes, root=self.root,
+            dataset=self.dataset,
+            split=self.split,
+            stem=self.stem,
+            origin=self.origin,
+            labels=self.labels[keep],
+            lines=self.lines[keep],
+            num_classes=self.num_classes,
+            root=self.root,
             paths=[self.paths[i] for i in keep] if self.paths is not None else None,
             arrays=self.arrays[keep] if self.arrays is not None else None,
-            line_kind=self.line_kind, class_names=self.class_names, extra=dict(self.extra),
-        )  # fmt: skip
+            line_kind=self.line_kind,
+            class_names=self.class_names,
+            extra=dict(self.extra),
+        )
 
     def class_counts(self) -> list[int]:
         return np.bincount(self.labels, minlength=self.num_classes).tolist()
@@ -116,8 +124,7 @@ def check_empty_classes(samples: SampleList, allow: bool) -> None:
     if not empty:
         return
     shown = ", ".join(map(str, empty[:20])) + (" ..." if len(empty) > 20 else "")
-    msg = (f"{samples.origin}: {len(empty)} of {samples.num_classes} classes have no image "
-           f"(labels {shown})")  # fmt: skip
+    msg = f"{samples.origin}: {len(empty)} of {samples.num_classes} classes have no image (labels {shown})"
     if not allow:
         raise SplitError(msg + "; pass --allow-empty-classes to convert it anyway")
     warnings.warn(msg, SplitWarning, stacklevel=2)

@@ -18,10 +18,17 @@ from . import register
 
 CIFAR = {
     # dataset: (folder in --root, train files, test files, label key, label-names file, label-names key, classes)
-    "cifar10_lt": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels",
-                   "batches.meta", "label_names", 10),
+    "cifar10_lt": (
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        ["test_batch"],
+        "labels",
+        "batches.meta",
+        "label_names",
+        10,
+    ),
     "cifar100_lt": ("cifar-100-python", ["train"], ["test"], "fine_labels", "meta", "fine_label_names", 100),
-}  # fmt: skip
+}
 DEFAULT_IMB_RATIO = 100.0
 
 
@@ -104,16 +111,27 @@ def read_cifar(request: SplitRequest) -> SampleList:
         index = long_tail_indices(labels, cifar_lt_counts(n_max, num_classes, ratio))
         extra["imb_ratio"] = ratio
     elif request.imb_ratio not in (None, 1, 1.0):
-        warnings.warn(f"{dataset}: --imb-ratio applies to the training split only; {split} stays balanced",
-                      SplitWarning, stacklevel=2)  # fmt: skip
+        warnings.warn(
+            f"{dataset}: --imb-ratio applies to the training split only; {split} stays balanced",
+            SplitWarning,
+            stacklevel=2,
+        )
     origin = str(folder / CIFAR[dataset][1 if split == "train" else 2][0])
     if len(CIFAR[dataset][1 if split == "train" else 2]) > 1:
         origin = str(folder / ("data_batch_*" if split == "train" else "test_batch"))
     return SampleList(
-        dataset=dataset, split=split, stem=f"{dataset}_{split}", origin=origin, labels=labels[index],
-        lines=index, num_classes=num_classes, arrays=images[index], line_kind="index", class_names=names,
+        dataset=dataset,
+        split=split,
+        stem=f"{dataset}_{split}",
+        origin=origin,
+        labels=labels[index],
+        lines=index,
+        num_classes=num_classes,
+        arrays=images[index],
+        line_kind="index",
+        class_names=names,
         extra=extra,
-    )  # fmt: skip
+    )
 
 
 register("cifar10_lt")(read_cifar)

@@ -39,7 +39,15 @@ def read_folder(request: SplitRequest) -> SampleList:
         )
     split = request.split or tree.name
     return SampleList(
-        dataset="folder", split=split, stem=f"folder_{split}", origin=str(tree), labels=labels,
-        lines=list(range(1, len(paths) + 1)), num_classes=len(classes), root=tree, paths=paths,
-        line_kind="entry", class_names=tuple(classes),
-    )  # fmt: skip
+        dataset="folder",
+        split=split,
+        stem=f"folder_{split}",
+        origin=str(tree),
+        labels=labels,
+        lines=list(range(1, len(paths) + 1)),
+        num_classes=len(classes),
+        root=tree,
+        paths=paths,
+        line_kind="entry",
+        class_names=tuple(classes),
+    )

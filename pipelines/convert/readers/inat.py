@@ -65,15 +65,23 @@ def read_coco_json(request: SplitRequest, path: Path) -> SampleList:
     if unlabeled:
         i = unlabeled[0]
         hint = " (the unlabeled test set cannot be converted)" if len(unlabeled) == len(images) else ""
-        raise SplitError(f"{path}: {len(unlabeled)} image(s) without annotation{hint}, first images[{i}] "
-                         f"(id {images[i]['id']}, {images[i]['file_name']})")  # fmt: skip
+        raise SplitError(
+            f"{path}: {len(unlabeled)} image(s) without annotation{hint}, first images[{i}] "
+            f"(id {images[i]['id']}, {images[i]['file_name']})"
+        )
 
     categories = doc.get("categories") or []
     category_ids = [int(c["id"]) for c in categories if isinstance(c, dict) and "id" in c]
     num_classes = request.num_classes or max([*category_ids, *label_of.values()]) + 1
     return SampleList(
-        dataset=request.dataset, split=request.split or split_name(path.stem), stem=path.stem, origin=str(path),
-        labels=[label_of[img["id"]] for img in images], lines=list(range(1, len(images) + 1)),
-        num_classes=num_classes, root=request.root, paths=[str(img["file_name"]) for img in images],
+        dataset=request.dataset,
+        split=request.split or split_name(path.stem),
+        stem=path.stem,
+        origin=str(path),
+        labels=[label_of[img["id"]] for img in images],
+        lines=list(range(1, len(images) + 1)),
+        num_classes=num_classes,
+        root=request.root,
+        paths=[str(img["file_name"]) for img in images],
         line_kind="entry",
-    )  # fmt: skip
+    )

@@ -35,8 +35,11 @@ def resolve_split_file(request: SplitRequest) -> Path:
     for path in tried:
         if path.is_file():
             return path
-    raise SplitError(f"{request.dataset}: no split file for --split {request.split}: tried "
-                     + ", ".join(map(str, tried)) + "; pass --split-file")  # fmt: skip
+    raise SplitError(
+        f"{request.dataset}: no split file for --split {request.split}: tried "
+        + ", ".join(map(str, tried))
+        + "; pass --split-file"
+    )
 
 
 def parse_list(path: Path) -> tuple[list[str], list[int], list[int]]:
@@ -73,9 +76,17 @@ def read_list_file(request: SplitRequest, path: Path) -> SampleList:
     paths, labels, lines = parse_list(path)
     num_classes = request.num_classes or max(labels) + 1
     return SampleList(
-        dataset=request.dataset, split=request.split or split_name(path.stem), stem=path.stem, origin=str(path),
-        labels=labels, lines=lines, num_classes=num_classes, root=request.root, paths=paths, line_kind="line",
-    )  # fmt: skip
+        dataset=request.dataset,
+        split=request.split or split_name(path.stem),
+        stem=path.stem,
+        origin=str(path),
+        labels=labels,
+        lines=lines,
+        num_classes=num_classes,
+        root=request.root,
+        paths=paths,
+        line_kind="line",
+    )
 
 
 @register("imagenet_lt")

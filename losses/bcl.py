@@ -1,0 +1,97 @@
+"""Balanced Contrastive Learning (spec/losses.md §4.4): BalSCL on views 1-2 plus the class centres.
+
+`bcl` and `dbm_bcl` take 3 views of each image: `output.logits` holds view 0's raw cosines [B, C] (the
+classification branch: LogitAdjust CE on s*cos or on DBM logits), `output.embeddings` the L2-normalised
+contrastive embeddings of views 1 then 2 [2B, e], `output.centers` the normalised class centres [C, e].
+Total: bcl_alpha * L_CE + bcl_beta * L_SCL.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from losses.functional import at_least_float32
+from losses.logit_maps import DBMargin, ScaledCosine
+from losses.modules import Loss
+from losses.objectives import BalancedSoftmax
+from losses.output import ModelOutput
+from losses.parts import Part, require
+
+
+def balanced_contrastive(embeddings: Tensor, centers: Tensor, target: Tensor, temperature: float) -> Tensor:
+    """BalSCL: supervised contrast of the 2B anchors against [anchors; centres], class-averaged denominator.
+
+    For anchor i of class k: positives P(i) = every other anchor of class k and centre k; the denominator
+    D_i = sum_{j != i} exp(S_ij) / (cnt[label j] - [label j == k]), with cnt = anchors per class in the
+    batch + 1 (the centre). Loss = mean_i [log D_i - mean_{j in P(i)} S_ij], S = A Q^T / T minus its
+    detached row max (the loss does not depend on that shift; it only keeps exp in range).
+    """
+    num_classes, two_b = centers.shape[0], embeddings.shape[0]
+    anchors = at_least_float32(embeddings)
+    anchor_labels = target.repeat(2)
+    labels = torch.cat([anchor_labels, torch.arange(num_classes, device=target.device)])
+    count = anchors.new_ones(num_classes).index_add(0, anchor_labels, anchors.new_ones(two_b))
+    with torch.autocast(anchors.device.type, enabled=False):  # similarities / T in full precision
+        sim = anchors @ torch.cat([anchors, centers.to(anchors.dtype)]).T / temperature  # [2B, 2B + C]
+    sim = sim - sim.amax(dim=1, keepdim=True).detach()
+    columns = torch.arange(sim.shape[1], device=sim.device)
+    not_self = columns.unsqueeze(0) != torch.arange(two_b, device=sim.device).unsqueeze(1)
+    positive = (anchor_labels.unsqueeze(1) == labels.unsqueeze(0)) & not_self
+    per_class = count[labels].unsqueeze(0) - positive.to(anchors.dtype)
+    denominator = torch.where(not_self, sim.exp() / per_class, 0.0).sum(dim=1)
+    mean_positive = (sim * positive).sum(dim=1) / positive.sum(dim=1)
+    return (denominator.log() - mean_positive).mean()
+
+
+class BalancedContrastive(Part):
+    """Adds BalSCL to the classification loss: bcl_alpha * ce + bcl_beta * BalSCL."""
+
+    def __init__(
+        self,
+        class_counts: Tensor,
+        *,
+        bcl_alpha: float = 2.0,
+        bcl_beta: float = 0.6,
+        bcl_temperature: float = 0.1,
+    ) -> None:
+        super().__init__()
+        require(
+            bcl_alpha >= 0 and bcl_beta >= 0,
+            f"bcl_alpha and bcl_beta must be >= 0, got {bcl_alpha}, {bcl_beta}",
+        )
+        require(bcl_temperature > 0, f"bcl_temperature must be > 0, got {bcl_temperature}")
+        self.bcl_alpha, self.bcl_beta, self.bcl_temperature = bcl_alpha, bcl_beta, bcl_temperature
+        self.num_classes = class_counts.numel()
+
+    def forward(self, ce: Tensor, output: ModelOutput, target: Tensor) -> Tensor:
+        embeddings, centers = output.embeddings, output.centers
+        require(
+            embeddings is not None and centers is not None,
+            "bcl: the output must carry embeddings (views 1-2) and centers",
+        )
+        assert embeddings is not None and centers is not None  # for type checkers
+        require(
+            embeddings.ndim == 2 and embeddings.shape[0] == 2 * target.shape[0],
+            f"bcl: embeddings must be [2B, e] = [{2 * target.shape[0]}, e] (views 1 then 2), "
+            f"got {tuple(embeddings.shape)}",
+        )
+        require(
+            centers.shape == (self.num_classes, embeddings.shape[1]),
+            f"bcl: centers must be [C, e] = [{self.num_classes}, {embeddings.shape[1]}], "
+            f"got {tuple(centers.shape)}",
+        )
+        scl = balanced_contrastive(embeddings, centers, target, self.bcl_temperature)
+        return self.bcl_alpha * ce + self.bcl_beta * scl
+
+
+class BCL(Loss):
+    """BCL: LogitAdjust CE on view 0's s*cos + BalSCL."""
+
+    name, head, num_views, parts = "bcl", "cosine", 3, (ScaledCosine, BalancedSoftmax, BalancedContrastive)
+
+
+class DBMBCL(Loss):
+    """DBM-BCL: LogitAdjust CE on view 0's DBM logits + BalSCL (DBM enters only the classification branch)."""
+
+    name, head, num_views, parts = "dbm_bcl", "cosine", 3, (DBMargin, BalancedSoftmax, BalancedContrastive)

@@ -1,0 +1,139 @@
+"""The registered losses: each is one logit map + one objective (+ BCL's contrastive term), named once.
+
+Every loss is an `nn.Module` with `forward(output: ModelOutput, target) -> 0-dim loss`, a class attribute
+`head` ("linear" or "cosine": the classifier it needs), `num_views` (augmented views per image it expects)
+and `set_epoch(epoch, epochs)`, called once per epoch before its steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from torch import Tensor, nn
+
+from losses import functional as LF
+from losses.logit_maps import DBMargin, FeatureBalance, LDAMargin, LinearLogits, ScaledCosine
+from losses.objectives import BalancedSoftmax, CrossEntropy, DeferredReweighting
+from losses.output import ModelOutput
+from losses.parts import Part, require
+
+
+def _check_type(name: str, value: Any, default: Any) -> None:
+    """A hyper-parameter must have its default's type (an int is accepted where a float is expected)."""
+    expected: tuple[type, ...] = (int, float) if type(default) is float else (type(default),)
+    if isinstance(value, bool) and type(default) is not bool or not isinstance(value, expected):
+        raise ValueError(f"{name} must be a {type(default).__name__}, got {value!r}")
+
+
+class Loss(nn.Module):
+    """A loss assembled from `parts` = (logit map, objective[, contrastive term])."""
+
+    name: ClassVar[str]
+    head: ClassVar[str]
+    num_views: ClassVar[int] = 1
+    parts: ClassVar[tuple[type[Part], ...]]
+
+    @classmethod
+    def params(cls) -> dict[str, Any]:
+        """The hyper-parameters this loss accepts, with their defaults."""
+        return {k: v for part in cls.parts for k, v in part.params().items()}
+
+    def __init__(self, class_counts: Sequence[int] | Tensor, **hparams: Any) -> None:
+        super().__init__()
+        valid = self.params()
+        for key, value in hparams.items():
+            if key not in valid:
+                raise ValueError(
+                    f"loss {self.name!r}: unknown hyper-parameter {key!r}; "
+                    f"valid: {', '.join(valid) or '(none)'}"
+                )
+            _check_type(f"loss {self.name!r}: {key}", value, valid[key])
+        counts = LF.as_counts(class_counts)
+        self.num_classes = counts.numel()
+        built = []
+        for part in self.parts:
+            kwargs = {k: v for k, v in hparams.items() if k in part.params()}
+            try:
+                built.append(part(counts, **kwargs))
+            except ValueError as err:
+                raise ValueError(f"loss {self.name!r}: {err}") from None
+        self.logit_map, self.objective, *extra = built
+        self.contrast = extra[0] if extra else None
+
+    def set_epoch(self, epoch: int, epochs: int) -> None:
+        """Update the epoch-dependent buffers in place; call once per epoch (0-indexed), before its steps."""
+        require(
+            isinstance(epoch, int) and isinstance(epochs, int) and epoch >= 0 and epochs >= 1,
+            f"loss {self.name!r}: set_epoch needs ints epoch >= 0 and epochs >= 1, got {epoch}, {epochs}",
+        )
+        for part in self.children():
+            part.set_epoch(epoch, epochs)
+
+    def forward(self, output: ModelOutput, target: Tensor) -> Tensor:
+        logits = output.logits
+        if logits.ndim != 2 or logits.shape[1] != self.num_classes:
+            raise ValueError(
+                f"loss {self.name!r} was built for {self.num_classes} classes and expects logits "
+                f"[N, {self.num_classes}], got {tuple(logits.shape)}"
+            )
+        if target.shape != logits.shape[:1]:
+            raise ValueError(
+                f"loss {self.name!r}: target must be [N] = [{logits.shape[0]}] class indices, "
+                f"got {tuple(target.shape)}"
+            )
+        loss = self.objective(self.logit_map(output, target), target)
+        if self.contrast is not None:
+            loss = self.contrast(loss, output, target)
+        return loss
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, head={self.head!r}, num_classes={self.num_classes}"
+
+
+class CE(Loss):
+    """Plain cross-entropy on a linear classifier's logits."""
+
+    name, head, parts = "ce", "linear", (LinearLogits, CrossEntropy)
+
+
+class CEDRW(Loss):
+    """CE with deferred class-balanced re-weighting."""
+
+    name, head, parts = "ce_drw", "linear", (LinearLogits, DeferredReweighting)
+
+
+class BS(Loss):
+    """Balanced Softmax: CE(z + log p) on linear logits."""
+
+    name, head, parts = "bs", "linear", (LinearLogits, BalancedSoftmax)
+
+
+class LDAMDRW(Loss):
+    """LDAM margins on the cosine head, scaled by `ldam_scale`, with DRW."""
+
+    name, head, parts = "ldam_drw", "cosine", (LDAMargin, DeferredReweighting)
+
+
+class CosineCE(Loss):
+    """Ablation: CE on `s * cos` (the cosine classifier without margins)."""
+
+    name, head, parts = "cosine_ce", "cosine", (ScaledCosine, CrossEntropy)
+
+
+class DBMCE(Loss):
+    name, head, parts = "dbm_ce", "cosine", (DBMargin, CrossEntropy)
+
+
+class DBMDRW(Loss):
+    name, head, parts = "dbm_drw", "cosine", (DBMargin, DeferredReweighting)
+
+
+class DBMBS(Loss):
+    name, head, parts = "dbm_bs", "cosine", (DBMargin, BalancedSoftmax)
+
+
+class FBL(Loss):
+    """Feature-Balanced Loss on a linear classifier."""
+
+    name, head, parts = "fbl", "linear", (FeatureBalance, CrossEntropy)

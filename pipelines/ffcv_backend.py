@@ -1,0 +1,219 @@
+"""FFCV backend: a `.beton` through `ffcv.loader.Loader`, decoding and cropping on CPU threads (numba).
+
+Pipelines, per the FFCV traps in spec/pipelines.md:
+- training: RandomResizedCrop decoder -> flip -> ToTensor -> ToDevice(non_blocking) -> ToTorchImage
+  (channels_last); evaluation: CenterCrop decoder (ratio 224/256 by default) -> ToTensor -> ToDevice ->
+  ToTorchImage.
+  No CPU NormalizeImage: after ToTensor it hangs the Loader, and the model normalises anyway (uint8 out).
+- `os_cache=True`: the page cache holds the file once for every rank on the node.
+- Order: our own `TraversalOrder` (samplers.EpochOrder). Every rank draws the same stream from (seed, epoch)
+  and keeps its slice, so no process group is needed, batch counts match across ranks, and evaluation shares
+  are exact (FFCV's `distributed=True` needs torch.distributed and pads evaluation with duplicates;
+  QUASI_RANDOM gives class-correlated batches and refuses distributed). ffcv 1.0.2 accepts a custom order
+  only as a callable instance (`order(loader)`), hence `_Order.__call__`.
+- An abandoned epoch's iterator thread is stopped and joined (FFCV leaks it otherwise, ffcv#345).
+
+Extra views (`views=3`) map two more pipelines onto the same `image` field; each decodes the JPEG again.
+Note FFCV sets torch's CPU thread count to `num_workers` whenever it builds or iterates a loader.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from .loader import LoaderSpec
+from .meta import DatasetMeta
+from .samplers import EpochOrder
+
+IMAGE_FIELD = "image"
+LABEL_FIELD = "label"
+
+
+class BetonError(ValueError):
+    """A `.beton` that cannot be read or lacks the fields the loader needs; the message names the file."""
+
+
+def _ffcv():
+    """Import FFCV lazily: it JIT-compiles with numba and is only needed when this backend is used."""
+    try:
+        import ffcv  # noqa: F401
+    except ImportError as exc:  # pragma: no cover - environment problem
+        raise ImportError(f"the ffcv backend needs the `ffcv` package ({exc}); run `make setup`") from exc
+    import ffcv.loader
+    import ffcv.pipeline.pipeline_spec
+    import ffcv.traversal_order.base
+
+    return ffcv
+
+
+def read_beton(path) -> tuple[object, np.ndarray]:
+    """(ffcv Reader, labels) of a `.beton`; labels come from the metadata table (no image is decoded)."""
+    from ffcv.reader import Reader
+
+    try:
+        reader = Reader(str(path))
+    except Exception as exc:
+        raise BetonError(f"{path}: not a readable FFCV .beton file ({type(exc).__name__}: {exc})") from None
+    fields = list(reader.handlers)
+    if IMAGE_FIELD not in fields or LABEL_FIELD not in fields:
+        raise BetonError(f"{path}: needs fields {IMAGE_FIELD!r} and {LABEL_FIELD!r}, it has {fields}")
+    ix = fields.index(LABEL_FIELD)
+    labels = np.asarray(reader.metadata[f"f{ix}"], dtype=np.int64).reshape(-1)
+    return reader, labels
+
+
+class FfcvBackend:
+    def __init__(self, spec: LoaderSpec, meta: DatasetMeta):
+        ffcv = _ffcv()
+        self.spec = spec
+        path = spec.path
+        if not path.is_file() or path.suffix != ".beton":
+            what = "a folder" if path.is_dir() else ("missing" if not path.exists() else "not a .beton")
+            raise BetonError(f"{path}: the ffcv backend reads a <stem>.beton file ({what})")
+        _, labels = read_beton(path)
+        if len(labels) != meta.num_samples:
+            raise BetonError(f"{path}: holds {len(labels)} samples, its meta file says {meta.num_samples}")
+        if len(labels) and (labels.min() < 0 or labels.max() >= meta.num_classes):
+            raise BetonError(
+                f"{path}: labels span {labels.min()}..{labels.max()}, meta has {meta.num_classes} classes"
+            )
+        self.order = EpochOrder(
+            labels,
+            train=spec.train,
+            sampler=spec.sampler,
+            num_samples=spec.num_samples,
+            seed=spec.seed,
+            rank=spec.rank,
+            world_size=spec.world_size,
+        )
+        self.num_batches = self.order.num_batches(spec.batch_size)
+        self._active = None
+        self._loader = None
+        if len(self.order) == 0:
+            return  # a rank with no evaluation share: nothing to build, nothing to yield
+        workers = max(1, min(spec.num_workers, os.cpu_count() or 1))
+        try:
+            self._loader = ffcv.loader.Loader(
+                str(path),
+                batch_size=spec.batch_size,
+                num_workers=workers,
+                os_cache=True,
+                order=_order_type()(self.order),
+                drop_last=spec.train,
+                pipelines=self._pipelines(),
+                seed=spec.seed,
+            )
+        except BetonError:
+            raise
+        except Exception as exc:
+            raise BetonError(f"{path}: cannot build the FFCV loader ({type(exc).__name__}: {exc})") from exc
+        self._outputs = list(self._loader.pipeline_specs)  # the order of the tuple each batch comes as
+
+    def _image_ops(self, decoder, flip: bool) -> list:
+        from ffcv.transforms import RandomHorizontalFlip, ToDevice, ToTensor, ToTorchImage
+
+        ops = [decoder]
+        if flip:
+            ops.append(RandomHorizontalFlip())
+        ops.append(ToTensor())
+        if self.spec.device.type != "cpu":
+            ops.append(ToDevice(self.spec.device, non_blocking=True))
+        ops.append(ToTorchImage(channels_last=True))
+        return ops
+
+    def _pipelines(self) -> dict:
+        from ffcv.fields.basics import IntDecoder
+        from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
+        from ffcv.pipeline.pipeline_spec import PipelineSpec
+        from ffcv.transforms import ToDevice, ToTensor
+
+        s = self.spec
+        size = (s.resolution, s.resolution)
+        if s.train:
+            image = self._image_ops(
+                RandomResizedCropRGBImageDecoder(size, scale=s.scale, ratio=s.ratio), s.hflip
+            )
+        else:
+            image = self._image_ops(CenterCropRGBImageDecoder(size, ratio=s.center_crop_ratio), False)
+        label = [IntDecoder(), ToTensor()]
+        if s.device.type != "cpu":
+            label.append(ToDevice(s.device, non_blocking=True))
+        pipes = {IMAGE_FIELD: image, LABEL_FIELD: label}
+        if s.train:
+            for v in range(1, s.views):
+                ops = self._image_ops(
+                    RandomResizedCropRGBImageDecoder(size, scale=s.view_scale, ratio=s.ratio), True
+                )
+                pipes[f"{IMAGE_FIELD}_view{v}"] = PipelineSpec(
+                    IMAGE_FIELD, decoder=ops[0], transforms=ops[1:]
+                )
+        return pipes
+
+    def epoch(self, epoch: int) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
+        self._stop_active()
+        if self._loader is None or self.num_batches == 0:
+            return
+        self._loader.next_epoch = epoch
+        it = iter(self._loader)
+        self._active = it
+        names = self._outputs
+        views = [names.index(IMAGE_FIELD)] + [
+            i for i, n in enumerate(names) if n.startswith(f"{IMAGE_FIELD}_view")
+        ]
+        label = names.index(LABEL_FIELD)
+        try:
+            for out in it:
+                yield [out[i] for i in views], out[label].reshape(-1)
+                if self._active is not it:
+                    raise RuntimeError("this epoch's iterator was abandoned: a newer epoch has started")
+        finally:
+            if self._active is it:
+                self._active = None
+            _stop(it)
+
+    def _stop_active(self) -> None:
+        it, self._active = self._active, None
+        if it is not None:
+            _stop(it)
+
+    def close(self) -> None:
+        self._stop_active()
+        self._loader = None
+
+
+def _stop(it) -> None:
+    """Stop an FFCV EpochIterator thread and wait for it (ffcv 1.0.2 leaves it running otherwise)."""
+    it.terminate_event.set()
+    if it.is_alive():
+        it.join(timeout=30)
+    it.close()
+
+
+_ORDER_CLASS = None
+
+
+def _order_type():
+    """A TraversalOrder subclass built on first use (so importing this module does not import FFCV)."""
+    global _ORDER_CLASS
+    if _ORDER_CLASS is None:
+        from ffcv.traversal_order.base import TraversalOrder
+
+        class _Order(TraversalOrder):
+            """ffcv 1.0.2 calls `order(loader)` on the instance it is given (spec/pipelines.md §2.7)."""
+
+            def __init__(self, order: EpochOrder):
+                self.epoch_order = order
+
+            def __call__(self, loader):
+                TraversalOrder.__init__(self, loader)
+                return self
+
+            def sample_order(self, epoch: int) -> np.ndarray:
+                return self.epoch_order(epoch)
+
+        _ORDER_CLASS = _Order
+    return _ORDER_CLASS

@@ -1,0 +1,156 @@
+"""The object `make_loader` returns: one backend's raw batches, plus what both backends share.
+
+A backend (FFCV or DALI) decodes, crops, flips and hands over uint8 views on the device; this wrapper owns
+the epoch counter, the batched device-side augmentations (AutoAugment/RandAugment/Cutout on view 0, the
+contrastive recipe on the extra views) and the view-major stacking, so both backends behave the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from .meta import DatasetMeta
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LoaderSpec:
+    """Everything a backend needs to build its pipeline (validated by `make_loader`)."""
+
+    path: Path
+    train: bool
+    batch_size: int
+    resolution: int
+    device: torch.device
+    num_workers: int
+    hflip: bool
+    rank: int
+    world_size: int
+    seed: int
+    sampler: str
+    num_samples: int | None
+    views: int
+    scale: tuple[float, float]
+    ratio: tuple[float, float]
+    view_scale: tuple[float, float]
+    center_crop_ratio: float
+
+
+class Backend(Protocol):
+    """What a backend provides. `epoch(e)` yields (views, labels): `views` a list of uint8
+    N x 3 x H x W channels_last tensors (one per view), `labels` int64 [N], all on the spec's device."""
+
+    num_batches: int
+
+    def epoch(self, epoch: int) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]: ...
+
+    def close(self) -> None: ...
+
+
+def derive_seed(*parts: int) -> int:
+    """A 31-bit seed from integers (seed, rank, epoch, stream): distinct tuples give unrelated seeds."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+class Loader:
+    """Iterate for (images, labels); `len()` is batches per epoch on this rank; `set_epoch(e)` picks the
+    epoch the next iteration draws (a resumed run calls it with the epoch it stopped in).
+
+    Images are uint8 [N, 3, H, W] in channels_last memory (`views=3`: [3N, ...], view-major), labels int64
+    [N], both on `device`. Labels are the caller's to keep; images without a batched augmentation are views
+    of the libraries' recycled output buffers, valid only until a few more batches have been drawn: consume or
+    copy them before moving on (a captured step copies into its static input anyway).
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        meta: DatasetMeta,
+        spec: LoaderSpec,
+        *,
+        augment: nn.Module | None = None,
+        view_augment: nn.Module | None = None,
+    ):
+        self.backend = backend
+        self.meta = meta
+        self.spec = spec
+        self.augment = augment.to(spec.device) if augment is not None else None
+        self.view_augment = view_augment.to(spec.device) if view_augment is not None else None
+        self._epoch = 0
+        self._closed = False
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next iteration will draw."""
+        return self._epoch
+
+    @property
+    def batch_size(self) -> int:
+        return self.spec.batch_size
+
+    def __len__(self) -> int:
+        return self.backend.num_batches
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self._epoch = int(epoch)
+
+    def _generator(self, epoch: int) -> torch.Generator:
+        g = torch.Generator(device=self.spec.device)
+        g.manual_seed(derive_seed(self.spec.seed, self.spec.rank, epoch, 0xA06))
+        return g
+
+    def __iter__(self) -> Iterator[Batch]:
+        if self._closed:
+            raise RuntimeError(f"loader over {self.spec.path} was closed")
+        epoch = self._epoch
+        self._epoch += 1
+        return self._run(epoch)
+
+    def _run(self, epoch: int) -> Iterator[Batch]:
+        g = self._generator(epoch) if (self.augment or self.view_augment) else None
+        for views, labels in self.backend.epoch(epoch):
+            # Labels are tiny: hand out our own copy, so keeping them (metrics) never sees a recycled buffer.
+            labels = labels.clone()
+            first = self.augment(views[0], generator=g) if self.augment is not None else views[0]
+            if len(views) == 1:
+                yield first, labels
+                continue
+            rest = torch.cat(views[1:])
+            if self.view_augment is not None:
+                rest = self.view_augment(rest, generator=g)
+            yield torch.cat([first, rest]), labels
+
+    def close(self) -> None:
+        """Stop the backend's threads and release its files; the loader cannot be iterated afterwards."""
+        if not self._closed:
+            self._closed = True
+            self.backend.close()
+
+    def __enter__(self) -> Loader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def __repr__(self) -> str:
+        s = self.spec
+        return (
+            f"Loader({type(self.backend).__name__}, {s.path.name}, train={s.train}, "
+            f"batch_size={s.batch_size}, resolution={s.resolution}, rank={s.rank}/{s.world_size}, "
+            f"batches={len(self)})"
+        )

@@ -1,0 +1,116 @@
+"""`launch.main` end to end on the converted demo data: one epoch per backend and the run folder it writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import launch
+from trainer import rundir
+from trainer.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+METRIC_FIELDS = ("epoch", "loss", "lr", "img_per_s", "top1", "many", "medium", "few", "time")
+
+
+def tiny_argv(data_dir: Path, out_dir: Path, name: str, *extra: str, backend: str = "ffcv") -> list[str]:
+    """The demo recipe shrunk for a CPU test: tiny ResNet, 32 px, eager step, one epoch."""
+    return [
+        "--config",
+        str(ROOT / "configs" / "demo.toml"),
+        f"--data.dir={data_dir}",
+        "--data.train=train",
+        "--data.eval=test",
+        f"--data.backend={backend}",
+        "--data.resolution=32",
+        "--data.batch_size=16",
+        "--data.eval_batch_size=32",
+        "--data.num_workers=1",
+        "--data.auto_augment=",
+        "--data.cutout=0",
+        "--model.arch=resnet_tiny",
+        "--step.mode=eager",
+        "--step.precision=fp32",
+        "--run.epochs=1",
+        "--run.log_every=4",
+        "--run.progress=false",
+        f"--run.out_dir={out_dir}",
+        f"--run.name={name}",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("backend", ["ffcv", "dali"])
+def test_one_epoch_writes_the_run_folder(demo_converted, tmp_path, backend):
+    argv = tiny_argv(
+        demo_converted, tmp_path, f"one_{backend}", "--loss.name=dbm_ce", "--loss.scale=16", backend=backend
+    )
+    results = launch.main(argv)
+    run = tmp_path / f"one_{backend}"
+
+    # config.toml reads back to the Config the run used
+    assert load_config(run / "config.toml") == load_config(argv[1], argv[2:])
+
+    env = json.loads((run / "env.json").read_text())
+    assert env["world_size"] == 1
+    for key in ("torch", "torchvision", "accelerate", "ffcv", "dali"):
+        assert key in env["versions"]
+    assert torch.__version__.startswith(env["versions"]["torch"])
+    assert "commit" in env["git"] and env["device"]
+
+    records = rundir.read_metrics(run)
+    assert len(records) == 1
+    for field in METRIC_FIELDS:
+        assert field in records[0], field
+    rec = records[0]
+    assert rec["epoch"] == 1 and rec["loss"] > 0 and rec["img_per_s"] > 0 and 0 <= rec["top1"] <= 1
+
+    on_disk = json.loads((run / "results.json").read_text())
+    assert on_disk == json.loads(json.dumps(results))
+    meta = json.loads((demo_converted / "test.meta.json").read_text())
+    assert results["eval_samples"] == meta["num_samples"]  # every test image counted exactly once
+    assert results["best"]["epoch"] == results["final"]["epoch"] == 1
+    for group in ("top1", "many", "medium", "few"):
+        assert results["final"][group] == rec[group]
+    assert len(results["final"]["per_class"]) == meta["num_classes"]
+
+    assert (run / "per_class_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and "model" in state and "optimizer" in state
+    assert not list(run.rglob("*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_an_existing_run_is_never_overwritten(demo_converted, tmp_path):
+    run = tmp_path / "taken"
+    (run / "checkpoints").mkdir(parents=True)
+    with pytest.raises(rundir.RunDirError, match="--resume"):
+        launch.main(tiny_argv(demo_converted, tmp_path, "taken"))
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        (["--model.arch=resnet9000"], "model.arch"),
+        (["--loss.name=dbm"], "loss.name"),
+        (["--optim.schedule=linear"], "optim.schedule"),
+        (["--data.backend=webdataset"], "data.backend"),
+        (["--run.epochz=3"], "run.epochz"),
+        (["--run.epochs=three"], "run.epochs"),
+    ],
+)
+def test_bad_names_fail_before_any_work(tmp_path, extra, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        launch.main(tiny_argv(tmp_path / "no_data", tmp_path, "bad", *extra))
+    assert not (tmp_path / "bad").exists()
+
+
+def test_argument_errors():
+    with pytest.raises(SystemExit):
+        launch.main([])  # neither --config nor --resume
+    with pytest.raises(SystemExit):
+        launch.main(["--config", "configs/demo.toml", "stray"])
+    args, overrides = launch.parse_args(["--config", "x.toml", "--optim.lr", "0.3", "--run.name=a"])
+    assert overrides == ["--optim.lr=0.3", "--run.name=a"]

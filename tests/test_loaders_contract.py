@@ -1,0 +1,239 @@
+"""make_loader on both backends (CPU): the contract's shapes, rank sharding, exact evaluation, samplers,
+set_epoch determinism, extra views. Loaders are module-scoped: each FFCV loader pays a numba JIT compile.
+
+Training loaders built with scale=(1, 1), ratio=(1, 1), hflip=False crop the whole (square) image, so a
+sample's output pixels identify it: that is how these tests see which samples a rank visited.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import threading
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines import make_loader, read_meta
+from pipelines.ffcv_backend import read_beton
+from pipelines.samplers import EpochOrder
+from pipelines.shards import open_shards
+
+# numba prints a harmless KeyError from a finalizer of FFCV's compiled functions (spec/pipelines.md §2.2).
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKENDS = ["ffcv", "dali"]
+RES = 24
+BS = 16
+WHOLE_IMAGE = dict(scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=False)
+
+
+def data_path(root: Path, stem: str, backend: str) -> Path:
+    return root / (f"{stem}.beton" if backend == "ffcv" else f"{stem}.dali")
+
+
+def file_labels(path: Path) -> np.ndarray:
+    return read_beton(path)[1] if path.suffix == ".beton" else open_shards(path).labels
+
+
+def digests(images: torch.Tensor) -> list[str]:
+    return [hashlib.blake2b(img.contiguous().numpy().tobytes(), digest_size=12).hexdigest() for img in images]
+
+
+def run_epoch(loader, epoch=None):
+    """(digests, labels, batch shapes) of one epoch."""
+    if epoch is not None:
+        loader.set_epoch(epoch)
+    keys, labels, shapes = [], [], []
+    for images, y in loader:
+        check_batch(images, y, loader.meta.num_classes)
+        keys += digests(images)
+        labels.append(y)
+        shapes.append(images.shape[0])
+    return keys, torch.cat(labels).numpy(), shapes
+
+
+def check_batch(images, labels, num_classes, views=1):
+    n = labels.shape[0]
+    assert images.dtype == torch.uint8 and labels.dtype == torch.int64
+    assert images.shape == (views * n, 3, RES, RES) and labels.shape == (n,)
+    assert images.is_contiguous(memory_format=torch.channels_last)
+    assert images.device == torch.device("cpu") == labels.device
+    assert int(labels.min()) >= 0 and int(labels.max()) < num_classes
+
+
+@pytest.fixture(scope="module")
+def odd_converted(demo_images, tmp_path_factory) -> Path:
+    """71 test images (not divisible by 2 ranks or by the batch size), converted by the CLI."""
+    out = tmp_path_factory.mktemp("odd_converted")
+    split = out / "odd.txt"
+    split.write_text("\n".join((demo_images / "test.txt").read_text().splitlines()[:71]) + "\n")
+    cmd = [
+        sys.executable,
+        str(ROOT / "tools" / "convert_datasets.py"),
+        "imagenet_lt",
+        "--root",
+        str(demo_images),
+        "--split-file",
+        str(split),
+        "--out",
+        str(out),
+        "--formats",
+        "ffcv,dali",
+        "--workers",
+        "1",
+    ]
+    subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True)
+    return out
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def ranks(request, demo_converted):
+    """Training loaders for ranks 0 and 1 of 2, whole-image crops."""
+    path = data_path(demo_converted, "train", request.param)
+    loaders = [
+        make_loader(
+            request.param,
+            path,
+            train=True,
+            batch_size=BS,
+            resolution=RES,
+            device="cpu",
+            num_workers=2,
+            rank=r,
+            world_size=2,
+            seed=3,
+            **WHOLE_IMAGE,
+        )
+        for r in (0, 1)
+    ]
+    yield loaders
+    for loader in loaders:
+        loader.close()
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def evaluation(request, odd_converted):
+    path = data_path(odd_converted, "odd", request.param)
+    loaders = [
+        make_loader(
+            request.param,
+            path,
+            train=False,
+            batch_size=BS,
+            resolution=RES,
+            device="cpu",
+            num_workers=2,
+            rank=r,
+            world_size=2,
+            center_crop_ratio=1.0,
+        )
+        for r in (0, 1)
+    ]
+    yield loaders
+    for loader in loaders:
+        loader.close()
+
+
+def test_training_ranks_are_disjoint_and_cover_the_data(ranks):
+    meta = ranks[0].meta
+    assert meta.num_samples == 288 and len(ranks[0]) == len(ranks[1]) == 288 // 2 // BS
+    (k0, y0, s0), (k1, y1, s1) = (run_epoch(loader, epoch=0) for loader in ranks)
+    assert s0 == s1 == [BS] * len(ranks[0])  # fixed shapes, equal batch counts
+    assert len(set(k0)) == len(k0) == len(set(k1)) == 144 and not set(k0) & set(k1)
+    assert len(set(k0) | set(k1)) == meta.num_samples  # together: every training image once
+    counts = np.bincount(np.concatenate([y0, y1]), minlength=meta.num_classes)
+    assert counts.tolist() == list(meta.class_counts)
+
+
+def test_set_epoch_fixes_the_order(ranks):
+    loader = ranks[0]
+    a, ya, _ = run_epoch(loader, epoch=5)
+    assert loader.epoch == 6  # iterating advances to the next epoch
+    b, yb, _ = run_epoch(loader, epoch=5)
+    c, _, _ = run_epoch(loader)  # epoch 6
+    assert a == b and np.array_equal(ya, yb)
+    assert a != c and set(a) != set(c)  # another epoch: another order and another half of the data
+    # The labels follow the shared sampler's order for (seed, epoch, rank) exactly.
+    order = EpochOrder(file_labels(loader.spec.path), train=True, seed=3, rank=0, world_size=2)(5)
+    assert np.array_equal(ya, file_labels(loader.spec.path)[order])
+
+
+def test_abandoned_epochs_release_their_workers(ranks):
+    loader = ranks[1]
+    run_epoch(loader, epoch=0)
+    threads = threading.active_count()
+    for _ in range(3):
+        for i, _batch in enumerate(loader):
+            if i == 1:
+                break
+    it = iter(loader)
+    next(it)  # a held, half-read iterator must not disturb the next epoch either
+    keys, _, shapes = run_epoch(loader, epoch=0)
+    assert shapes == [BS] * len(loader) and len(set(keys)) == 144
+    with pytest.raises(RuntimeError, match="abandoned"):
+        next(it)  # the superseded epoch says so instead of reading the current one's batches
+    assert threading.active_count() <= threads + 1
+
+
+def test_evaluation_sees_every_sample_exactly_once(evaluation):
+    meta = evaluation[0].meta
+    assert meta.num_samples == 71
+    results = [run_epoch(loader) for loader in evaluation]
+    assert [len(loader) for loader in evaluation] == [3, 3]
+    assert [r[2] for r in results] == [[16, 16, 3], [16, 16, 4]]  # 35 + 36 samples, the last batch partial
+    keys = results[0][0] + results[1][0]
+    assert len(keys) == len(set(keys)) == 71  # no sample twice, none missing (no padding duplicates)
+    counts = np.bincount(np.concatenate([results[0][1], results[1][1]]), minlength=meta.num_classes)
+    assert counts.tolist() == list(meta.class_counts)
+    again = [run_epoch(loader)[0] for loader in evaluation]  # a second pass: the same samples, same order
+    assert again == [results[0][0], results[1][0]]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_balanced_sampler_three_views_and_augmentations(backend, demo_converted):
+    """One loader (one FFCV compile) for the training options the papers' recipes combine."""
+    path = data_path(demo_converted, "train", backend)
+    with make_loader(
+        backend,
+        path,
+        train=True,
+        batch_size=32,
+        resolution=RES,
+        device="cpu",
+        num_workers=2,
+        sampler="class_balanced",
+        num_samples=480,
+        views=3,
+        auto_augment="cifar10",
+        cutout=8,
+        seed=1,
+    ) as loader:
+        assert len(loader) == 480 // 32
+        labels = []
+        for images, y in loader:
+            check_batch(images, y, loader.meta.num_classes, views=3)
+            labels.append(y)
+        freq = np.bincount(torch.cat(labels).numpy(), minlength=12) / (len(loader) * 32)
+        # Natural frequencies run from 21% to 2%; balanced sampling gives 1/12 each (std about 1.3% here).
+        np.testing.assert_allclose(freq, 1 / 12, atol=0.05)
+        v0, v1, v2 = images.view(3, 32, 3, RES, RES).float().unbind(0)  # view-major: [view 0; view 1; view 2]
+        assert (v1 - v2).abs().mean() > 1 and (v0 - v1).abs().mean() > 1  # independent augmentations
+        gray = (v1[:, 0] == v1[:, 1]).flatten(1).all(1) & (v1[:, 1] == v1[:, 2]).flatten(1).all(1)
+        assert not gray.all()
+
+
+def test_meta_is_exposed(demo_converted):
+    path = demo_converted / "test.dali"
+    with make_loader(
+        "dali", path, train=False, batch_size=BS, resolution=RES, device="cpu", num_workers=1
+    ) as loader:
+        assert loader.meta == read_meta(path) and loader.meta.num_classes == 12
+        assert len(loader) == 72 // BS + 1
+        keys, labels, shapes = run_epoch(loader)
+        assert shapes[-1] == 72 % BS and Counter(labels.tolist()) == Counter({c: 6 for c in range(12)})

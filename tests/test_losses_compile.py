@@ -1,0 +1,62 @@
+"""Every loss under `torch.compile(fullgraph=True)`: equal to eager, one graph, no recompilation when
+`set_epoch` changes the epoch state (DRW's switch, FBL's curriculum), which lives in buffers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from losses import ModelOutput, build_loss, loss_names
+from tests.test_losses_modules import COUNTS, make_output
+
+# Epochs that change the state: DRW off -> on, FBL's curriculum 0 -> 0.8 -> past 1.
+EPOCHS = (0, 170, 199)
+
+
+def _value_and_grads(fn, output: ModelOutput, target: torch.Tensor):
+    inputs = tuple(t.detach().requires_grad_() for t in output)
+    value = fn(ModelOutput(*inputs), target)
+    return value.detach(), torch.autograd.grad(value, inputs, allow_unused=True)
+
+
+def _assert_compiled_equals_eager(name: str, backend: str) -> None:
+    torch._dynamo.reset()
+    counters.clear()
+    loss = build_loss(name, COUNTS)
+    compiled = torch.compile(loss, backend=backend, fullgraph=True)
+    output, target = make_output(n=8)
+    values = []
+    for i, epoch in enumerate(EPOCHS):
+        loss.set_epoch(epoch, 200)
+        expected, expected_grads = _value_and_grads(loss, output, target)
+        with torch._dynamo.config.patch(error_on_recompile=i > 0):
+            value, grads = _value_and_grads(compiled, output, target)
+        torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-5)
+        for got, want in zip(grads, expected_grads, strict=True):
+            assert (got is None) == (want is None)
+            if want is not None:
+                torch.testing.assert_close(got, want, rtol=1e-4, atol=2e-5)  # grads reach s / N = 3.75
+        values.append(value.item())
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    assert not counters["graph_break"]
+    if name in ("ce_drw", "dbm_drw", "ldam_drw", "fbl"):  # the epoch state did change the compiled result
+        assert values[0] != values[1] and (name != "fbl" or values[1] != values[2])
+
+
+# Inductor (the real thing) for the two losses the trainer exists for, in the fast tier; every loss is
+# traced through dynamo + AOTAutograd there too (cheap), and through Inductor in the slow tier.
+@pytest.mark.parametrize("name", ["dbm_drw", "fbl"])
+def test_compiled_equals_eager_no_recompile(name):
+    _assert_compiled_equals_eager(name, "inductor")
+
+
+@pytest.mark.parametrize("name", loss_names())
+def test_traced_equals_eager_no_recompile(name):
+    _assert_compiled_equals_eager(name, "aot_eager")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(set(loss_names()) - {"dbm_drw", "fbl"}))
+def test_compiled_equals_eager_no_recompile_all(name):
+    _assert_compiled_equals_eager(name, "inductor")

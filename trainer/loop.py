@@ -1,0 +1,300 @@
+"""The training loop as plain functions: `fit` runs epochs of `train_one_epoch` and `evaluate`.
+
+`fit` receives parts that launch.py built (model, loss, steps, loaders) and owns only the run's time line:
+per epoch it sets the loss's and the loader's epoch, trains (learning rate written into the optimizer's
+device tensor every step, host reads only every `run.log_every` steps), evaluates every `run.eval_every`
+epochs and at the end, appends a line to metrics.jsonl, and checkpoints every `run.checkpoint_every` epochs
+and at the end. `fit(..., resume=True)` reloads the last checkpoint and goes on exactly where it stopped.
+
+Epochs are numbered from 1 in everything written (metrics, results, checkpoints) and from 0 in the calls
+the loss and the loaders receive (`set_epoch(epoch)`), as in the papers' code.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from trainer import checkpoint as ckpt
+from trainer import rundir
+from trainer.config import Config, OptimConfig, to_dict
+from trainer.plot import plot_per_class_accuracy
+from trainer.schedule import lr_at
+from trainer.step import EvalStep, TrainStep, unwrap
+
+log = logging.getLogger(__name__)
+
+GROUPS = ("top1", "many", "medium", "few")
+
+
+@dataclass
+class Parts:
+    """What launch.py builds and `fit` drives."""
+
+    model: nn.Module  # as prepared by Accelerate (a DDP wrapper on several processes)
+    loss: nn.Module  # a losses.Loss: set_epoch(epoch, epochs), buffers saved in checkpoints
+    optimizer: torch.optim.Optimizer  # the raw optimizer (its param groups share the step's lr tensor)
+    train_step: TrainStep
+    eval_step: EvalStep
+    train_loader: Any  # pipelines loader: iterable, len(), set_epoch(epoch), close()
+    eval_loader: Any
+    class_counts: tuple[int, ...]  # training images per class: shot groups, plot
+    global_batch: int  # images per optimisation step over all processes
+
+    def close(self) -> None:
+        for loader in (self.train_loader, self.eval_loader):
+            close = getattr(loader, "close", None)
+            if close is not None:
+                close()
+
+
+def train_one_epoch(
+    step: TrainStep,
+    loader: Iterable[Any],
+    epoch: int,
+    *,
+    epochs: int,
+    optim: OptimConfig,
+    log_every: int,
+    global_batch: int,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """One pass over `loader` (epoch counted from 0). Returns the mean loss, the last learning rate, the
+    training top-1 of view 0 and images per second over all processes (timed between host syncs)."""
+    steps = len(loader)  # type: ignore[arg-type]
+    if steps == 0:
+        raise ValueError(
+            f"the training loader yields no full batch of {global_batch} images per epoch: "
+            "lower data.batch_size (training batches drop the last partial batch)"
+        )
+    bar = tqdm(
+        total=steps,
+        desc=f"epoch {epoch + 1}/{epochs}",
+        unit="step",
+        leave=False,
+        dynamic_ncols=True,
+        disable=not progress,
+    )
+    loss_sum = correct = 0.0
+    loss_steps = samples = 0
+    lr = optim.lr
+    start = last_time = time.perf_counter()
+    last_step = 0
+    done = 0
+    for i, (images, labels) in enumerate(loader):
+        lr = lr_at(optim, epoch, i, steps, epochs)
+        step.set_lr(lr)  # an in-place device write: no sync, no recompile, no recapture
+        step(images, labels)
+        done = i + 1
+        bar.update(1)
+        if done % log_every == 0 or done == steps:
+            m = step.read_metrics()  # the only host sync (a collective on several processes)
+            now = time.perf_counter()
+            if m["steps"]:
+                loss_sum += m["loss"] * m["steps"]
+                loss_steps += m["steps"]
+            if m["top1"] is not None:
+                correct += m["top1"] * m["samples"]
+                samples += m["samples"]
+            rate = (done - last_step) * global_batch / max(now - last_time, 1e-9)
+            last_time, last_step = now, done
+            bar.set_postfix(
+                loss=f"{m['loss']:.4f}" if m["loss"] is not None else "-", lr=f"{lr:.3g}", img_s=f"{rate:.0f}"
+            )
+    bar.close()
+    if done != steps:
+        raise RuntimeError(
+            f"the training loader gave {done} batches in epoch {epoch + 1}; len() said {steps}"
+        )
+    elapsed = time.perf_counter() - start
+    return {
+        "loss": loss_sum / loss_steps if loss_steps else None,
+        "lr": lr,
+        "train_top1": correct / samples if samples else None,
+        "img_per_s": steps * global_batch / elapsed,
+        "train_time": elapsed,
+        "steps": steps,
+    }
+
+
+def evaluate(
+    step: EvalStep, loader: Iterable[Any], class_counts: tuple[int, ...] | list[int]
+) -> dict[str, Any]:
+    """Top-1, many/medium/few and per-class accuracy over the whole eval set, summed over processes. Each
+    rank's loader holds a disjoint share of the samples (no padding), so every sample counts exactly once;
+    `samples` in the result says how many were counted."""
+    start = time.perf_counter()
+    for images, labels in loader:
+        step(images, labels)
+    report = step.results(class_counts)  # host sync + all-reduce of the per-class counts
+    report["eval_time"] = time.perf_counter() - start
+    return report
+
+
+# --- fit -------------------------------------------------------------------------------------------------
+@dataclass
+class _History:
+    epoch: int = 0  # epochs finished
+    best: dict[str, Any] | None = None
+    last_eval: dict[str, Any] | None = None
+    records: list[dict[str, Any]] | None = None
+
+
+def _groups(report: dict[str, Any]) -> dict[str, Any]:
+    return {g: report.get(g) for g in GROUPS}
+
+
+def _better(report: dict[str, Any], best: dict[str, Any] | None) -> bool:
+    return report.get("top1") is not None and (best is None or report["top1"] > best["top1"])
+
+
+def _save(cfg: Config, accelerator: Any, parts: Parts, run_dir: Path, hist: _History) -> None:
+    from accelerate.utils import gather_object
+
+    rng = gather_object([ckpt.rng_state()])  # every rank's generators, in rank order (a collective)
+    if accelerator.is_main_process:
+        ckpt.save_checkpoint(
+            ckpt.checkpoint_path(run_dir),
+            {
+                "epoch": hist.epoch,
+                "model": unwrap(parts.model).state_dict(),
+                "optimizer": parts.optimizer.state_dict(),
+                "loss": parts.loss.state_dict(),
+                "rng": rng,
+                "best": hist.best,
+                "last_eval": hist.last_eval,
+                "history": hist.records,
+                "world_size": accelerator.num_processes,
+                "config": to_dict(cfg),
+            },
+        )
+    accelerator.wait_for_everyone()
+
+
+def _restore(accelerator: Any, parts: Parts, run_dir: Path) -> _History:
+    state = ckpt.load_checkpoint(ckpt.checkpoint_path(run_dir))
+    unwrap(parts.model).load_state_dict(state["model"])  # copies in place: parameters keep their addresses
+    ckpt.load_optimizer_state(parts.optimizer, state["optimizer"])
+    parts.loss.load_state_dict(state["loss"])
+    parts.train_step.invalidate()  # the optimizer's state tensors are new: re-warm and re-capture
+    rng = state["rng"]
+    if len(rng) == accelerator.num_processes:
+        ckpt.set_rng_state(rng[accelerator.process_index])
+    else:
+        log.warning(
+            "checkpoint written by %d processes, resumed on %d: the random streams (augmentation, data "
+            "order) differ from an uninterrupted run",
+            len(rng),
+            accelerator.num_processes,
+        )
+        ckpt.set_rng_state(rng[accelerator.process_index % len(rng)])
+    return _History(state["epoch"], state["best"], state["last_eval"], list(state["history"]))
+
+
+def _results(cfg: Config, parts: Parts, hist: _History) -> dict[str, Any]:
+    records = hist.records or []
+    final = hist.last_eval or {}
+    rates = [r["img_per_s"] for r in records if r.get("img_per_s")]
+    return {
+        "name": cfg.run.name,
+        "epochs": hist.epoch,
+        "best": hist.best,
+        "final": {"epoch": final.get("epoch"), **_groups(final), "per_class": final.get("per_class")},
+        "eval_samples": final.get("samples"),
+        "num_classes": len(parts.class_counts),
+        "class_counts": list(parts.class_counts),
+        "shot_classes": {g: final.get(f"{g}_classes") for g in ("many", "medium", "few")},
+        "train_time_s": sum(r.get("train_time", 0.0) for r in records),
+        "img_per_s_median": statistics.median(rates) if rates else None,
+    }
+
+
+def _finish(cfg: Config, run_dir: Path, parts: Parts, results: dict[str, Any]) -> None:
+    rundir.write_results(run_dir, results)
+    per_class = results["final"].get("per_class")
+    if per_class:
+        acc = [a if a is not None else 0.0 for a in per_class]
+        title = (
+            f"{cfg.run.name}: {cfg.loss.name}, {cfg.model.arch}, epoch {results['final']['epoch']}, "
+            f"top-1 {100 * results['final']['top1']:.2f}%"
+        )
+        plot_per_class_accuracy(run_dir / rundir.PLOT_FILE, acc, parts.class_counts, title)
+
+
+def _summary(rec: dict[str, Any]) -> str:
+    text = f"epoch {rec['epoch']}: loss {rec['loss']:.4f} lr {rec['lr']:.4g} {rec['img_per_s']:.0f} img/s"
+    if rec.get("top1") is not None:
+        few = "-" if rec.get("few") is None else f"{100 * rec['few']:.2f}"
+        text += (
+            f" | top-1 {100 * rec['top1']:.2f} many {_pct(rec.get('many'))} "
+            f"medium {_pct(rec.get('medium'))} few {few}"
+        )
+    return text + f" ({rec['time']:.1f} s)"
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+def fit(
+    cfg: Config, accelerator: Any, parts: Parts, run_dir: Path, *, resume: bool = False
+) -> dict[str, Any]:
+    """Train for `cfg.run.epochs` epochs (continuing from the last checkpoint when `resume`); return the
+    results written to results.json (best and final evaluation)."""
+    run = cfg.run
+    main = accelerator.is_main_process
+    epochs = run.epochs
+    hist = _restore(accelerator, parts, run_dir) if resume else _History(records=[])
+    if main:
+        rundir.write_metrics(run_dir, hist.records or [])  # drops lines written after the checkpoint
+    if resume:
+        accelerator.print(f"resuming {run_dir} after epoch {hist.epoch} of {epochs}", flush=True)
+    for epoch in range(hist.epoch, epochs):
+        start = time.perf_counter()
+        parts.loss.set_epoch(epoch, epochs)
+        parts.train_loader.set_epoch(epoch)
+        rec: dict[str, Any] = {"epoch": epoch + 1}
+        rec.update(
+            train_one_epoch(
+                parts.train_step,
+                parts.train_loader,
+                epoch,
+                epochs=epochs,
+                optim=cfg.optim,
+                log_every=max(1, run.log_every),
+                global_batch=parts.global_batch,
+                progress=run.progress and main,
+            )
+        )
+        last = epoch + 1 == epochs
+        if last or (run.eval_every > 0 and (epoch + 1) % run.eval_every == 0):
+            report = evaluate(parts.eval_step, parts.eval_loader, parts.class_counts)
+            report["epoch"] = epoch + 1
+            hist.last_eval = report
+            if _better(report, hist.best):
+                hist.best = {"epoch": epoch + 1, **_groups(report)}
+            rec.update(_groups(report), eval_samples=report["samples"], eval_time=report["eval_time"])
+        else:
+            rec.update(dict.fromkeys(GROUPS))
+        rec["time"] = time.perf_counter() - start
+        hist.epoch = epoch + 1
+        hist.records.append(rec)
+        if main:
+            rundir.append_metrics(run_dir, rec)
+        accelerator.print(_summary(rec), flush=True)
+        if last or (run.checkpoint_every > 0 and (epoch + 1) % run.checkpoint_every == 0):
+            _save(cfg, accelerator, parts, run_dir, hist)
+    results = _results(cfg, parts, hist)
+    if main:
+        _finish(cfg, run_dir, parts, results)
+    accelerator.wait_for_everyone()
+    return results

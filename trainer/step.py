@@ -1,0 +1,293 @@
+"""The training step (forward, loss, backward, optimizer update, metric accumulation) and the eval step.
+
+Modes (`StepConfig.mode`, registry `RUNNERS`):
+* `eager`: plain PyTorch.
+* `compile`: the model is compiled in place (`nn.Module.compile`, so a DDP wrapper around it keeps working
+  and state_dict keys stay clean), the loss + metric update and the optimizer update are compiled
+  functions; backward runs the compiled backward graph. Everything uses `dynamic=False`.
+* `graph`: `compile`, then the whole step is captured as one CUDA graph per input shape (spec/pipelines.md
+  §5.3): static uint8 image and label buffers, `graph_warmup` real steps on a side stream first (compiles,
+  autotunes, allocates grads and cuBLAS workspaces; >= 11 under DDP), gradients zeroed in place inside the
+  graph (they live outside the graph pool, so graphs for several shapes can share one pool), then replay.
+  A CUDA-graph compile mode inside a manual capture is not allowed, so `reduce-overhead` / `max-autotune`
+  become their no-cudagraph variants. Without CUDA, `graph` falls back to `compile` (logged).
+
+Nothing in the step reads a tensor on the host: the learning rate is the optimizer's 0-dim tensor (the loop
+calls `lr.fill_(v)`), the loss's epoch state lives in its buffers, and the loss sum and per-class counts
+accumulate on the device until `read_metrics()`. After loading a checkpoint call `invalidate()` (the
+optimizer's new state tensors are not the ones a graph captured); `SGD.load_state_dict` also bumps a
+generation counter that triggers the same re-capture.
+
+Evaluation (`EvalStep`) runs the unwrapped model (no DDP: ranks may see different numbers of eval batches
+and DDP's forward would broadcast buffers, a collective), under no_grad, compiled but never captured. The
+last, partial batch gets its own compiled graph (dynamic=False: one extra compile per eval set size,
+cached across epochs) instead of padding and masking.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from losses import ModelOutput
+from trainer.config import StepConfig
+from trainer.metrics import ClassAccumulator, accuracy_report
+
+log = logging.getLogger(__name__)
+
+# Compile modes that use CUDA graphs themselves, and what they become inside a manual capture.
+_NO_CUDAGRAPHS = {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}
+_PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DDP (or DataParallel) wrapper."""
+    return model.module if isinstance(model, DistributedDataParallel | nn.DataParallel) else model
+
+
+def resolve_mode(mode: str, device: torch.device) -> str:
+    if mode not in RUNNERS:
+        raise ValueError(f"step.mode: unknown mode {mode!r}; valid: {', '.join(RUNNERS)}")
+    if mode == "graph" and device.type != "cuda":
+        log.info("step.mode=graph needs a CUDA device; falling back to compile on %s", device)
+        return "compile"
+    return mode
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 on CUDA and fp32 on a CPU for "auto"; None means no autocast."""
+    if precision not in _PRECISIONS:
+        raise ValueError(f"step.precision: unknown precision {precision!r}; valid: {', '.join(_PRECISIONS)}")
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+    # cache_enabled=False: the weight-cast cache is not allowed under graph capture (and ResNets use each
+    # weight once per forward, so it saves nothing).
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=False)
+
+
+def module_compile_mode(cfg: StepConfig, mode: str) -> str:
+    """The torch.compile mode for a step mode: no CUDA-graph compile mode inside a manual capture."""
+    return _NO_CUDAGRAPHS.get(cfg.compile_mode, cfg.compile_mode) if mode == "graph" else cfg.compile_mode
+
+
+def compile_kwargs(cfg: StepConfig, mode: str) -> dict[str, Any]:
+    """torch.compile arguments: static shapes; `mode` applies to Inductor only."""
+    kwargs: dict[str, Any] = {"backend": cfg.compile_backend, "dynamic": False}
+    if cfg.compile_backend == "inductor":
+        kwargs["mode"] = mode
+    return kwargs
+
+
+def compile_module(module: nn.Module, cfg: StepConfig, mode: str) -> None:
+    """Compile `module` in place once (shared by the train and eval steps)."""
+    if getattr(module, "_compiled_call_impl", None) is None:
+        module.compile(**compile_kwargs(cfg, mode))
+
+
+class TrainStep:
+    """One optimisation step per call; see the module docstring for the modes."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        lr_tensor: Tensor,
+        cfg: StepConfig,
+        device: torch.device | str,
+        num_classes: int,
+    ) -> None:
+        self.model = model  # possibly a DDP wrapper: its forward all-reduces gradients in backward
+        self.module = unwrap(model)
+        self.loss_fn = loss_fn
+        self.optimizer = getattr(optimizer, "optimizer", optimizer)  # Accelerate's wrapper adds only Python
+        self.lr = lr_tensor
+        self.device = torch.device(device)
+        self.dtype = autocast_dtype(cfg.precision, self.device)
+        self.metrics = ClassAccumulator(num_classes, self.device)
+        self.mode = resolve_mode(cfg.mode, self.device)
+        self.loss_and_metrics = self._loss_and_metrics
+        self.runner = RUNNERS[self.mode](self, cfg)
+
+    def _loss_and_metrics(self, output: ModelOutput, labels: Tensor) -> Tensor:
+        loss = self.loss_fn(output, labels)
+        self.metrics.add_loss(loss)
+        self.metrics.update(output.logits.detach(), labels)  # train accuracy on (augmented) view 0
+        return loss
+
+    def forward_loss(self, images: Tensor, labels: Tensor) -> Tensor:
+        with autocast(self.device, self.dtype):
+            output = self.model(images)
+        return self.loss_and_metrics(output, labels)  # outside autocast: the model hands over fp32
+
+    def __call__(self, images: Tensor, labels: Tensor) -> None:
+        if not self.module.training:
+            self.model.train()
+        self.runner.run(images, labels)
+
+    def set_lr(self, value: float) -> None:
+        self.lr.fill_(value)  # an async device write: no sync, no recompile, no recapture
+
+    def read_metrics(self, per_class: bool = False) -> dict[str, Any]:
+        """Host sync (a collective under DDP: call on every rank): loss mean over the steps since the last
+        read, samples, steps and train top-1 of view 0; `class_counts` per class if asked. Resets."""
+        r = self.metrics.read()
+        self.metrics.reset()
+        samples = sum(r["count"])
+        out: dict[str, Any] = {
+            "loss": r["loss_sum"] / r["steps"] if r["steps"] else None,
+            "samples": int(samples),
+            "steps": int(r["steps"]),
+            "top1": sum(r["correct"]) / samples if samples else None,
+        }
+        if per_class:
+            out["class_counts"] = [int(c) for c in r["count"]]
+        return out
+
+    def invalidate(self) -> None:
+        """After loading a checkpoint: the next call re-warms and re-captures (graph mode)."""
+        self.runner.invalidate()
+
+
+class EagerRunner:
+    def __init__(self, step: TrainStep, cfg: StepConfig) -> None:
+        self.step = step
+        self.optimizer_step = step.optimizer.step
+
+    def run(self, images: Tensor, labels: Tensor) -> None:
+        self.step.optimizer.zero_grad(set_to_none=True)
+        self.step.forward_loss(images, labels).backward()
+        self.optimizer_step()
+
+    def invalidate(self) -> None:
+        pass
+
+
+class CompiledRunner(EagerRunner):
+    def __init__(self, step: TrainStep, cfg: StepConfig, compile_mode: str | None = None) -> None:
+        super().__init__(step, cfg)
+        mode = compile_mode or cfg.compile_mode
+        compile_module(step.module, cfg, mode)
+        step.loss_and_metrics = torch.compile(step._loss_and_metrics, **compile_kwargs(cfg, mode))
+        # The optimizer's foreach update fuses into a few kernels; lr is a tensor input, never a constant.
+        self.optimizer_step = torch.compile(step.optimizer.step, **compile_kwargs(cfg, "default"))
+
+
+class _Captured:
+    """Static input buffers and, once warmed up, the graph of one input shape."""
+
+    def __init__(self, images: Tensor, labels: Tensor) -> None:
+        self.images = torch.empty_like(images, memory_format=torch.preserve_format)
+        self.labels = torch.empty_like(labels)
+        self.warm = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+
+class GraphRunner(CompiledRunner):
+    def __init__(self, step: TrainStep, cfg: StepConfig) -> None:
+        mode = module_compile_mode(cfg, "graph")
+        if mode != cfg.compile_mode:
+            log.warning(
+                "step.compile_mode=%s uses CUDA graphs, which cannot nest in the step's capture; using %s",
+                cfg.compile_mode,
+                mode,
+            )
+        super().__init__(step, cfg, compile_mode=mode)
+        ddp = isinstance(step.model, DistributedDataParallel)
+        self.warmup = max(1, cfg.graph_warmup, 11 if ddp else 0)  # DDP needs >= 11 eager iterations
+        self.graphs: dict[tuple[Any, ...], _Captured] = {}
+        self.pool: Any = None
+        self.generation = getattr(step.optimizer, "generation", 0)
+
+    def body(self, images: Tensor, labels: Tensor) -> None:
+        grads = [p.grad for g in self.step.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if grads:
+            torch._foreach_zero_(grads)  # in place: grads keep their (non-pool) memory
+        self.step.forward_loss(images, labels).backward()
+        self.optimizer_step()
+
+    def run(self, images: Tensor, labels: Tensor) -> None:
+        if getattr(self.step.optimizer, "generation", 0) != self.generation:
+            self.invalidate()
+        key = (tuple(images.shape), images.dtype, images.stride(), tuple(labels.shape), labels.dtype)
+        cap = self.graphs.get(key)
+        if cap is None:
+            cap = self.graphs[key] = _Captured(images, labels)
+        cap.images.copy_(images, non_blocking=True)
+        cap.labels.copy_(labels, non_blocking=True)
+        if cap.graph is not None:
+            cap.graph.replay()
+        elif cap.warm < self.warmup:
+            self._warm(cap)
+        else:
+            self._capture(cap)
+            cap.graph.replay()  # capturing ran nothing: this batch's step
+
+    def _warm(self, cap: _Captured) -> None:
+        side = torch.cuda.Stream(self.step.device)
+        side.wait_stream(torch.cuda.current_stream(self.step.device))
+        with torch.cuda.stream(side):
+            self.body(cap.images, cap.labels)
+        torch.cuda.current_stream(self.step.device).wait_stream(side)
+        cap.warm += 1
+
+    def _capture(self, cap: _Captured) -> None:
+        log.info("capturing the training step as a CUDA graph for images %s", tuple(cap.images.shape))
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            self.body(cap.images, cap.labels)
+        if self.pool is None:
+            self.pool = graph.pool()
+        cap.graph = graph
+
+    def invalidate(self) -> None:
+        self.graphs.clear()
+        self.pool = None
+        self.generation = getattr(self.step.optimizer, "generation", 0)
+
+
+RUNNERS: dict[str, type[EagerRunner]] = {
+    "eager": EagerRunner,
+    "compile": CompiledRunner,
+    "graph": GraphRunner,
+}
+
+
+class EvalStep:
+    """Accumulates argmax(logits) against labels per class; `results(class_counts)` reads and resets."""
+
+    def __init__(
+        self, model: nn.Module, cfg: StepConfig, device: torch.device | str, num_classes: int
+    ) -> None:
+        self.module = unwrap(model)
+        self.device = torch.device(device)
+        self.dtype = autocast_dtype(cfg.precision, self.device)
+        self.mode = resolve_mode(cfg.mode, self.device)
+        if self.mode != "eager":
+            compile_module(self.module, cfg, module_compile_mode(cfg, self.mode))
+        self.metrics = ClassAccumulator(num_classes, self.device)
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor, labels: Tensor) -> None:
+        if self.module.training:
+            self.module.eval()
+        with autocast(self.device, self.dtype):
+            output = self.module(images)
+        self.metrics.update(output.logits, labels)
+
+    def results(self, class_counts: list[int] | tuple[int, ...]) -> dict[str, Any]:
+        """Host sync (a collective under DDP): top1, many/medium/few, per_class, samples; then resets."""
+        r = self.metrics.read()
+        self.metrics.reset()
+        return accuracy_report(r["count"], r["correct"], class_counts)
