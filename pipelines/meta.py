@@ -9,7 +9,8 @@ meta file itself, the `.beton`, or the `.dali` folder. The JSON shape is a contr
                  "dali": {"dir": "<stem>.dali", "shards": [names], "samples_per_shard": [...]}},
      "skipped": [{"path", "line", "error"}]}
 
-plus optional `class_names`, `source`, `imb_ratio` and `format_version`; readers ignore keys they do not know. Names in `formats` are relative to the meta file's folder.
+plus optional `class_names`, `source`, `imb_ratio` and `format_version`; readers ignore keys they do not
+know. Names in `formats` are relative to the meta file's folder.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Fixture writers for the converter tests: small image trees, lists, iNaturalist JSON and CIFAR pickles, all in
-the real on-disk formats."""
+"""Fixture writers for the converter tests: small image trees, lists, iNaturalist JSON and CIFAR pickles,
+all in the real on-disk formats."""
 
 from __future__ import annotations
 
@@ -49,13 +49,14 @@ def write_list(path: Path, items, shuffle_seed: int | None = 0) -> list[tuple[st
 
 
 def write_inat_json(path: Path, items, num_categories: int, seed: int = 0) -> list[tuple[str, int]]:
-    """Official-format iNaturalist JSON; annotations shuffled independently of images. Returns images' order."""
+    """Official-format iNaturalist JSON, annotations shuffled apart from images. Returns the images' order."""
     rng = random.Random(seed)
     rows = [(rel, label) for rel, label, *_ in items]
     rng.shuffle(rows)
     ids = rng.sample(range(100, 100000), len(rows))
-    images = [{"id": i, "file_name": rel, "width": 48, "height": 40, "license": 0} for i, (rel, _) in zip(ids, rows)]
-    annotations = [{"id": k, "image_id": i, "category_id": lab} for k, (i, (_, lab)) in enumerate(zip(ids, rows))]
+    pairs = list(zip(ids, rows, strict=True))
+    images = [{"id": i, "file_name": rel, "width": 48, "height": 40, "license": 0} for i, (rel, _) in pairs]
+    annotations = [{"id": k, "image_id": i, "category_id": lab} for k, (i, (_, lab)) in enumerate(pairs)]
     rng.shuffle(annotations)
     categories = [{"id": c, "name": f"cat{c}", "kingdom": "Plantae"} for c in range(num_categories)]
     path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
@@ -63,8 +64,8 @@ def write_inat_json(path: Path, items, num_categories: int, seed: int = 0) -> li
 
 
 def write_cifar(root: Path, kind: str, per_class_train: int, per_class_test: int, seed: int = 0):
-    """A miniature `cifar-10-batches-py` or `cifar-100-python` folder, pickled like the official one (bytes keys,
-    `data` uint8 N x 3072 in CHW order). Returns {file name: (data, labels)}."""
+    """A miniature `cifar-10-batches-py` or `cifar-100-python` folder, pickled like the official one (bytes
+    keys, `data` uint8 N x 3072 in CHW order). Returns {file name: (data, labels)}."""
     rng = np.random.default_rng(seed)
     classes = 10 if kind == "cifar10" else 100
     folder = root / ("cifar-10-batches-py" if kind == "cifar10" else "cifar-100-python")
@@ -80,8 +81,12 @@ def write_cifar(root: Path, kind: str, per_class_train: int, per_class_test: int
     if kind == "cifar10":
         train = [block(per_class_train) for _ in range(5)]  # each batch holds per_class_train of every class
         for i, (data, labels) in enumerate(train, 1):
-            d = {b"batch_label": f"training batch {i} of 5".encode(), b"labels": labels, b"data": data,
-                 b"filenames": [f"img{i}_{k}.png".encode() for k in range(len(labels))]}
+            d = {
+                b"batch_label": f"training batch {i} of 5".encode(),
+                b"labels": labels,
+                b"data": data,
+                b"filenames": [f"img{i}_{k}.png".encode() for k in range(len(labels))],
+            }
             (folder / f"data_batch_{i}").write_bytes(pickle.dumps(d))
             written[f"data_batch_{i}"] = (data, labels)
         data, labels = block(per_class_test)
@@ -93,8 +98,13 @@ def write_cifar(root: Path, kind: str, per_class_train: int, per_class_test: int
     else:
         for name, per in (("train", per_class_train), ("test", per_class_test)):
             data, labels = block(per)
-            d = {b"filenames": [], b"batch_label": name.encode(), b"fine_labels": labels,
-                 b"coarse_labels": [lab // 5 for lab in labels], b"data": data}
+            d = {
+                b"filenames": [],
+                b"batch_label": name.encode(),
+                b"fine_labels": labels,
+                b"coarse_labels": [lab // 5 for lab in labels],
+                b"data": data,
+            }
             (folder / name).write_bytes(pickle.dumps(d))
             written[name] = (data, labels)
         meta = {b"fine_label_names": [f"fine{c}".encode() for c in range(classes)], b"coarse_label_names": []}

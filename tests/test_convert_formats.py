@@ -21,9 +21,9 @@ SIZES = [(40, 30), (120, 90), (300, 200), (90, 200)]  # raw, JPEG, resized to 12
 def _image(label: int, i: int, size: tuple[int, int]) -> np.ndarray:
     w, h = size
     yy, xx = np.mgrid[0:h, 0:w]
-    return np.stack([(xx * 255 // w + label * 40) % 256, yy * 255 // h + 0 * xx, 0 * xx + (i * 23) % 256], -1).astype(
-        np.uint8
-    )
+    return np.stack(
+        [(xx * 255 // w + label * 40) % 256, yy * 255 // h + 0 * xx, 0 * xx + (i * 23) % 256], -1
+    ).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -63,17 +63,26 @@ def test_beton_layout_constants_match_installed_ffcv():
     from ffcv import types
     from ffcv.fields import IntField, RGBImageField
 
-    assert beton_mod.HEADER_TYPE == types.HeaderType
-    assert beton_mod.FIELD_DESC_TYPE == types.FieldDescType
+    assert types.HeaderType == beton_mod.HEADER_TYPE
+    assert types.FieldDescType == beton_mod.FIELD_DESC_TYPE
     assert beton_mod.ALLOC_TABLE_TYPE == types.ALLOC_TABLE_TYPE
     assert beton_mod.FORMAT_VERSION == types.CURRENT_VERSION
-    assert beton_mod.METADATA_TYPE == types.get_metadata_type([RGBImageField(), IntField()])
-    assert dict((n, types.TYPE_ID_HANDLER[t]) for n, t in beton_mod.FIELDS) == {"image": RGBImageField, "label": IntField}
+    assert types.get_metadata_type([RGBImageField(), IntField()]) == beton_mod.METADATA_TYPE
+    assert dict((n, types.TYPE_ID_HANDLER[t]) for n, t in beton_mod.FIELDS) == {
+        "image": RGBImageField,
+        "label": IntField,
+    }
 
 
 def test_meta_describes_what_was_written(mixed):
     meta = read_meta(mixed["out"] / "mixed.beton")
-    assert (meta.dataset, meta.split, meta.stem, meta.num_classes, meta.num_samples) == ("imagenet_lt", "mixed", "mixed", 3, 13)
+    assert (meta.dataset, meta.split, meta.stem, meta.num_classes, meta.num_samples) == (
+        "imagenet_lt",
+        "mixed",
+        "mixed",
+        3,
+        13,
+    )
     assert meta.class_counts == (6, 4, 3) and meta.seed == 7 and meta.max_resolution == MAX_RES
     assert meta.formats["ffcv"]["file"] == "mixed.beton"
     assert meta.formats["dali"]["shards"] == [f"shard-0000{i}.tar" for i in range(4)]
@@ -92,7 +101,7 @@ def test_beton_read_back_with_ffcv_reader(mixed):
     assert r.num_samples == 13 and r.field_names == ["image", "label"]
     assert isinstance(r.handlers["image"], RGBImageField) and isinstance(r.handlers["label"], IntField)
     raw = np.fromfile(mixed["out"] / "mixed.beton", dtype=np.uint8)
-    size_at = dict(zip(r.alloc_table["ptr"].tolist(), r.alloc_table["size"].tolist()))
+    size_at = dict(zip(r.alloc_table["ptr"].tolist(), r.alloc_table["size"].tolist(), strict=True))
     modes = set()
     for k, (img_meta, label) in enumerate(r.metadata):
         want, want_label = mixed["expected"][k]
@@ -101,7 +110,11 @@ def test_beton_read_back_with_ffcv_reader(mixed):
         assert (h, w) == want.shape[:2] and max(w, h) <= MAX_RES
         data = raw[ptr : ptr + size_at[ptr]]
         assert ptr // r.page_size == (ptr + len(data) - 1) // r.page_size  # never across pages
-        got = data.reshape(h, w, 3) if mode == 1 else np.asarray(Image.open(io.BytesIO(data.tobytes())).convert("RGB"))
+        got = (
+            data.reshape(h, w, 3)
+            if mode == 1
+            else np.asarray(Image.open(io.BytesIO(data.tobytes())).convert("RGB"))
+        )
         assert close(got, want), k
         modes.add(mode)
     assert modes == {0, 1}  # both JPEG and raw samples were exercised
@@ -113,15 +126,19 @@ def test_beton_round_trip_through_ffcv_loader(mixed):
     from ffcv.loader import Loader, OrderOption
 
     loader = Loader(
-        str(mixed["out"] / "mixed.beton"), batch_size=5, num_workers=1, order=OrderOption.SEQUENTIAL,
-        drop_last=False, pipelines={"image": [CenterCropRGBImageDecoder((24, 24), ratio=1.0)], "label": [IntDecoder()]},
+        str(mixed["out"] / "mixed.beton"),
+        batch_size=5,
+        num_workers=1,
+        order=OrderOption.SEQUENTIAL,
+        drop_last=False,
+        pipelines={"image": [CenterCropRGBImageDecoder((24, 24), ratio=1.0)], "label": [IntDecoder()]},
     )
     images, labels = [], []
     for x, y in loader:
         images.extend(np.array(x))
         labels.extend(np.array(y).reshape(-1).tolist())
     assert labels == [lab for _, lab in mixed["expected"]]  # every label, in write order
-    for got, (want, _) in zip(images, mixed["expected"]):
+    for got, (want, _) in zip(images, mixed["expected"], strict=True):
         h, w = want.shape[:2]
         s = min(h, w)
         crop = want[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
@@ -132,7 +149,7 @@ def test_dali_index_files_match_wds2idx(mixed, tmp_path):
     from wds2idx import IndexCreator
 
     meta = read_meta(mixed["out"] / "mixed.dali")
-    for tar, idx in zip(meta.shard_paths, meta.index_paths):
+    for tar, idx in zip(meta.shard_paths, meta.index_paths, strict=True):
         with IndexCreator(str(tar), str(tmp_path / "ref.idx"), verbose=False) as ic:
             ic.create_index()
         assert idx.read_text() == (tmp_path / "ref.idx").read_text()
@@ -146,8 +163,11 @@ def test_dali_round_trip_through_webdataset_reader(mixed):
     @pipeline_def(batch_size=1, num_threads=1, device_id=None)
     def pipe():
         jpg, cls = fn.readers.webdataset(
-            paths=[str(p) for p in meta.shard_paths], index_paths=[str(p) for p in meta.index_paths],
-            ext=["jpg", "cls"], missing_component_behavior="error", name="reader",
+            paths=[str(p) for p in meta.shard_paths],
+            index_paths=[str(p) for p in meta.index_paths],
+            ext=["jpg", "cls"],
+            missing_component_behavior="error",
+            name="reader",
         )
         return fn.decoders.image(jpg, device="cpu", output_type=types.RGB), cls
 
@@ -163,7 +183,11 @@ def test_dali_round_trip_through_webdataset_reader(mixed):
 def test_output_is_reproducible_and_seeded(mixed, tmp_path):
     """Same seed: byte-identical files whatever the number of workers; another seed: another order."""
     req = SplitRequest("imagenet_lt", mixed["root"], split_file=mixed["root"] / "mixed.txt")
-    convert(req, tmp_path / "a", ConvertOptions(max_resolution=MAX_RES, workers=1, shard_size=4, seed=7, progress=False))
+    convert(
+        req,
+        tmp_path / "a",
+        ConvertOptions(max_resolution=MAX_RES, workers=1, shard_size=4, seed=7, progress=False),
+    )
     for name in ["mixed.beton", "mixed.dali/shard-00001.tar", "mixed.dali/shard-00003.idx"]:
         assert (tmp_path / "a" / name).read_bytes() == (mixed["out"] / name).read_bytes()
     convert(req, tmp_path / "b", ConvertOptions(max_resolution=MAX_RES, workers=1, seed=8, progress=False))

@@ -140,7 +140,9 @@ def test_tiny_images_are_raw_for_ffcv_and_near_lossless_jpeg_for_dali():
     dali = Image.open(io.BytesIO(enc.dali_bytes()))
     assert JpegImagePlugin.get_sampling(dali) == 0  # 4:4:4, no chroma subsampling
     q95 = Image.open(io.BytesIO(cv2.imencode(".jpg", arr, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()))
-    assert dali.quantization == q95.quantization  # quality 95 (the --jpeg-quality 90 is raised for tiny images)
+    assert (
+        dali.quantization == q95.quantization
+    )  # quality 95 (the --jpeg-quality 90 is raised for tiny images)
     smooth = pattern(1, 1, (32, 32))
     assert close(pixels(encode_array(smooth, OPTS).dali_bytes()), smooth, tol=1.5)
 

@@ -35,7 +35,10 @@ class _ImageFiles:
     """The dataset a user hands FFCV's writer: (RGB uint8 array, label) per line of the list."""
 
     def __init__(self, root: Path, list_file: Path):
-        self.items = [(root / p, int(lab)) for p, lab in (ln.rsplit(None, 1) for ln in list_file.read_text().splitlines())]
+        self.items = [
+            (root / p, int(lab))
+            for p, lab in (ln.rsplit(None, 1) for ln in list_file.read_text().splitlines())
+        ]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -58,7 +61,7 @@ def _bare(root: Path, list_file: Path, out: Path, workers: int, max_resolution: 
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
 
-    np.random.seed(0)  # FFCV shuffles with the global numpy RNG
+    np.random.seed(0)  # noqa: NPY002 (FFCV shuffles with the global numpy RNG)
     ds = _ImageFiles(root, list_file)
     fields = {
         "image": RGBImageField(write_mode="jpg", max_resolution=max_resolution, jpeg_quality=quality),
@@ -72,9 +75,16 @@ def _bare(root: Path, list_file: Path, out: Path, workers: int, max_resolution: 
     return time.perf_counter() - start
 
 
-def _ours(root: Path, list_file: Path, out: Path, formats: tuple[str, ...], workers: int, max_res: int, q: int) -> float:
+def _ours(
+    root: Path, list_file: Path, out: Path, formats: tuple[str, ...], workers: int, max_res: int, q: int
+) -> float:
     opts = ConvertOptions(
-        formats=formats, max_resolution=max_res, jpeg_quality=q, workers=workers, overwrite=True, progress=False
+        formats=formats,
+        max_resolution=max_res,
+        jpeg_quality=q,
+        workers=workers,
+        overwrite=True,
+        progress=False,
     )
     start = time.perf_counter()
     convert(SplitRequest("imagenet_lt", root, split_file=list_file), out, opts)
@@ -98,7 +108,9 @@ def run(
         images = tmp / "images"
         list_file = _demo_set(images, n_images, size, seed)
         n = sum(1 for line in list_file.read_text().splitlines() if line.strip())
-        src_bytes = sum((images / ln.rsplit(None, 1)[0]).stat().st_size for ln in list_file.read_text().splitlines())
+        src_bytes = sum(
+            (images / ln.rsplit(None, 1)[0]).stat().st_size for ln in list_file.read_text().splitlines()
+        )
         import ffcv.writer  # noqa: F401  (import cost, ~5 s, kept out of the timing)
 
         runs: dict[str, list[float]] = {"bare": [], "ffcv": [], "both": []}
@@ -111,7 +123,9 @@ def run(
                     runs[name].append(_bare(images, list_file, out, workers, max_resolution, jpeg_quality))
                 else:
                     fmts = ("ffcv",) if name == "ffcv" else ("ffcv", "dali")
-                    runs[name].append(_ours(images, list_file, out, fmts, workers, max_resolution, jpeg_quality))
+                    runs[name].append(
+                        _ours(images, list_file, out, fmts, workers, max_resolution, jpeg_quality)
+                    )
         sizes = {
             "bare_beton_bytes": (tmp / "out_bare" / "bare.beton").stat().st_size,
             "ffcv_beton_bytes": (tmp / "out_ffcv" / "train.beton").stat().st_size,
@@ -151,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=400)
     p.add_argument("--size", type=_size, default=(400, 350), help="WIDTHxHEIGHT of the generated images")
-    p.add_argument("--workers", type=int, default=None, help="processes for every writer (default: all cores)")
+    p.add_argument(
+        "--workers", type=int, default=None, help="processes for every writer (default: all cores)"
+    )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--max-resolution", type=int, default=512)
     p.add_argument("--jpeg-quality", type=int, default=90)
@@ -160,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     r = run(args.images, args.size, args.workers, args.repeats, args.max_resolution, args.jpeg_quality)
     ips = r["images_per_s"]
     print(
-        f"{r['images']} images {r['size'][0]}x{r['size'][1]}, {r['workers']} workers, median of {r['repeats']}: "
+        f"{r['images']} images {r['size'][0]}x{r['size'][1]}, {r['workers']} workers, "
+        f"median of {r['repeats']}: "
         f"bare FFCV {ips['bare']:.0f} img/s, ffcv {ips['ffcv']:.0f} img/s "
         f"({r['ffcv_vs_bare_throughput']:.2f}x bare), ffcv+dali {ips['both']:.0f} img/s "
         f"({r['both_vs_ffcv_time']:.2f}x the time of ffcv alone)"

@@ -2,7 +2,7 @@
 
     python tools/convert_datasets.py imagenet_lt --root /data/imagenet \\
         --split-file /data/ImageNet_LT/ImageNet_LT_train.txt --out data/imagenet_lt --workers 16
-    python tools/convert_datasets.py cifar100_lt --root /data/cifar --split train --imb-ratio 100 --out data/c100
+    python tools/convert_datasets.py cifar100_lt --root data/cifar --split train --imb-ratio 100 --out data/c
 
 For a split file <stem>.txt / <stem>.json (or <dataset>_<split> when there is none) it writes into --out
 <stem>.beton, <stem>.dali/shard-NNNNN.{tar,idx} and <stem>.meta.json, all at once at the end: a failed run
@@ -83,8 +83,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so the temporary outputs are removed.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    format_warning = warnings.formatwarning
+    warnings.formatwarning = lambda msg, *a, **k: f"warning: {msg}\n"
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        warnings.formatwarning = format_warning
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         opts = ConvertOptions(
             formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
@@ -116,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"convert_datasets: interrupted; nothing was written to {args.out}", file=sys.stderr)
         return 130
-    print(summary_line(summary))
+    print(summary_line(summary), flush=True)
     return 0
 
 

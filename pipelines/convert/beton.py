@@ -1,11 +1,11 @@
 """A streaming `.beton` writer for pre-encoded images: fields `image` (RGBImageField) and `label` (IntField).
 
 FFCV's own `DatasetWriter` encodes inside its worker processes and cannot take bytes that were already
-encoded for the DALI shards; it also waits forever when a worker dies. This writer lays out exactly the same
-file (format version 2: header, field descriptors, per-sample metadata table, page-aligned data pages, then the
-allocation table) from the main process, one sample after another, so an image is decoded and encoded once
-for both formats. The dtypes below mirror `ffcv.types`; a test checks they still match the installed FFCV, so
-converting never has to import FFCV (and torch).
+encoded for the DALI shards; it also waits forever when a worker dies. This writer lays out exactly the
+same file (format version 2: header, field descriptors, per-sample metadata table, page-aligned data pages,
+then the allocation table) from the main process, one sample after another, so an image is decoded and
+encoded once for both formats. The dtypes below mirror `ffcv.types`; a test checks they still match the
+installed FFCV, so converting never has to import FFCV (and torch).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ MAX_SIDE = np.iinfo(np.uint16).max
 
 
 def page_size_for(max_resolution: int) -> int:
-    """8 MiB holds any JPEG or raw image up to 1600 px a side; larger limits get larger (power-of-two) pages."""
+    """8 MiB pages hold any image up to 1600 px a side; larger limits get larger power-of-two pages."""
     if not max_resolution:
         return 1 << 26
     need = 2 * max_resolution * max_resolution * 3
@@ -68,7 +68,7 @@ class BetonWriter:
         self.metadata_start = HEADER_TYPE.itemsize + FIELD_DESC_TYPE.itemsize * len(FIELDS)
         end = self.metadata_start + METADATA_TYPE.itemsize * capacity
         self.data_start = -(-end // page_size) * page_size  # pages are aligned to absolute file offsets
-        self._fp = open(self.path, "wb", buffering=1 << 20)
+        self._fp = open(self.path, "wb", buffering=1 << 20)  # noqa: SIM115 (closed by close()/abort())
         self._fp.write(self._header(0, 0).tobytes())
         self._fp.write(self._field_descriptors().tobytes())
         self._fp.seek(self.data_start)

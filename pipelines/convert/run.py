@@ -8,9 +8,9 @@ import os
 import signal
 import sys
 import time
-from contextlib import closing
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,7 +88,7 @@ def write_order(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(n)
 
 
-# ---- per-sample work, in worker processes -----------------------------------------------------------------
+# ---- per-sample work, in worker processes ------------------------------------------------------------
 _ENCODE: EncodeOptions | None = None
 
 
@@ -97,8 +97,8 @@ def _init_worker(opts: EncodeOptions, in_process: bool = False) -> None:
     _ENCODE = opts
     if not in_process:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle (it cleans up)
-        # Pool.terminate() stops workers with SIGTERM: a Python-level handler inherited from the CLI could miss a
-        # signal that lands just before a blocking lock wait and leave the pool hanging, so restore the default.
+        # Pool.terminate() stops workers with SIGTERM: a Python-level handler inherited from the CLI can miss
+        # a signal landing just before a blocking lock wait and leave the pool hanging; restore the default.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
@@ -129,7 +129,7 @@ def _encoded_stream(tasks: Iterable[tuple[str, Any]], opts: EncodeOptions, worke
         yield from pool.imap(_encode_task, tasks, chunksize=chunksize)  # ordered: results in write order
 
 
-# ---- orchestration ------------------------------------------------------------------------------------------
+# ---- orchestration ----------------------------------------------------------------------------------------
 def _missing_files(samples: SampleList, workers: int) -> list[int]:
     root = samples.root or Path()
     with ThreadPoolExecutor(max(4, workers)) as ex:  # stat() is I/O bound (network file systems)

@@ -1,5 +1,5 @@
-"""All-or-nothing output: everything is written into a hidden folder inside --out and renamed into place at the
-end, so a failed or interrupted conversion leaves --out as it found it."""
+"""All-or-nothing output: everything is written into a hidden folder inside --out and renamed into place at
+the end, so a failed or interrupted conversion leaves --out as it found it."""
 
 from __future__ import annotations
 
@@ -25,7 +25,8 @@ class Staging:
 
     `names` are every output name a conversion of this stem may produce (`<stem>.beton`, `<stem>.dali`,
     `<stem>.meta.json`); with `overwrite` the old ones are all replaced at commit, so a stem never mixes the
-    outputs of two conversions. The meta file, listed last, is renamed last: it exists only once the data does.
+    outputs of two conversions. The meta file, listed last, is renamed last: it exists only once the data
+    does.
     """
 
     def __init__(self, out: str | os.PathLike, stem: str, names: list[str], overwrite: bool = False):
@@ -36,8 +37,8 @@ class Staging:
         ]
         if existing and not overwrite:
             raise OutputExistsError(
-                f"{', '.join(map(str, existing))} already exist(s); pass --overwrite to replace the outputs of "
-                f"{stem!r}"
+                f"{', '.join(map(str, existing))} already exist(s); "
+                f"pass --overwrite to replace the outputs of {stem!r}"
             )
         self.created: list[Path] = []  # folders made for --out, removed again on abort if left empty
         missing = []

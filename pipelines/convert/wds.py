@@ -69,7 +69,7 @@ class ShardWriter:
         self._finish_shard()
         self.shards.append(shard_name(len(self.shards)))
         self.counts.append(0)
-        self._fp = open(self.dir / self.shards[-1], "wb", buffering=1 << 20)
+        self._fp = open(self.dir / self.shards[-1], "wb", buffering=1 << 20)  # noqa: SIM115 (closed per shard)
         self._offset = 0
         self._index = []
 

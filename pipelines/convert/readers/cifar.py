@@ -1,8 +1,8 @@
 """CIFAR-10/100 python pickles, made long-tailed with the exponential profile of Cao et al. (LDAM-DRW).
 
-Training split: class i keeps `int(n_max * (1 / R) ** (i / (C - 1)))` images, chosen by shuffling each class's
-indices with `numpy.random.seed(0)` in label order, exactly as LDAM-DRW's `IMBALANCECIFAR10` does (CIFAR-100-LT
-R=100 -> 10,847 images: 500, 477, 455, ..., 5). The test split stays balanced.
+Training split: class i keeps `int(n_max * (1 / R) ** (i / (C - 1)))` images, chosen by shuffling each
+class's indices with `numpy.random.seed(0)` in label order, exactly as LDAM-DRW's `IMBALANCECIFAR10` does
+(CIFAR-100-LT R=100 -> 10,847 images: 500, 477, 455, ..., 5). The test split stays balanced.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from ..samples import SampleList, SplitError, SplitRequest, SplitWarning
 from . import register
 
 CIFAR = {
-    # dataset: (folder in --root, train files, test files, label key, label-names file, label-names key, classes)
+    # dataset: (folder, train files, test files, label key, label-names file, label-names key, classes)
     "cifar10_lt": (
         "cifar-10-batches-py",
         [f"data_batch_{i}" for i in range(1, 6)],

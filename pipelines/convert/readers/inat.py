@@ -1,4 +1,5 @@
-"""iNaturalist 2018: the official COCO-like JSON (`train2018.json`, `val2018.json`) or the iNaturalist18 lists."""
+"""iNaturalist 2018: the official COCO-like JSON (`train2018.json`, `val2018.json`) or the iNaturalist18_*
+lists."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ def read_inat2018(request: SplitRequest) -> SampleList:
 
 
 def read_coco_json(request: SplitRequest, path: Path) -> SampleList:
-    """Join `annotations` to `images` on `image_id` (the two lists need not be in the same order); the label is
-    `category_id`. Samples keep the order of `images`; `lines` are 1-based entries of that list."""
+    """Join `annotations` to `images` on `image_id` (the two lists need not be in the same order); the label
+    is `category_id`. Samples keep the order of `images`; `lines` are 1-based entries of that list."""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:

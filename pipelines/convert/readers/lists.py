@@ -23,7 +23,7 @@ def split_name(stem: str) -> str:
 
 
 def resolve_split_file(request: SplitRequest) -> Path:
-    """The split file to read: `--split-file`, or the dataset's conventional name for `--split` under --root."""
+    """The split file: `--split-file`, or the dataset's conventional name for `--split` under --root."""
     if request.split_file is not None:
         path = Path(request.split_file)
         if not path.is_file():
@@ -49,24 +49,23 @@ def parse_list(path: Path) -> tuple[list[str], list[int], list[int]]:
     labels: list[int] = []
     lines: list[int] = []
     try:
-        fh = open(path, encoding="utf-8")
-    except OSError as exc:
+        text_lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines(): only \n ends a line
+    except (OSError, UnicodeDecodeError) as exc:
         raise SplitError(f"cannot read split file {path}: {exc}") from None
-    with fh:
-        for lineno, raw in enumerate(fh, 1):
-            text = raw.strip()
-            if not text:
-                continue
-            parts = text.rsplit(None, 1)
-            if len(parts) != 2:
-                raise SplitError(f"{path} line {lineno}: expected '<relative/path> <label>', got {text!r}")
-            try:
-                label = int(parts[1])
-            except ValueError:
-                raise SplitError(f"{path} line {lineno}: label {parts[1]!r} is not an integer") from None
-            paths.append(parts[0])
-            labels.append(label)
-            lines.append(lineno)
+    for lineno, raw in enumerate(text_lines, 1):
+        text = raw.strip()
+        if not text:
+            continue
+        parts = text.rsplit(None, 1)
+        if len(parts) != 2:
+            raise SplitError(f"{path} line {lineno}: expected '<relative/path> <label>', got {text!r}")
+        try:
+            label = int(parts[1])
+        except ValueError:
+            raise SplitError(f"{path} line {lineno}: label {parts[1]!r} is not an integer") from None
+        paths.append(parts[0])
+        labels.append(label)
+        lines.append(lineno)
     if not paths:
         raise SplitError(f"split file {path} lists no image")
     return paths, labels, lines
