@@ -343,3 +343,15 @@ def test_sigterm_leaves_nothing(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0
     assert os.listdir(out) == [], err
+
+
+def test_image_too_wide_for_ffcv_fails_with_its_name(tree, tmp_path):
+    Image.fromarray(np.zeros((1, 70_000, 3), np.uint8)).save(tree / "wide.png")
+    (tree / "wide.txt").write_text((tree / "train.txt").read_text() + "wide.png 1\n")
+    args = ["imagenet_lt", "--root", tree, "--split-file", tree / "wide.txt", "--max-resolution", "0"]
+    p = run_cli(*args, "--out", tmp_path / "o")
+    assert p.returncode == 1 and "wide.png" in p.stderr and "wide.txt line 11" in p.stderr
+    assert "exceeds the 65535-pixel side" in p.stderr and not (tmp_path / "o").exists()
+    run_cli(*args, "--out", tmp_path / "o", "--skip-bad", check_rc=0)
+    assert read_meta(tmp_path / "o" / "wide.beton").skipped[0]["path"] == "wide.png"
+    run_cli(*args, "--out", tmp_path / "o2", "--max-resolution", "1000", check_rc=0)  # 1000 x 1 fits

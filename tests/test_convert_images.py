@@ -162,3 +162,12 @@ def test_truncated_and_garbage_bytes_raise(ffcv):
         encode_bytes(src[: len(src) // 2], opts)
     with pytest.raises(Exception, match="cannot identify"):
         encode_bytes(b"definitely not an image", opts)
+
+
+def test_16_bit_grayscale_png_keeps_its_range():
+    ramp = (np.arange(40 * 30).reshape(30, 40) * 50).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, format="PNG")
+    assert Image.open(io.BytesIO(buf.getvalue())).mode.startswith("I;16")
+    out = ffcv_pixels(encode_bytes(buf.getvalue(), OPTS))
+    assert close(out[..., 0], (ramp >> 8).astype(np.uint8), tol=2)  # not clipped to white

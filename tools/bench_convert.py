@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -57,7 +59,20 @@ def _demo_set(out: Path, n_images: int, size: tuple[int, int], seed: int) -> Pat
     return out / "train.txt"
 
 
-def _bare(root: Path, list_file: Path, out: Path, workers: int, max_resolution: int, quality: int) -> float:
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its reaped children (the writers' worker processes)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _timed(fn, *args) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of fn(*args)."""
+    cpu, start = _cpu_seconds(), time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start, _cpu_seconds() - cpu
+
+
+def _bare(root: Path, list_file: Path, out: Path, workers: int, max_resolution: int, quality: int) -> None:
     from ffcv.fields import IntField, RGBImageField
     from ffcv.writer import DatasetWriter
 
@@ -67,28 +82,22 @@ def _bare(root: Path, list_file: Path, out: Path, workers: int, max_resolution: 
         "image": RGBImageField(write_mode="jpg", max_resolution=max_resolution, jpeg_quality=quality),
         "label": IntField(),
     }
-    start = time.perf_counter()
     with open(os.devnull, "w") as devnull, redirect_stderr(devnull):  # FFCV's own progress bar
         DatasetWriter(str(out / "bare.beton"), fields, num_workers=workers).from_indexed_dataset(
             ds, shuffle_indices=True
         )
-    return time.perf_counter() - start
+    # FFCV returns without joining its worker processes: reap them, so that their CPU time is counted.
+    while mp.active_children():
+        time.sleep(0.001)
 
 
 def _ours(
-    root: Path, list_file: Path, out: Path, formats: tuple[str, ...], workers: int, max_res: int, q: int
-) -> float:
+    root: Path, list_file: Path, out: Path, formats: tuple[str, ...], workers: int, res: int, q: int
+) -> None:
     opts = ConvertOptions(
-        formats=formats,
-        max_resolution=max_res,
-        jpeg_quality=q,
-        workers=workers,
-        overwrite=True,
-        progress=False,
+        formats=formats, max_resolution=res, jpeg_quality=q, workers=workers, overwrite=True, progress=False
     )
-    start = time.perf_counter()
     convert(SplitRequest("imagenet_lt", root, split_file=list_file), out, opts)
-    return time.perf_counter() - start
 
 
 def run(
@@ -114,18 +123,20 @@ def run(
         import ffcv.writer  # noqa: F401  (import cost, ~5 s, kept out of the timing)
 
         runs: dict[str, list[float]] = {"bare": [], "ffcv": [], "both": []}
+        cpu: dict[str, list[float]] = {"bare": [], "ffcv": [], "both": []}
         for _ in range(repeats):
             for name in runs:
                 out = tmp / f"out_{name}"
                 shutil.rmtree(out, ignore_errors=True)
                 out.mkdir()
                 if name == "bare":
-                    runs[name].append(_bare(images, list_file, out, workers, max_resolution, jpeg_quality))
+                    args = (_bare, images, list_file, out, workers, max_resolution, jpeg_quality)
                 else:
                     fmts = ("ffcv",) if name == "ffcv" else ("ffcv", "dali")
-                    runs[name].append(
-                        _ours(images, list_file, out, fmts, workers, max_resolution, jpeg_quality)
-                    )
+                    args = (_ours, images, list_file, out, fmts, workers, max_resolution, jpeg_quality)
+                wall, cpu_s = _timed(*args)
+                runs[name].append(wall)
+                cpu[name].append(cpu_s)
         sizes = {
             "bare_beton_bytes": (tmp / "out_bare" / "bare.beton").stat().st_size,
             "ffcv_beton_bytes": (tmp / "out_ffcv" / "train.beton").stat().st_size,
@@ -134,6 +145,7 @@ def run(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     sec = {k: statistics.median(v) for k, v in runs.items()}
+    cpu_sec = {k: statistics.median(v) for k, v in cpu.items()}
     return {
         "images": n,
         "size": list(size),
@@ -145,6 +157,9 @@ def run(
         "seconds": sec,
         "seconds_all": runs,
         "images_per_s": {k: n / v for k, v in sec.items()},
+        "cpu_seconds": cpu_sec,
+        "cpu_seconds_all": cpu,
+        "cpu_ms_per_image": {k: 1000 * v / n for k, v in cpu_sec.items()},
         "ffcv_vs_bare_throughput": sec["bare"] / sec["ffcv"],
         "both_vs_ffcv_time": sec["both"] / sec["ffcv"],
         "goals_met": {
@@ -153,6 +168,7 @@ def run(
         },
         **sizes,
         "cpu": os.cpu_count(),
+        "load_average": os.getloadavg(),
     }
 
 
@@ -180,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         f"median of {r['repeats']}: "
         f"bare FFCV {ips['bare']:.0f} img/s, ffcv {ips['ffcv']:.0f} img/s "
         f"({r['ffcv_vs_bare_throughput']:.2f}x bare), ffcv+dali {ips['both']:.0f} img/s "
-        f"({r['both_vs_ffcv_time']:.2f}x the time of ffcv alone)"
+        f"({r['both_vs_ffcv_time']:.2f}x the time of ffcv alone); CPU ms/image: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in r["cpu_ms_per_image"].items())
     )
     if args.json:
         args.json.write_text(json.dumps(r, indent=1) + "\n")

@@ -92,20 +92,23 @@ class BetonWriter:
             desc[i]["name"][: len(encoded)] = encoded
         return desc
 
-    def fits(self, size: int) -> bool:
-        """Whether an image payload of `size` bytes fits in one page."""
-        return size <= self.page_size
+    def refuse(self, width: int, height: int, size: int) -> str | None:
+        """Why an image of this size and payload cannot be stored (None when it can)."""
+        if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE):
+            return f"image size {width}x{height} does not fit FFCV's 16-bit sides (use --max-resolution)"
+        if size > self.page_size:
+            return f"encoded image of {size} bytes exceeds the {self.page_size}-byte FFCV page"
+        return None
 
     def add(self, mode: int, width: int, height: int, data: bytes, label: int) -> int:
         """Append one sample; returns its index. A sample never straddles two pages (FFCV's rule)."""
         i = self.num_samples
         if i >= self.capacity:
             raise ValueError(f"more than the {self.capacity} samples reserved")
-        if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE):
-            raise ValueError(f"image size {width}x{height} does not fit FFCV's 16-bit sides")
         size = len(data)
-        if size > self.page_size:
-            raise ValueError(f"encoded image of {size} bytes exceeds the {self.page_size}-byte FFCV page")
+        problem = self.refuse(width, height, size)
+        if problem:
+            raise ValueError(problem)
         if self._used + size > self.page_size:
             self._next_page()
         ptr = self.data_start + self._page * self.page_size + self._used

@@ -32,6 +32,7 @@ _TRANSPOSE = {
     8: Image.Transpose.ROTATE_90,
 }
 TINY_JPEG_QUALITY = 95
+MAX_SIDE = 65535  # JPEG's limit, and FFCV's (16-bit sizes)
 
 # cv2 would otherwise spawn its own threads inside every worker process and oversubscribe the cores.
 cv2.setNumThreads(1)
@@ -92,6 +93,10 @@ def encode_array(rgb: np.ndarray, opts: EncodeOptions, source: bytes | None = No
         raise ValueError(f"expected an HxWx3 uint8 image, got {rgb.dtype} {rgb.shape}")
     h, w = rgb.shape[:2]
     tw, th = target_size(w, h, opts.max_resolution)
+    if max(tw, th) > MAX_SIDE:
+        raise ValueError(
+            f"a {tw}x{th} image exceeds the {MAX_SIDE}-pixel side of JPEG and FFCV (lower --max-resolution)"
+        )
     if (tw, th) != (w, h):
         rgb = cv2.resize(rgb, (tw, th), interpolation=cv2.INTER_AREA)
     rgb = np.ascontiguousarray(rgb)
@@ -133,6 +138,10 @@ def decode(data: bytes, opts: EncodeOptions) -> tuple[np.ndarray | None, bool, t
     im.load()
     if orientation != 1:
         im = im.transpose(_TRANSPOSE[orientation])
+    if im.mode.startswith(
+        "I;16"
+    ):  # 16-bit grayscale: PIL's convert() would clip it to 255, keep the top byte
+        im = Image.fromarray((np.asarray(im).astype(np.uint16) >> 8).astype(np.uint8), "L")
     if im.mode != "RGB":
         im = im.convert("RGB")
     rgb = np.asarray(im)

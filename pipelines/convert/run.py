@@ -131,10 +131,19 @@ def _encoded_stream(tasks: Iterable[tuple[str, Any]], opts: EncodeOptions, worke
 
 # ---- orchestration ----------------------------------------------------------------------------------------
 def _missing_files(samples: SampleList, workers: int) -> list[int]:
-    root = samples.root or Path()
+    """Indices of listed files that do not exist: checked up front, so a missing image fails in seconds."""
+    root = str(samples.root or Path())
+    paths = samples.paths
+
+    def missing(lo: int) -> list[int]:
+        return [
+            i
+            for i in range(lo, min(lo + 4096, len(paths)))
+            if not os.path.isfile(os.path.join(root, paths[i]))
+        ]
+
     with ThreadPoolExecutor(max(4, workers)) as ex:  # stat() is I/O bound (network file systems)
-        exists = list(ex.map(lambda p: (root / p).is_file(), samples.paths, chunksize=256))
-    return [i for i, ok in enumerate(exists) if not ok]
+        return [i for part in ex.map(missing, range(0, len(paths), 4096)) for i in part]
 
 
 def _precheck(samples: SampleList, opts: ConvertOptions, skipped: list[dict]) -> SampleList:
@@ -209,11 +218,9 @@ def _write_all(
     stream = _encoded_stream(_tasks(samples, order), opts.encode_options(), opts.num_workers(), len(order))
     with closing(stream), bar:  # closing the stream terminates the pool, also on errors and Ctrl-C
         for j, (ok, result) in zip(order, stream, strict=True):
-            if ok and beton is not None and not beton.fits(len(result.ffcv_data)):
-                ok, result = (
-                    False,
-                    f"encoded image of {len(result.ffcv_data)} bytes exceeds the FFCV page size",
-                )
+            if ok and beton is not None:
+                problem = beton.refuse(result.width, result.height, len(result.ffcv_data))
+                ok, result = (False, problem) if problem else (ok, result)
             if not ok:
                 if not opts.skip_bad:
                     raise ConversionError(
