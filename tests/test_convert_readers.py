@@ -34,7 +34,7 @@ def test_list_reader_keeps_file_order_paths_labels_lines(tmp_path, dataset):
 
 
 def test_list_parser_blank_lines_spaces_in_paths_and_line_numbers(tmp_path):
-    (tmp_path / "l.txt").write_text("a/x y.jpg 1\n\n  b.jpg\t0  \n\nc.jpg 2\n")
+    (tmp_path / "l.txt").write_bytes("\ufeffa/x y.jpg 1\r\n\n  b.jpg\t0  \n\nc.jpg 2\n".encode())  # BOM, CRLF
     s = read_split(SplitRequest("imagenet_lt", tmp_path, split_file=tmp_path / "l.txt"))
     assert s.paths == ["a/x y.jpg", "b.jpg", "c.jpg"]
     assert s.labels.tolist() == [1, 0, 2]

@@ -49,7 +49,7 @@ def parse_list(path: Path) -> tuple[list[str], list[int], list[int]]:
     labels: list[int] = []
     lines: list[int] = []
     try:
-        text_lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines(): only \n ends a line
+        text_lines = path.read_text(encoding="utf-8-sig").split("\n")  # not splitlines(): only \n ends a line
     except (OSError, UnicodeDecodeError) as exc:
         raise SplitError(f"cannot read split file {path}: {exc}") from None
     for lineno, raw in enumerate(text_lines, 1):
