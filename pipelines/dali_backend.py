@@ -100,6 +100,9 @@ class DaliBackend:
                 images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB)
                 images = fn.resize(images, resize_shorter=res / s.center_crop_ratio, antialias=True)
                 outputs = [fn.crop(images, crop=(res, res), out_of_bounds_policy="pad")]
+            elif s.views == 1 and s.crop == "padded":
+                images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB)
+                outputs = [self._padded_crop(fn, images)]
             elif s.views == 1:
                 images = fn.decoders.image_random_crop(
                     jpegs,
@@ -113,8 +116,8 @@ class DaliBackend:
                 outputs = [self._flip(fn, images) if s.hflip else images]
             else:  # decode once, branch into independent crops
                 full = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB)
-                outputs = []
-                for v in range(s.views):
+                outputs = [self._padded_crop(fn, full)] if s.crop == "padded" else []
+                for v in range(len(outputs), s.views):
                     crop = fn.random_resized_crop(
                         full,
                         size=(res, res),
@@ -129,6 +132,24 @@ class DaliBackend:
             pipe.set_outputs(*outputs, labels)
         self._pipe = pipe
         return Iterator
+
+    def _padded_crop(self, fn, images):
+        """The centre square resized to the resolution, zero-padded by `crop_padding`, cropped back at a
+        random integer offset (torchvision's RandomCrop(res, padding)), then flipped."""
+        s, res, pad = self.spec, self.spec.resolution, self.spec.crop_padding
+        images = fn.resize(images, resize_shorter=res, antialias=True)
+        images = fn.crop(images, crop=(res, res))
+        images = fn.crop(
+            images, crop=(res + 2 * pad, res + 2 * pad), out_of_bounds_policy="pad", fill_values=0
+        )
+        positions = [k / (2 * pad) for k in range(2 * pad + 1)]  # anchors 0..2*pad exactly
+        images = fn.crop(
+            images,
+            crop=(res, res),
+            crop_pos_x=fn.random.uniform(values=positions),
+            crop_pos_y=fn.random.uniform(values=positions),
+        )
+        return self._flip(fn, images) if s.hflip else images
 
     @staticmethod
     def _flip(fn, images):

@@ -32,6 +32,7 @@ BACKENDS: dict[str, Callable[[LoaderSpec, DatasetMeta], Backend]] = {
 }
 
 IMAGENET_CROP_RATIO = 224 / 256
+CROPS = ("resized", "padded")
 
 
 def _device(device: torch.device | str) -> torch.device:
@@ -77,12 +78,16 @@ def make_loader(
     view_scale: tuple[float, float] | None = None,
     view_blur: bool | None = None,
     center_crop_ratio: float = IMAGENET_CROP_RATIO,
+    crop: str = "resized",
+    crop_padding: int = 4,
     augment_options: Mapping[str, Any] | None = None,
 ) -> Loader:
     """Build a loader over `path` with `backend` ("ffcv": a `.beton`; "dali": a `.dali` shard folder).
 
-    Training (`train=True`): RandomResizedCrop(`scale`, `ratio`) to `resolution`, horizontal flip (`hflip`),
-    then `auto_augment` ("imagenet", "cifar10", "randaugment" with `randaugment_n`/`randaugment_m`) and
+    Training (`train=True`): RandomResizedCrop(`scale`, `ratio`) to `resolution` (`crop="resized"`), or
+    with `crop="padded"` the centre square resized to `resolution` and RandomCrop(resolution,
+    padding=`crop_padding`, zero fill) as in the CIFAR recipes; then horizontal flip (`hflip`), then
+    `auto_augment` ("imagenet", "cifar10", "randaugment" with `randaugment_n`/`randaugment_m`) and
     `cutout` (square side in pixels, 0 = off) batched on the device; `augment_options` go to
     `pipelines.augment.build_batch_augment` (e.g. `magnitude_std`, `fill`). Samples come from `sampler`
     ("uniform", "class_balanced", "sqrt"; see `pipelines.samplers`), `num_samples` per epoch (default: the
@@ -115,6 +120,10 @@ def make_loader(
             raise ValueError(f"unknown sampler {sampler!r}; choose from {sorted(SAMPLERS)}")
         if int(views) != views or views < 1:
             raise ValueError(f"views must be a positive integer, got {views!r}")
+        if crop not in CROPS:
+            raise ValueError(f"unknown crop {crop!r}; choose from {list(CROPS)}")
+        if crop == "padded" and not 1 <= crop_padding <= resolution:
+            raise ValueError(f"crop_padding must be in 1..resolution ({resolution}), got {crop_padding}")
         if cutout < 0 or cutout > resolution:
             raise ValueError(f"cutout must be in 0..resolution ({resolution}), got {cutout}")
     if not 0 < center_crop_ratio <= 1:
@@ -140,6 +149,8 @@ def make_loader(
         ratio=ratio,
         view_scale=view_scale,
         center_crop_ratio=float(center_crop_ratio),
+        crop=crop if train else "resized",
+        crop_padding=int(crop_padding),
     )
     augment = view_augment = None
     if train:
@@ -153,9 +164,9 @@ def make_loader(
             **dict(augment_options or {}),
         )
         if spec.views > 1:
-            from .augment_views import ContrastiveViewAugment
+            from .augment_views import contrastive_view_augment
 
             blur = spec.resolution < 64 if view_blur is None else bool(view_blur)
-            view_augment = ContrastiveViewAugment(blur=blur)
+            view_augment = contrastive_view_augment(blur=blur)
     meta = read_meta(path)
     return Loader(backend_cls(spec, meta), meta, spec, augment=augment, view_augment=view_augment)

@@ -113,10 +113,12 @@ class FfcvBackend:
             raise BetonError(f"{path}: cannot build the FFCV loader ({type(exc).__name__}: {exc})") from exc
         self._outputs = list(self._loader.pipeline_specs)  # the order of the tuple each batch comes as
 
-    def _image_ops(self, decoder, flip: bool) -> list:
-        from ffcv.transforms import RandomHorizontalFlip, ToDevice, ToTensor, ToTorchImage
+    def _image_ops(self, decoder, flip: bool, translate: int = 0) -> list:
+        from ffcv.transforms import RandomHorizontalFlip, RandomTranslate, ToDevice, ToTensor, ToTorchImage
 
         ops = [decoder]
+        if translate:  # RandomCrop(size, padding=translate) with zero fill
+            ops.append(RandomTranslate(padding=translate, fill=(0, 0, 0)))
         if flip:
             ops.append(RandomHorizontalFlip())
         ops.append(ToTensor())
@@ -133,7 +135,9 @@ class FfcvBackend:
 
         s = self.spec
         size = (s.resolution, s.resolution)
-        if s.train:
+        if s.train and s.crop == "padded":  # the centre square at the resolution, then a padded random crop
+            image = self._image_ops(CenterCropRGBImageDecoder(size, ratio=1.0), s.hflip, s.crop_padding)
+        elif s.train:
             image = self._image_ops(
                 RandomResizedCropRGBImageDecoder(size, scale=s.scale, ratio=s.ratio), s.hflip
             )

@@ -43,6 +43,8 @@ class LoaderSpec:
     ratio: tuple[float, float]
     view_scale: tuple[float, float]
     center_crop_ratio: float
+    crop: str = "resized"  # training crop of view 0: "resized" (RandomResizedCrop) or "padded"
+    crop_padding: int = 4
 
 
 class Backend(Protocol):
@@ -118,7 +120,8 @@ class Loader:
         return self._run(epoch)
 
     def _run(self, epoch: int) -> Iterator[Batch]:
-        g = self._generator(epoch) if (self.augment or self.view_augment) else None
+        augmented = self.augment is not None or self.view_augment is not None
+        g = self._generator(epoch) if augmented else None
         for views, labels in self.backend.epoch(epoch):
             # Labels are tiny: hand out our own copy, so keeping them (metrics) never sees a recycled buffer.
             labels = labels.clone()

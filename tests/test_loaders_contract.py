@@ -195,6 +195,51 @@ def test_evaluation_sees_every_sample_exactly_once(evaluation):
     assert again == [results[0][0], results[1][0]]
 
 
+def reference_images(ranks) -> dict[int, torch.Tensor]:
+    """Sample index -> its whole-image training output, from the rank loaders' epoch 0 and their orders."""
+    labels = file_labels(ranks[0].spec.path)
+    ref = {}
+    for r, loader in enumerate(ranks):
+        order = EpochOrder(labels, train=True, seed=3, rank=r, world_size=2)(0)
+        loader.set_epoch(0)
+        images = torch.cat([x.clone() for x, _ in loader])
+        ref.update(zip(order[: len(images)].tolist(), images, strict=True))
+    return ref
+
+
+def test_padded_crop_is_a_shifted_whole_image(ranks):
+    """crop="padded": RandomCrop(res, padding=4) of the whole image, zero fill, integer shifts up to 4."""
+    ref = reference_images(ranks)
+    path = ranks[0].spec.path
+    with make_loader(
+        "ffcv" if path.suffix == ".beton" else "dali",
+        path,
+        train=True,
+        batch_size=BS,
+        resolution=RES,
+        device="cpu",
+        num_workers=2,
+        crop="padded",
+        crop_padding=4,
+        hflip=False,
+        seed=5,
+    ) as loader:
+        order = EpochOrder(file_labels(path), train=True, seed=5)(0)
+        images = torch.cat([x.clone() for x, _ in loader])
+    shifts = Counter()
+    for k, out in enumerate(images[:96].int()):
+        whole = torch.nn.functional.pad(ref[int(order[k])].int(), (4, 4, 4, 4))
+        match = [
+            (dy, dx)
+            for dy in range(9)
+            for dx in range(9)
+            if (whole[:, dy : dy + RES, dx : dx + RES] - out).abs().max() <= 2
+        ]
+        assert match, f"output {k} is no shifted crop of sample {order[k]}"
+        shifts[match[0]] += 1
+    assert len(shifts) > 20  # the offsets vary (81 possible)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_balanced_sampler_three_views_and_augmentations(backend, demo_converted):
     """One loader (one FFCV compile) for the training options the papers' recipes combine."""
