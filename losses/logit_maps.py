@@ -56,12 +56,8 @@ class DBMargin(Part):
         require(max_margin >= 0, f"max_margin must be >= 0, got {max_margin}")
         require(tau >= 0, f"tau must be >= 0, got {tau}")
         require(lambda_inst >= 0, f"lambda_inst must be >= 0, got {lambda_inst}")
-        self.scale, self.max_margin, self.tau = scale, max_margin, tau
-        self.lambda_inst, self.margin_norm, self.detach_difficulty = (
-            lambda_inst,
-            margin_norm,
-            detach_difficulty,
-        )
+        self.scale, self.max_margin, self.tau, self.lambda_inst = scale, max_margin, tau, lambda_inst
+        self.margin_norm, self.detach_difficulty = margin_norm, detach_difficulty
         margins = LF.class_margins(class_counts, max_margin, tau, margin_norm)
         self.register_buffer("margins", margins, persistent=False)
 

@@ -8,6 +8,7 @@ and `set_epoch(epoch, epochs)`, called once per epoch before its steps.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from numbers import Integral
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
@@ -23,7 +24,7 @@ def _check_type(name: str, value: Any, default: Any) -> None:
     """A hyper-parameter must have its default's type (an int is accepted where a float is expected)."""
     expected: tuple[type, ...] = (int, float) if type(default) is float else (type(default),)
     if isinstance(value, bool) and type(default) is not bool or not isinstance(value, expected):
-        raise ValueError(f"{name} must be a {type(default).__name__}, got {value!r}")
+        raise ValueError(f"{name} must be of type {type(default).__name__}, got {value!r}")
 
 
 class Loss(nn.Module):
@@ -64,11 +65,11 @@ class Loss(nn.Module):
     def set_epoch(self, epoch: int, epochs: int) -> None:
         """Update the epoch-dependent buffers in place; call once per epoch (0-indexed), before its steps."""
         require(
-            isinstance(epoch, int) and isinstance(epochs, int) and epoch >= 0 and epochs >= 1,
+            isinstance(epoch, Integral) and isinstance(epochs, Integral) and epoch >= 0 and epochs >= 1,
             f"loss {self.name!r}: set_epoch needs ints epoch >= 0 and epochs >= 1, got {epoch}, {epochs}",
         )
         for part in self.children():
-            part.set_epoch(epoch, epochs)
+            part.set_epoch(int(epoch), int(epochs))
 
     def forward(self, output: ModelOutput, target: Tensor) -> Tensor:
         logits = output.logits

@@ -60,3 +60,11 @@ def test_traced_equals_eager_no_recompile(name):
 @pytest.mark.parametrize("name", sorted(set(loss_names()) - {"dbm_drw", "fbl"}))
 def test_compiled_equals_eager_no_recompile_all(name):
     _assert_compiled_equals_eager(name, "inductor")
+
+
+def test_compiled_loss_rejects_another_width_with_its_message():
+    loss = torch.compile(build_loss("dbm_ce", COUNTS), backend="aot_eager", fullgraph=True)
+    output, target = make_output(c=len(COUNTS) + 1)
+    # fullgraph: dynamo wraps the ValueError, whose message it keeps.
+    with pytest.raises(Exception, match=r"'dbm_ce' was built for 5 classes and expects logits \[N, 5\]"):
+        loss(output, target)

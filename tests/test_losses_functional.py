@@ -6,9 +6,12 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from losses import (
+    TargetLogits,
     class_margins,
+    cross_entropy,
     dbm_logits,
     drw_weights,
     fbl_curriculum,
@@ -213,3 +216,29 @@ def test_class_counts_validated():
     with pytest.raises(ValueError, match="whole numbers"):
         drw_weights([1.5, 2.0])
     torch.testing.assert_close(class_margins(torch.tensor([500, 5])), class_margins([500, 5]))
+
+
+def test_target_logits_cross_entropy_equals_dense():
+    g = torch.Generator().manual_seed(3)
+    others = (torch.randn(16, 7, generator=g, dtype=torch.float64) * 20).requires_grad_()
+    z_y = (torch.randn(16, generator=g, dtype=torch.float64) * 20).requires_grad_()
+    target = torch.randint(0, 7, (16,), generator=g)
+    prior = log_prior([50, 30, 20, 9, 5, 3, 2]).double()
+    weight = drw_weights([50, 30, 20, 9, 5, 3, 2]).double()
+    logits = TargetLogits(others, z_y)
+    for kwargs in ({}, {"prior": prior}, {"weight": weight}, {"prior": prior, "weight": weight}):
+        fused = cross_entropy(logits, target, **kwargs)
+        dense = cross_entropy(logits.dense(target), target, **kwargs)
+        torch.testing.assert_close(fused, dense)
+        torch.testing.assert_close(
+            torch.autograd.grad(fused, (others, z_y)), torch.autograd.grad(dense, (others, z_y))
+        )
+    reference = F.cross_entropy(logits.dense(target) + prior, target, weight=weight)
+    torch.testing.assert_close(cross_entropy(logits, target, prior, weight), reference)
+    # Far-apart logits (as with a large scale) neither overflow nor underflow.
+    extreme = TargetLogits(torch.tensor([[500.0, -500.0, 0.0]]), torch.tensor([-900.0]))
+    value = cross_entropy(extreme, torch.tensor([1]))
+    assert value.item() == pytest.approx(1400.0)
+    assert torch.autograd.gradcheck(
+        lambda o, t: cross_entropy(TargetLogits(o, t), target, prior), (others, z_y)
+    )

@@ -85,11 +85,11 @@ def test_errors_name_the_valid_choices():
         build_loss("ce", COUNTS, scale=32.0)
     with pytest.raises(ValueError, match="margin_norm must be one of min, last; got 'max'"):
         build_loss("dbm_ce", COUNTS, margin_norm="max")
-    with pytest.raises(ValueError, match="scale must be a float, got '32'"):
+    with pytest.raises(ValueError, match="scale must be of type float, got '32'"):
         build_loss("dbm_ce", COUNTS, scale="32")
-    with pytest.raises(ValueError, match="detach_difficulty must be a bool"):
+    with pytest.raises(ValueError, match="detach_difficulty must be of type bool"):
         build_loss("dbm_ce", COUNTS, detach_difficulty=1)
-    with pytest.raises(ValueError, match="drw_epoch must be a int"):
+    with pytest.raises(ValueError, match="drw_epoch must be of type int"):
         build_loss("dbm_drw", COUNTS, drw_epoch=160.0)
     for name, bad in (
         ("dbm_drw", dict(drw_fraction=1.5)),
