@@ -1,0 +1,311 @@
+"""fastlt's benchmark suite, one entry for every figure in docs/BENCHMARKS.md.
+
+    python tools/benchmark.py                      # full sizes (meant for a GPU machine), all sections
+    python tools/benchmark.py --tiny               # the CPU smoke run: tiny model, low resolution, few steps
+    python tools/benchmark.py --only step,e2e --device cuda
+
+Sections, each run in its own process (so one failure does not hide the others, and no section's threads
+or JIT state disturb another's timing) and written to <out>/<section>.json:
+  loaders  a) images/s of make_loader (ffcv, dali) vs the raw libraries and a torchvision DataLoader
+  losses   d) forward+backward of every loss vs plain cross-entropy, eager and compiled
+  augment     batched AutoAugment + Cutout vs torchvision's per-image AutoAugment
+  convert     conversion images/s vs a bare ffcv DatasetWriter
+  step     b) the training step alone on synthetic device batches: eager, compile, graph
+  e2e      c) training fed by each backend, as a fraction of (b): the data pipeline's headroom
+Within a section every comparison runs side by side in one process; warm-up is never timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = ("loaders", "losses", "augment", "convert", "step", "e2e")
+
+
+def _commands(out: Path, device: str, tiny: bool) -> dict[str, list[str]]:
+    """The command line of each section: full sizes, or the tiny smoke-test sizes."""
+    py = sys.executable
+    cores = os.cpu_count() or 1
+    loaders_data = out / "loaders_data"
+    stem = loaders_data / "converted" / "train"  # images written by the loaders section, reused end to end
+    if tiny:
+        loader_args = [
+            "--images",
+            "96",
+            "--size",
+            "64x56",
+            "--res",
+            "32",
+            "--batch",
+            "16",
+            "--workers",
+            "1",
+            "--repeats",
+            "1",
+        ]
+        return {
+            "loaders": [
+                py,
+                "tools/bench_loaders.py",
+                "--data",
+                str(loaders_data),
+                *loader_args,
+                "--device",
+                device,
+            ],
+            "losses": [
+                py,
+                "tools/bench_losses.py",
+                "--device",
+                device,
+                "--sizes",
+                "16x10",
+                "--repeats",
+                "2",
+                "--losses",
+                "ce,dbm_ce,fbl",
+                "--modes",
+                "eager",
+            ],
+            "augment": [
+                py,
+                "tools/bench_augment.py",
+                "--device",
+                device,
+                "--batch",
+                "8",
+                "--res",
+                "32",
+                "--policy",
+                "cifar10",
+                "--iters",
+                "2",
+                "--warmup",
+                "1",
+                "--loop-iters",
+                "1",
+            ],
+            "convert": [
+                py,
+                "tools/bench_convert.py",
+                "--images",
+                "24",
+                "--size",
+                "64x56",
+                "--repeats",
+                "1",
+                "--workers",
+                "1",
+            ],
+            "step": [
+                py,
+                "-m",
+                "trainer.bench",
+                "step",
+                "--arch",
+                "resnet_tiny",
+                "--resolution",
+                "32",
+                "--batch",
+                "8",
+                "--classes",
+                "12",
+                "--modes",
+                "eager",
+                "--warmup",
+                "1",
+                "--steps",
+                "2",
+                "--device",
+                device,
+            ],
+            "e2e": [
+                py,
+                "-m",
+                "trainer.bench",
+                "e2e",
+                "--data",
+                str(stem),
+                "--arch",
+                "resnet_tiny",
+                "--resolution",
+                "32",
+                "--batch",
+                "8",
+                "--mode",
+                "eager",
+                "--workers",
+                "1",
+                "--warmup",
+                "1",
+                "--steps",
+                "2",
+                "--device",
+                device,
+            ],
+        }
+    workers = str(max(1, cores))
+    return {
+        "loaders": [
+            py,
+            "tools/bench_loaders.py",
+            "--data",
+            str(loaders_data),
+            "--images",
+            "2400",
+            "--size",
+            "400x350",
+            "--res",
+            "224",
+            "--batch",
+            "64",
+            "--workers",
+            workers,
+            "--repeats",
+            "3",
+            "--device",
+            device,
+        ],
+        "losses": [py, "tools/bench_losses.py", "--device", device],
+        "augment": [
+            py,
+            "tools/bench_augment.py",
+            "--device",
+            device,
+            "--batch",
+            "256" if device == "cuda" else "32",
+            "--res",
+            "224",
+            *(["--resnet50"] if device == "cuda" else []),
+        ],
+        "convert": [py, "tools/bench_convert.py", "--images", "400", "--size", "400x350", "--repeats", "3"],
+        "step": [
+            py,
+            "-m",
+            "trainer.bench",
+            "step",
+            "--arch",
+            "resnet50",
+            "--resolution",
+            "224",
+            "--batch",
+            "256",
+            "--modes",
+            "eager,compile,graph",
+            "--device",
+            device,
+        ],
+        "e2e": [
+            py,
+            "-m",
+            "trainer.bench",
+            "e2e",
+            "--data",
+            str(stem),
+            "--arch",
+            "resnet50",
+            "--resolution",
+            "224",
+            "--batch",
+            "256",
+            "--mode",
+            "graph",
+            "--workers",
+            workers,
+            "--device",
+            device,
+        ],
+    }
+
+
+# Each tool names its JSON flag differently; the suite always asks for <out>/<section>.json.
+_JSON_FLAG = {
+    "loaders": "--json",
+    "losses": "--out",
+    "augment": "--out",
+    "convert": "--json",
+    "step": "--json",
+    "e2e": "--json",
+}
+
+
+def environment(device: str) -> dict:
+    import torch
+
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "device": device,
+    }
+    if device == "cuda" and torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name()
+    for name in ("torchvision", "ffcv", "nvidia.dali", "numpy"):
+        try:
+            module = __import__(name, fromlist=["__version__"])
+            env[name] = getattr(module, "__version__", "?")
+        except ImportError:
+            env[name] = None
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("bench_out"))
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument(
+        "--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"
+    )
+    p.add_argument("--tiny", action="store_true", help="smoke-test sizes: every section in a few seconds")
+    args = p.parse_args(argv)
+    if args.device is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    only = [s for s in args.only.split(",") if s]
+    unknown = sorted(set(only) - set(SECTIONS))
+    if unknown:
+        p.error(f"--only: unknown section(s) {unknown}; valid: {', '.join(SECTIONS)}")
+    if "e2e" in only and "loaders" not in only and not (args.out / "loaders_data" / "converted").is_dir():
+        only.insert(0, "loaders")  # e2e reads the images the loaders section generates and converts
+    args.out.mkdir(parents=True, exist_ok=True)
+    commands = _commands(args.out.resolve(), args.device, args.tiny)
+    summary = {"environment": environment(args.device), "tiny": args.tiny, "sections": {}}
+    failed = []
+    for section in SECTIONS:
+        if section not in only:
+            continue
+        json_path = args.out.resolve() / f"{section}.json"
+        cmd = [*commands[section], _JSON_FLAG[section], str(json_path)]
+        print(f"\n== {section}: {' '.join(cmd)}", flush=True)
+        start = time.perf_counter()
+        rc = subprocess.run(cmd, cwd=ROOT).returncode
+        seconds = round(time.perf_counter() - start, 1)
+        summary["sections"][section] = {
+            "command": " ".join(cmd),
+            "returncode": rc,
+            "seconds": seconds,
+            "json": str(json_path),
+        }
+        if rc != 0 or not json_path.is_file():
+            failed.append(section)
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"\nbenchmark: {len(summary['sections']) - len(failed)} section(s) done, results in {args.out}/")
+    if failed:
+        print(f"benchmark: FAILED: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
