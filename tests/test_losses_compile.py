@@ -68,3 +68,32 @@ def test_compiled_loss_rejects_another_width_with_its_message():
     # fullgraph: dynamo wraps the ValueError, whose message it keeps.
     with pytest.raises(Exception, match=r"'dbm_ce' was built for 5 classes and expects logits \[N, 5\]"):
         loss(output, target)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["dbm_drw", "fbl", "ldam_drw"])
+def test_cuda_graph_replay_sees_set_epoch(name):
+    """A captured step reads the epoch state from the buffers: set_epoch between replays takes effect."""
+    loss = build_loss(name, COUNTS).cuda()
+    reference = build_loss(name, COUNTS)
+    output, target = make_output()
+    static = ModelOutput(*(t.detach().cuda() for t in output))
+    static_target = target.cuda()
+    loss.set_epoch(0, 200)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up off the capture stream, as torch.cuda.graph requires
+        for _ in range(2):
+            loss(static, static_target)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        value = loss(static, static_target)
+    seen = []
+    for epoch in EPOCHS:
+        loss.set_epoch(epoch, 200)
+        reference.set_epoch(epoch, 200)
+        graph.replay()
+        torch.testing.assert_close(value.cpu(), reference(ModelOutput(*(t.detach() for t in output)), target))
+        seen.append(value.item())
+    assert seen[0] != seen[1]
