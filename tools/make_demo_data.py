@@ -12,6 +12,7 @@ writes  <out>/train/<class>/<i>.jpg, <out>/test/<class>/<i>.jpg, <out>/train.txt
 from __future__ import annotations
 
 import argparse
+import colorsys
 import math
 import os
 import sys
@@ -88,21 +89,39 @@ def _background(rng: np.random.Generator, w: int, h: int) -> Image.Image:
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     t = (xx * math.cos(theta) + yy * math.sin(theta)) / max(w, h)
     t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
-    img = c0 + (c1 - c0) * t[..., None] + rng.normal(0, 12, size=(h, w, 3)).astype(np.float32)
+    img = c0 + (c1 - c0) * t[..., None] + rng.normal(0, 8, size=(h, w, 3)).astype(np.float32)
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
 
-def _clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, w: int, h: int) -> None:
-    """Distractors: thin lines and small blobs in random colours, some of them over the object."""
+def _clutter(draw: ImageDraw.ImageDraw, rng: np.random.Generator, w: int, h: int, most: int) -> None:
+    """Distractors: up to `most` thin lines and small blobs in random colours."""
     s = min(w, h)
-    for _ in range(int(rng.integers(2, 7))):
+    for _ in range(int(rng.integers(1, most + 1))):
         x0, y0, x1, y1 = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0, h)
         draw.line(
-            [(x0, y0), (x1, y1)], fill=_random_colour(rng), width=max(1, int(s * rng.uniform(0.01, 0.04)))
+            [(x0, y0), (x1, y1)], fill=_random_colour(rng), width=max(1, int(s * rng.uniform(0.01, 0.03)))
         )
-    for _ in range(int(rng.integers(1, 5))):
-        cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), s * rng.uniform(0.02, 0.07)
+    for _ in range(int(rng.integers(0, most))):
+        cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), s * rng.uniform(0.02, 0.06)
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=_random_colour(rng))
+
+
+def _class_colour(rng: np.random.Generator, label: int, num_classes: int) -> tuple[int, int, int]:
+    """Each class has its own hue band (neighbours overlap a little): colour is a cue, not the answer."""
+    hue = (label / num_classes + rng.normal(0, 0.035)) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(hue, rng.uniform(0.55, 1.0), rng.uniform(0.6, 1.0))
+    return int(255 * r), int(255 * g), int(255 * b)
+
+
+def _contrasting_colour(
+    rng: np.random.Generator, against: np.ndarray, distance: float
+) -> tuple[int, int, int]:
+    """A random colour at least `distance` (L1) away from `against`, so the object stays visible."""
+    for _ in range(20):
+        colour = _random_colour(rng, 10, 246)
+        if np.abs(np.array(colour, np.float32) - against).sum() >= distance:
+            break
+    return colour
 
 
 def render(label: int, seed: int, size: tuple[int, int]) -> Image.Image:
@@ -113,30 +132,31 @@ def render(label: int, seed: int, size: tuple[int, int]) -> Image.Image:
     pattern = PATTERNS[label // len(SHAPES)]
     img = _background(rng, w, h)
     draw = ImageDraw.Draw(img)
-    if rng.random() < 0.5:
-        _clutter(draw, rng, w, h)
+    if rng.random() < 0.6:  # clutter behind the object
+        _clutter(draw, rng, w, h, most=4)
 
     s = min(w, h)
-    r = s * rng.uniform(0.16, 0.34)
+    r = s * rng.uniform(0.22, 0.38)
     cx, cy = rng.uniform(r, w - r), rng.uniform(r, h - r)
     poly = _polygon(shape, cx, cy, r, rng.uniform(0, 2 * math.pi))
-    colour = _random_colour(rng, 20, 236)
+    colour = _class_colour(rng, label, len(CLASS_NAMES))
     mask = Image.new("L", (w, h), 0)
     ImageDraw.Draw(mask).polygon(poly, fill=255)
     if pattern == "stripes":  # stripes of a second colour at a random angle and period, inside the shape
-        period = s * rng.uniform(0.05, 0.12)
+        period = s * rng.uniform(0.08, 0.15)
         phi = rng.uniform(0, math.pi)
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
         band = ((xx * math.cos(phi) + yy * math.sin(phi)) // period) % 2 == 0
-        fill = np.where(band[..., None], np.array(colour, np.uint8), np.array(_random_colour(rng), np.uint8))
+        second = _contrasting_colour(rng, np.array(colour, np.float32), 200)
+        fill = np.where(band[..., None], np.array(colour, np.uint8), np.array(second, np.uint8))
         layer = Image.fromarray(fill.astype(np.uint8))
     else:
         layer = Image.new("RGB", (w, h), colour)
     img.paste(layer, (0, 0), mask)
-    if rng.random() < 0.5:
-        _clutter(draw, rng, w, h)
-    if rng.random() < 0.3:
-        img = img.filter(ImageFilter.GaussianBlur(radius=s * rng.uniform(0.005, 0.02)))
+    if rng.random() < 0.25:  # a little clutter over the object too
+        _clutter(draw, rng, w, h, most=2)
+    if rng.random() < 0.2:
+        img = img.filter(ImageFilter.GaussianBlur(radius=s * rng.uniform(0.004, 0.012)))
     return img
 
 
