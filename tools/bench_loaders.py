@@ -45,6 +45,8 @@ from tools.make_demo_data import make_demo_data  # noqa: E402
 
 SCALE, RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
 NAMES = ("fastlt_ffcv", "raw_ffcv", "fastlt_dali", "raw_dali", "torchvision")
+# Not in the default set: DBM-BCL's three views of each image (issue #7), against the one-view loaders.
+VIEW_NAMES = ("fastlt_ffcv_3views", "fastlt_dali_3views")
 
 
 def prepare_data(data: Path, n_images: int, size: tuple[int, int], workers: int) -> Path:
@@ -81,7 +83,9 @@ def prepare_data(data: Path, n_images: int, size: tuple[int, int], workers: int)
     return converted
 
 
-def _fastlt(backend: str, path: Path, res: int, batch: int, workers: int, device: torch.device):
+def _fastlt(
+    backend: str, path: Path, res: int, batch: int, workers: int, device: torch.device, views: int = 1
+):
     return make_loader(
         backend,
         path,
@@ -92,6 +96,7 @@ def _fastlt(backend: str, path: Path, res: int, batch: int, workers: int, device
         num_workers=workers,
         scale=SCALE,
         ratio=RATIO,
+        views=views,
     )
 
 
@@ -248,6 +253,8 @@ def run(
         "fastlt_dali": lambda: _fastlt("dali", shards, res, batch, workers, dev),
         "raw_dali": lambda: _RawDali(shards, res, batch, workers, dev),
         "torchvision": lambda: _TorchvisionFolder(images, res, batch, workers, dev),
+        "fastlt_ffcv_3views": lambda: _fastlt("ffcv", beton, res, batch, workers, dev, views=3),
+        "fastlt_dali_3views": lambda: _fastlt("dali", shards, res, batch, workers, dev, views=3),
     }
     unknown = set(only) - set(builders)
     if unknown:
@@ -282,6 +289,9 @@ def run(
             results[f"best_ratio_{backend}"] = round(ours["best_img_per_s"] / raw["best_img_per_s"], 3)
             if ours["img_per_cpu_s"] and raw["img_per_cpu_s"]:
                 results[f"cpu_ratio_{backend}"] = round(ours["img_per_cpu_s"] / raw["img_per_cpu_s"], 3)
+        three = results.get(f"fastlt_{backend}_3views")
+        if ours and three:  # source images per second with three views each, against one view
+            results[f"views3_ratio_{backend}"] = round(three["img_per_s"] / ours["img_per_s"], 3)
     for loader in loaders.values():
         if hasattr(loader, "close"):
             loader.close()
@@ -324,7 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--repeats", type=int, default=3, help="timed epochs per loader (median reported)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--only", default=",".join(NAMES), help=f"comma-separated subset of {','.join(NAMES)}")
+    p.add_argument(
+        "--only", default=",".join(NAMES), help=f"comma-separated subset of {','.join(NAMES + VIEW_NAMES)}"
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = p.parse_args(argv)
     out = run(
