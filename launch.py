@@ -62,6 +62,7 @@ def check_names(cfg: Config) -> None:
     """Every name in the config against its registry, before any data is read or model built."""
     import losses
     from pipelines.augment import POLICIES
+    from pipelines.factory import CROPS
     from pipelines.samplers import SAMPLERS
     from trainer.models import ARCHS
     from trainer.schedule import SCHEDULES
@@ -69,6 +70,7 @@ def check_names(cfg: Config) -> None:
 
     _choice("data.backend", cfg.data.backend, BACKEND_SUFFIX)
     _choice("data.auto_augment", cfg.data.auto_augment, ("", *POLICIES))
+    _choice("data.crop", cfg.data.crop, CROPS)
     _choice("data.sampler", cfg.data.sampler, SAMPLERS)
     _choice("model.arch", cfg.model.arch, ARCHS)
     _choice("loss.name", cfg.loss.name, losses.loss_names())
@@ -130,6 +132,10 @@ def build(cfg: Config, accelerator: Any) -> Any:
             f"has {meta.num_classes}"
         )
     counts = tuple(meta.class_counts)
+    if device.type == "cuda":
+        # Shapes are static, so cuDNN's per-shape autotuning runs once. (TF32 matmuls stay off: the cosine
+        # head is kept in fp32 on purpose, its raw cosines feed an arccos.)
+        torch.backends.cudnn.benchmark = True
 
     hparams = {k: getattr(cfg.loss, k) for k in losses.loss_params(cfg.loss.name)}
     loss = losses.build_loss(cfg.loss.name, counts, **hparams).to(device)
@@ -165,6 +171,8 @@ def build(cfg: Config, accelerator: Any) -> Any:
         randaugment_n=d.randaugment_n,
         randaugment_m=d.randaugment_m,
         views=loss.num_views,
+        crop=d.crop,
+        crop_padding=d.crop_padding,
         scale=tuple(d.crop_scale),
         view_scale=tuple(d.view_crop_scale) or None,
         **common,
@@ -206,13 +214,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         cfg = load_config(args.config, overrides)
         run_dir = rundir.run_dir_for(cfg)
-        rundir.check_fresh(run_dir)
+        if not cfg.run.overwrite:
+            rundir.check_fresh(run_dir)
     check_names(cfg)
 
     from trainer.loop import fit
 
     accelerator = make_accelerator(cfg)
     if accelerator.is_main_process:
+        if cfg.run.overwrite and not args.resume:
+            rundir.clear_run(run_dir)
         env = rundir.environment(accelerator)
         rundir.start_run_dir(run_dir, cfg, env, resumed=bool(args.resume))
     accelerator.wait_for_everyone()
@@ -225,7 +236,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from pipelines.meta import MetaError
+    from trainer.checkpoint import CheckpointError
+    from trainer.rundir import RunDirError
+
     try:
         main()
-    except ConfigError as err:
+    except (ConfigError, RunDirError, CheckpointError, MetaError) as err:
         sys.exit(f"launch.py: {err}")

@@ -83,11 +83,20 @@ def test_one_epoch_writes_the_run_folder(demo_converted, tmp_path, backend):
     assert not list(run.rglob("*.tmp"))  # atomic writes leave no temporaries
 
 
-def test_an_existing_run_is_never_overwritten(demo_converted, tmp_path):
+def test_an_existing_run_is_replaced_only_when_asked(demo_converted, tmp_path):
     run = tmp_path / "taken"
     (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"old")
+    (run / "metrics.jsonl").write_text('{"epoch": 7}\n')
+    (run / "notes.txt").write_text("mine")
     with pytest.raises(rundir.RunDirError, match="--resume"):
         launch.main(tiny_argv(demo_converted, tmp_path, "taken"))
+    assert (run / "checkpoints" / "last.pt").read_bytes() == b"old"
+
+    launch.main(tiny_argv(demo_converted, tmp_path, "taken", "--run.overwrite=true", "--run.eval_every=0"))
+    assert [r["epoch"] for r in rundir.read_metrics(run)] == [1]
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
+    assert (run / "notes.txt").read_text() == "mine"  # only a run's own outputs are replaced
 
 
 @pytest.mark.parametrize(

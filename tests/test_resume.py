@@ -11,8 +11,10 @@ from test_launch import tiny_argv
 import launch
 from trainer import checkpoint, loop, rundir
 
-# Augmentation on (AutoAugment + Cutout draw from the loader's generators), a loss with epoch state (DRW
-# switches on at the second epoch) and a schedule that changes every epoch: everything resume must restore.
+# Everything resume must restore is exercised: device-side augmentation (AutoAugment + Cutout draw from the
+# loader's per-epoch generators), a loss with epoch state (DRW switches on at the second epoch), a schedule
+# that changes every epoch, optimizer momentum. FFCV's own random crop and flip draw from numba's unseeded
+# per-thread generators, so they are turned off (full-image crop, no flip) to make two runs comparable at all.
 EXTRA = (
     "--run.epochs=2",
     "--run.checkpoint_every=1",
@@ -21,6 +23,8 @@ EXTRA = (
     "--loss.scale=16",
     "--data.auto_augment=cifar10",
     "--data.cutout=8",
+    "--data.crop_scale=[1.0, 1.0]",
+    "--data.hflip=false",
     "--optim.schedule=cosine",
     "--optim.warmup_epochs=1",
     "--optim.lr=0.05",

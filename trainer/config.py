@@ -32,6 +32,7 @@ class RunConfig:
     eval_every: int = 1  # epochs
     checkpoint_every: int = 10  # epochs; a checkpoint is always written at the end
     progress: bool = True
+    overwrite: bool = False  # True: a new run replaces the outputs of an earlier run in the same folder
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,9 @@ class DataConfig:
     cutout: int = 0  # side of the Cutout square in pixels, 0 = off
     sampler: str = "uniform"  # "uniform" | "class_balanced" | "sqrt"
     epoch_samples: int = 0  # samples per resampled epoch, 0: the natural epoch length
-    crop_scale: tuple[float, ...] = (0.08, 1.0)  # training RandomResizedCrop area range
+    crop: str = "resized"  # training crop: "resized" (RandomResizedCrop) | "padded" (CIFAR's pad-and-crop)
+    crop_padding: int = 4  # "padded": RandomCrop(resolution, padding=crop_padding)
+    crop_scale: tuple[float, ...] = (0.08, 1.0)  # "resized": RandomResizedCrop area range
     view_crop_scale: tuple[float, ...] = ()  # BCL's contrastive views' crop area range; empty: crop_scale
     eval_crop_ratio: float = 0.875  # eval centre crop side / shorter side (224/256); 1.0: whole image (CIFAR)
     mean: tuple[float, ...] = IMAGENET_MEAN

@@ -16,11 +16,12 @@ import logging
 import statistics
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
@@ -67,9 +68,11 @@ def train_one_epoch(
     log_every: int,
     global_batch: int,
     progress: bool = False,
+    log_lines: bool = False,
 ) -> dict[str, Any]:
     """One pass over `loader` (epoch counted from 0). Returns the mean loss, the last learning rate, the
-    training top-1 of view 0 and images per second over all processes (timed between host syncs)."""
+    training top-1 of view 0 and images per second over all processes (timed between host syncs).
+    `progress` shows a tqdm bar; `log_lines` prints a line at each log point instead (batch jobs' logs)."""
     steps = len(loader)  # type: ignore[arg-type]
     if steps == 0:
         raise ValueError(
@@ -107,9 +110,13 @@ def train_one_epoch(
                 samples += m["samples"]
             rate = (done - last_step) * global_batch / max(now - last_time, 1e-9)
             last_time, last_step = now, done
-            bar.set_postfix(
-                loss=f"{m['loss']:.4f}" if m["loss"] is not None else "-", lr=f"{lr:.3g}", img_s=f"{rate:.0f}"
-            )
+            loss = f"{m['loss']:.4f}" if m["loss"] is not None else "-"
+            bar.set_postfix(loss=loss, lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
+            if log_lines and done < steps:
+                print(
+                    f"  epoch {epoch + 1} step {done}/{steps}: loss {loss} lr {lr:.4g} {rate:.0f} img/s",
+                    flush=True,
+                )
     bar.close()
     if done != steps:
         raise RuntimeError(
@@ -126,6 +133,17 @@ def train_one_epoch(
     }
 
 
+def broadcast_buffers(model: nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics). DDP broadcasts them at the start of
+    each training forward, so after the last step each rank holds its own update; evaluating with them would
+    make each rank's share see a different model. Rank 0's are the ones the checkpoint saves, and the ones
+    every rank gets at the next training step anyway, so a resumed run stays exact."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    for buf in unwrap(model).buffers():
+        dist.broadcast(buf.data, src=0)
+
+
 def evaluate(
     step: EvalStep, loader: Iterable[Any], class_counts: tuple[int, ...] | list[int]
 ) -> dict[str, Any]:
@@ -140,13 +158,14 @@ def evaluate(
     return report
 
 
-# --- fit -------------------------------------------------------------------------------------------------
 @dataclass
 class _History:
+    """What a checkpoint carries besides the tensors: where the run stands and what it has measured."""
+
     epoch: int = 0  # epochs finished
-    best: dict[str, Any] | None = None
-    last_eval: dict[str, Any] | None = None
-    records: list[dict[str, Any]] | None = None
+    best: dict[str, Any] | None = None  # best evaluation so far: epoch and groups
+    last_eval: dict[str, Any] | None = None  # the latest full evaluation report (per-class accuracy included)
+    records: list[dict[str, Any]] = field(default_factory=list)  # the metrics.jsonl lines
 
 
 def _groups(report: dict[str, Any]) -> dict[str, Any]:
@@ -201,7 +220,7 @@ def _restore(accelerator: Any, parts: Parts, run_dir: Path) -> _History:
 
 
 def _results(cfg: Config, parts: Parts, hist: _History) -> dict[str, Any]:
-    records = hist.records or []
+    records = hist.records
     final = hist.last_eval or {}
     rates = [r["img_per_s"] for r in records if r.get("img_per_s")]
     return {
@@ -233,11 +252,7 @@ def _finish(cfg: Config, run_dir: Path, parts: Parts, results: dict[str, Any]) -
 def _summary(rec: dict[str, Any]) -> str:
     text = f"epoch {rec['epoch']}: loss {rec['loss']:.4f} lr {rec['lr']:.4g} {rec['img_per_s']:.0f} img/s"
     if rec.get("top1") is not None:
-        few = "-" if rec.get("few") is None else f"{100 * rec['few']:.2f}"
-        text += (
-            f" | top-1 {100 * rec['top1']:.2f} many {_pct(rec.get('many'))} "
-            f"medium {_pct(rec.get('medium'))} few {few}"
-        )
+        text += " | " + " ".join(f"{g} {_pct(rec.get(g))}" for g in GROUPS)
     return text + f" ({rec['time']:.1f} s)"
 
 
@@ -253,9 +268,9 @@ def fit(
     run = cfg.run
     main = accelerator.is_main_process
     epochs = run.epochs
-    hist = _restore(accelerator, parts, run_dir) if resume else _History(records=[])
+    hist = _restore(accelerator, parts, run_dir) if resume else _History()
     if main:
-        rundir.write_metrics(run_dir, hist.records or [])  # drops lines written after the checkpoint
+        rundir.write_metrics(run_dir, hist.records)  # drops lines written after the checkpoint
     if resume:
         accelerator.print(f"resuming {run_dir} after epoch {hist.epoch} of {epochs}", flush=True)
     for epoch in range(hist.epoch, epochs):
@@ -273,10 +288,12 @@ def fit(
                 log_every=max(1, run.log_every),
                 global_batch=parts.global_batch,
                 progress=run.progress and main,
+                log_lines=main and not run.progress,
             )
         )
         last = epoch + 1 == epochs
         if last or (run.eval_every > 0 and (epoch + 1) % run.eval_every == 0):
+            broadcast_buffers(parts.model)
             report = evaluate(parts.eval_step, parts.eval_loader, parts.class_counts)
             report["epoch"] = epoch + 1
             hist.last_eval = report

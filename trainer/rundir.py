@@ -83,8 +83,20 @@ def check_fresh(run_dir: Path) -> None:
     if any((run_dir / name).exists() for name in (METRICS_FILE, RESULTS_FILE, CHECKPOINT_DIR)):
         raise RunDirError(
             f"run folder {run_dir} already holds a run; continue it with --resume {run_dir} "
-            "or start a new one with --run.name=NAME"
+            "or start a new one with --run.name=NAME (--run.overwrite=true replaces it)"
         )
+
+
+def clear_run(run_dir: Path) -> None:
+    """Remove an earlier run's outputs (only the files a run writes; anything else in the folder stays)."""
+    for name in (METRICS_FILE, RESULTS_FILE, PLOT_FILE, ENV_FILE, CONFIG_FILE):
+        (run_dir / name).unlink(missing_ok=True)
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    if ckpt_dir.is_dir():
+        for path in ckpt_dir.glob("*.pt"):
+            path.unlink()
+        for path in ckpt_dir.glob(".*.tmp"):
+            path.unlink()
 
 
 def start_run_dir(run_dir: Path, cfg: Config, env: dict[str, Any], *, resumed: bool = False) -> None:
