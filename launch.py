@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from trainer.config import Config, ConfigError, LossConfig, load_config
-
-log = logging.getLogger("fastlt")
 
 BACKEND_SUFFIX = {"ffcv": ".beton", "dali": ".dali"}
 
@@ -155,7 +154,7 @@ def build(cfg: Config, accelerator: Any) -> Any:
     eval_step = EvalStep(model, cfg.step, device, meta.num_classes)
 
     batch = _per_rank("data.batch_size", d.batch_size, world)
-    eval_batch = _per_rank("data.eval_batch_size", d.eval_batch_size or d.batch_size, world)
+    eval_batch = math.ceil((d.eval_batch_size or d.batch_size) / world)  # any size: the last batch is partial
     common = dict(device=device, num_workers=d.num_workers, rank=rank, world_size=world, seed=cfg.run.seed)
     train_loader = make_loader(
         d.backend,

@@ -79,8 +79,14 @@ def _json_safe(value: Any) -> Any:
 
 
 def check_fresh(run_dir: Path) -> None:
-    """A new run never overwrites an earlier one: refuse a folder that already holds run outputs."""
-    if any((run_dir / name).exists() for name in (METRICS_FILE, RESULTS_FILE, CHECKPOINT_DIR)):
+    """A new run never overwrites an earlier one: refuse a folder holding a finished epoch of one (a run that
+    failed before its first epoch, e.g. on a missing data file, may simply be started again)."""
+    metrics = run_dir / METRICS_FILE
+    if (
+        (metrics.is_file() and metrics.stat().st_size > 0)
+        or (run_dir / RESULTS_FILE).exists()
+        or any((run_dir / CHECKPOINT_DIR).glob("*.pt"))
+    ):
         raise RunDirError(
             f"run folder {run_dir} already holds a run; continue it with --resume {run_dir} "
             "or start a new one with --run.name=NAME (--run.overwrite=true replaces it)"
