@@ -169,6 +169,11 @@ def build(cfg: Config, accelerator: Any) -> Any:
         num_samples=d.epoch_samples or None,
         randaugment_n=d.randaugment_n,
         randaugment_m=d.randaugment_m,
+        augment_options={
+            "randaugment_style": d.randaugment_style,
+            "magnitude_std": d.magnitude_std,
+            "fill": tuple(d.augment_fill),
+        },
         views=loss.num_views,
         crop=d.crop,
         crop_padding=d.crop_padding,

@@ -50,6 +50,11 @@ class DataConfig:
     auto_augment: str = ""  # "" | "imagenet" | "cifar10" | "randaugment"
     randaugment_n: int = 2
     randaugment_m: float = 10.0
+    # "torchvision": m is a bin of 31; "timm": m is timm's 0..10 level, each op fires w.p. 0.5 (the papers'
+    # large-scale "rand-n2-m10-mstd0.5" = style "timm", m 10, magnitude_std 0.5, fill (124, 116, 104)).
+    randaugment_style: str = "torchvision"
+    magnitude_std: float = 0.0
+    augment_fill: tuple[int, ...] = (128, 128, 128)  # fill of AutoAugment / RandAugment's geometric ops
     cutout: int = 0  # side of the Cutout square in pixels, 0 = off
     sampler: str = "uniform"  # "uniform" | "class_balanced" | "sqrt"
     epoch_samples: int = 0  # samples per resampled epoch, 0: the natural epoch length
