@@ -60,7 +60,7 @@ def _choice(key: str, value: str, valid: Any) -> None:
 def check_names(cfg: Config) -> None:
     """Every name in the config against its registry, before any data is read or model built."""
     import losses
-    from pipelines.augment import POLICIES
+    from pipelines.augment import POLICIES, RANDAUGMENT_STYLES
     from pipelines.factory import CROPS
     from pipelines.samplers import SAMPLERS
     from trainer.models import ARCHS
@@ -69,6 +69,7 @@ def check_names(cfg: Config) -> None:
 
     _choice("data.backend", cfg.data.backend, BACKEND_SUFFIX)
     _choice("data.auto_augment", cfg.data.auto_augment, ("", *POLICIES))
+    _choice("data.randaugment_style", cfg.data.randaugment_style, RANDAUGMENT_STYLES)
     _choice("data.crop", cfg.data.crop, CROPS)
     _choice("data.sampler", cfg.data.sampler, SAMPLERS)
     _choice("model.arch", cfg.model.arch, ARCHS)

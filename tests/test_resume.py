@@ -99,3 +99,43 @@ def test_resume_matches_an_uninterrupted_run(demo_converted, tmp_path, monkeypat
 def test_resume_needs_a_run_folder(tmp_path):
     with pytest.raises(rundir.RunDirError, match="config.toml"):
         launch.main(["--resume", str(tmp_path / "nothing")])
+
+
+def test_rng_states_round_trip():
+    import random
+
+    import numpy as np
+
+    state = checkpoint.rng_state()
+    first = (random.random(), np.random.rand(), torch.rand(3))  # noqa: NPY002 - the global generator is the point
+    checkpoint.set_rng_state(state)
+    again = (random.random(), np.random.rand(), torch.rand(3))  # noqa: NPY002
+    assert first[:2] == again[:2] and torch.equal(first[2], again[2])
+
+
+def test_loading_an_optimizer_keeps_its_lr_tensor():
+    """A captured step reads the lr tensor it was built with: loading a checkpoint must not replace it."""
+    p = torch.nn.Parameter(torch.ones(2))
+    lr = torch.tensor(0.1)
+    opt = torch.optim.SGD([p], lr=lr, momentum=0.9)
+    saved = opt.state_dict()
+    saved["param_groups"][0]["lr"] = torch.tensor(0.02)
+    checkpoint.load_optimizer_state(opt, saved)
+    assert opt.param_groups[0]["lr"] is lr and lr.item() == pytest.approx(0.02)
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoints" / "last.pt"
+    checkpoint.save_checkpoint(path, {"epoch": 1})
+
+    def broken(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("os.replace", broken)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.save_checkpoint(path, {"epoch": 2})
+    monkeypatch.undo()
+    assert checkpoint.load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint"):
+        checkpoint.load_checkpoint(tmp_path / "nope.pt")
