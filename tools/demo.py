@@ -67,6 +67,7 @@ def train(config: str, converted: Path, runs: Path, loss: str, backend: str, ext
             f"--data.dir={converted}",
             f"--run.out_dir={runs}",
             f"--run.name={name}",
+            "--run.overwrite=true",  # `make demo` is re-runnable: each run replaces its previous demo run
             *extra,
         ]
     )
