@@ -30,200 +30,70 @@ ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("loaders", "losses", "augment", "convert", "step", "e2e")
 
 
+def _flags(options: dict[str, object]) -> list[str]:
+    """{"res": 32, "batch": 16} -> ["--res", "32", "--batch", "16"]."""
+    return [text for key, value in options.items() for text in (f"--{key}", str(value))]
+
+
 def _commands(out: Path, device: str, tiny: bool) -> dict[str, list[str]]:
-    """The command line of each section: full sizes, or the tiny smoke-test sizes."""
+    """The command line of each section: one script per section, with full or tiny (smoke-test) sizes."""
     py = sys.executable
-    cores = os.cpu_count() or 1
+    workers = max(1, os.cpu_count() or 1)
     loaders_data = out / "loaders_data"
     stem = loaders_data / "converted" / "train"  # images written by the loaders section, reused end to end
-    if tiny:
-        loader_args = [
-            "--images",
-            "96",
-            "--size",
-            "64x56",
-            "--res",
-            "32",
-            "--batch",
-            "16",
-            "--workers",
-            "1",
-            "--repeats",
-            "1",
-        ]
-        return {
-            "loaders": [
-                py,
-                "tools/bench_loaders.py",
-                "--data",
-                str(loaders_data),
-                *loader_args,
-                "--device",
-                device,
-            ],
-            "losses": [
-                py,
-                "tools/bench_losses.py",
-                "--device",
-                device,
-                "--sizes",
-                "16x10",
-                "--repeats",
-                "2",
-                "--losses",
-                "ce,dbm_ce,fbl",
-                "--modes",
-                "eager",
-            ],
-            "augment": [
-                py,
-                "tools/bench_augment.py",
-                "--device",
-                device,
-                "--batch",
-                "8",
-                "--res",
-                "32",
-                "--policy",
-                "cifar10",
-                "--iters",
-                "2",
-                "--warmup",
-                "1",
-                "--loop-iters",
-                "1",
-            ],
-            "convert": [
-                py,
-                "tools/bench_convert.py",
-                "--images",
-                "24",
-                "--size",
-                "64x56",
-                "--repeats",
-                "1",
-                "--workers",
-                "1",
-            ],
-            "step": [
-                py,
-                "-m",
-                "trainer.bench",
-                "step",
-                "--arch",
-                "resnet_tiny",
-                "--resolution",
-                "32",
-                "--batch",
-                "8",
-                "--classes",
-                "12",
-                "--modes",
-                "eager",
-                "--warmup",
-                "1",
-                "--steps",
-                "2",
-                "--device",
-                device,
-            ],
-            "e2e": [
-                py,
-                "-m",
-                "trainer.bench",
-                "e2e",
-                "--data",
-                str(stem),
-                "--arch",
-                "resnet_tiny",
-                "--resolution",
-                "32",
-                "--batch",
-                "8",
-                "--mode",
-                "eager",
-                "--workers",
-                "1",
-                "--warmup",
-                "1",
-                "--steps",
-                "2",
-                "--device",
-                device,
-            ],
-        }
-    workers = str(max(1, cores))
-    return {
-        "loaders": [
-            py,
-            "tools/bench_loaders.py",
-            "--data",
-            str(loaders_data),
-            "--images",
-            "2400",
-            "--size",
-            "400x350",
-            "--res",
-            "224",
-            "--batch",
-            "64",
-            "--workers",
-            workers,
-            "--repeats",
-            "3",
-            "--device",
-            device,
-        ],
-        "losses": [py, "tools/bench_losses.py", "--device", device],
-        "augment": [
-            py,
-            "tools/bench_augment.py",
-            "--device",
-            device,
-            "--batch",
-            "256" if device == "cuda" else "32",
-            "--res",
-            "224",
-            *(["--resnet50"] if device == "cuda" else []),
-        ],
-        "convert": [py, "tools/bench_convert.py", "--images", "400", "--size", "400x350", "--repeats", "3"],
-        "step": [
-            py,
-            "-m",
-            "trainer.bench",
-            "step",
-            "--arch",
-            "resnet50",
-            "--resolution",
-            "224",
-            "--batch",
-            "256",
-            "--modes",
-            "eager,compile,graph",
-            "--device",
-            device,
-        ],
-        "e2e": [
-            py,
-            "-m",
-            "trainer.bench",
-            "e2e",
-            "--data",
-            str(stem),
-            "--arch",
-            "resnet50",
-            "--resolution",
-            "224",
-            "--batch",
-            "256",
-            "--mode",
-            "graph",
-            "--workers",
-            workers,
-            "--device",
-            device,
-        ],
+    scripts = {
+        "loaders": ["tools/bench_loaders.py", "--data", str(loaders_data), "--device", device],
+        "losses": ["tools/bench_losses.py", "--device", device],
+        "augment": ["tools/bench_augment.py", "--device", device],
+        "convert": ["tools/bench_convert.py"],
+        "step": ["-m", "trainer.bench", "step", "--device", device],
+        "e2e": ["-m", "trainer.bench", "e2e", "--data", str(stem), "--device", device],
     }
+    if tiny:
+        sizes = {
+            "loaders": {"images": 96, "size": "64x56", "res": 32, "batch": 16, "workers": 1, "repeats": 1},
+            "losses": {"sizes": "16x10", "repeats": 2, "losses": "ce,dbm_ce,fbl", "modes": "eager"},
+            "augment": {"batch": 8, "res": 32, "policy": "cifar10", "iters": 2, "warmup": 1, "loop-iters": 1},
+            "convert": {"images": 24, "size": "64x56", "repeats": 1, "workers": 1},
+            "step": {
+                "arch": "resnet_tiny",
+                "resolution": 32,
+                "batch": 8,
+                "classes": 12,
+                "modes": "eager",
+                "warmup": 1,
+                "steps": 2,
+            },
+            "e2e": {
+                "arch": "resnet_tiny",
+                "resolution": 32,
+                "batch": 8,
+                "mode": "eager",
+                "workers": 1,
+                "warmup": 1,
+                "steps": 2,
+            },
+        }
+    else:
+        cuda = device == "cuda"
+        sizes = {
+            "loaders": {
+                "images": 2400,
+                "size": "400x350",
+                "res": 224,
+                "batch": 64,
+                "workers": workers,
+                "repeats": 3,
+            },
+            "losses": {},
+            "augment": {"batch": 256 if cuda else 32, "res": 224},
+            "convert": {"images": 400, "size": "400x350", "repeats": 3},
+            "step": {"arch": "resnet50", "resolution": 224, "batch": 256, "modes": "eager,compile,graph"},
+            "e2e": {"arch": "resnet50", "resolution": 224, "batch": 256, "mode": "graph", "workers": workers},
+        }
+        if cuda:
+            scripts["augment"].append("--resnet50")
+    return {name: [py, *scripts[name], *_flags(sizes[name])] for name in SECTIONS}
 
 
 # Each tool names its JSON flag differently; the suite always asks for <out>/<section>.json.
