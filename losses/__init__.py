@@ -4,6 +4,7 @@ Imports only torch. See spec/losses.md for the formulas and DESIGN.md for the co
 """
 
 from losses.bcl import balanced_contrastive
+from losses.config import LossConfig
 from losses.cross_entropy import TargetLogits, cross_entropy
 from losses.functional import (
     class_margins,
@@ -18,13 +19,14 @@ from losses.functional import (
 from losses.heads import CosineClassifier
 from losses.modules import Loss
 from losses.output import ModelOutput
-from losses.registry import LOSSES, build_loss, loss_class, loss_names, loss_params
+from losses.registry import LOSSES, build_loss, loss_class, loss_names
 
 __all__ = [
     "LOSSES",
     "CosineClassifier",
     "TargetLogits",
     "Loss",
+    "LossConfig",
     "ModelOutput",
     "balanced_contrastive",
     "build_loss",
@@ -39,5 +41,4 @@ __all__ = [
     "log_prior",
     "loss_class",
     "loss_names",
-    "loss_params",
 ]

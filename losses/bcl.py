@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from losses.config import LossConfig
 from losses.functional import at_least_float32
 from losses.logit_maps import DBMargin, ScaledCosine
 from losses.modules import Loss
@@ -47,21 +48,10 @@ def balanced_contrastive(embeddings: Tensor, centers: Tensor, target: Tensor, te
 class BalancedContrastive(Part):
     """Adds BalSCL to the classification loss: bcl_alpha * ce + bcl_beta * BalSCL."""
 
-    def __init__(
-        self,
-        class_counts: Tensor,
-        *,
-        bcl_alpha: float = 2.0,
-        bcl_beta: float = 0.6,
-        bcl_temperature: float = 0.1,
-    ) -> None:
-        super().__init__()
-        require(
-            bcl_alpha >= 0 and bcl_beta >= 0,
-            f"bcl_alpha and bcl_beta must be >= 0, got {bcl_alpha}, {bcl_beta}",
-        )
-        require(bcl_temperature > 0, f"bcl_temperature must be > 0, got {bcl_temperature}")
-        self.bcl_alpha, self.bcl_beta, self.bcl_temperature = bcl_alpha, bcl_beta, bcl_temperature
+    uses = ("bcl_alpha", "bcl_beta", "bcl_temperature")
+
+    def __init__(self, class_counts: Tensor, cfg: LossConfig) -> None:
+        super().__init__(class_counts, cfg)
         self.num_classes = class_counts.numel()
 
     def forward(self, ce: Tensor, output: ModelOutput, target: Tensor) -> Tensor:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from losses import functional as LF
+from losses.config import LossConfig
 from losses.cross_entropy import TargetLogits, target_column
 from losses.functional import at_least_float32
 from losses.output import ModelOutput
@@ -18,9 +19,6 @@ from losses.parts import Part, require
 class LinearLogits(Part):
     """A linear head's logits, as they are."""
 
-    def __init__(self, class_counts: Tensor) -> None:
-        super().__init__()
-
     def forward(self, output: ModelOutput, target: Tensor) -> Tensor:
         return at_least_float32(output.logits)
 
@@ -28,10 +26,7 @@ class LinearLogits(Part):
 class ScaledCosine(Part):
     """`s * cos θ`: the plain cosine classifier (the cosine head without DBM)."""
 
-    def __init__(self, class_counts: Tensor, *, scale: float = 30.0) -> None:
-        super().__init__()
-        require(scale > 0, f"scale must be > 0, got {scale}")
-        self.scale = scale
+    uses = ("scale",)
 
     def forward(self, output: ModelOutput, target: Tensor) -> Tensor:
         return self.scale * at_least_float32(output.logits)
@@ -40,25 +35,11 @@ class ScaledCosine(Part):
 class DBMargin(Part):
     """DBM logits (§3): class margin from the counts, instance margin on hard positives, applied in angle."""
 
-    def __init__(
-        self,
-        class_counts: Tensor,
-        *,
-        scale: float = 30.0,
-        max_margin: float = 0.1,
-        tau: float = 1.0,
-        lambda_inst: float = 1.0,
-        margin_norm: str = "min",
-        detach_difficulty: bool = False,
-    ) -> None:
-        super().__init__()
-        require(scale > 0, f"scale must be > 0, got {scale}")
-        require(max_margin >= 0, f"max_margin must be >= 0, got {max_margin}")
-        require(tau >= 0, f"tau must be >= 0, got {tau}")
-        require(lambda_inst >= 0, f"lambda_inst must be >= 0, got {lambda_inst}")
-        self.scale, self.max_margin, self.tau, self.lambda_inst = scale, max_margin, tau, lambda_inst
-        self.margin_norm, self.detach_difficulty = margin_norm, detach_difficulty
-        margins = LF.class_margins(class_counts, max_margin, tau, margin_norm)
+    uses = ("scale", "max_margin", "tau", "lambda_inst", "margin_norm", "detach_difficulty")
+
+    def __init__(self, class_counts: Tensor, cfg: LossConfig) -> None:
+        super().__init__(class_counts, cfg)
+        margins = LF.class_margins(class_counts, cfg.max_margin, cfg.tau, cfg.margin_norm)
         self.register_buffer("margins", margins, persistent=False)
 
     def forward(self, output: ModelOutput, target: Tensor) -> TargetLogits:
@@ -72,14 +53,11 @@ class DBMargin(Part):
 class LDAMargin(Part):
     """LDAM (§4.6): subtract m_y from the target column (CosFace-style), then scale every column."""
 
-    def __init__(
-        self, class_counts: Tensor, *, ldam_max_margin: float = 0.5, ldam_scale: float = 30.0
-    ) -> None:
-        super().__init__()
-        require(ldam_max_margin >= 0, f"ldam_max_margin must be >= 0, got {ldam_max_margin}")
-        require(ldam_scale > 0, f"ldam_scale must be > 0, got {ldam_scale}")
-        self.ldam_max_margin, self.ldam_scale = ldam_max_margin, ldam_scale
-        self.register_buffer("margins", LF.ldam_margins(class_counts, ldam_max_margin), persistent=False)
+    uses = ("ldam_max_margin", "ldam_scale")
+
+    def __init__(self, class_counts: Tensor, cfg: LossConfig) -> None:
+        super().__init__(class_counts, cfg)
+        self.register_buffer("margins", LF.ldam_margins(class_counts, cfg.ldam_max_margin), persistent=False)
 
     def forward(self, output: ModelOutput, target: Tensor) -> TargetLogits:
         x = at_least_float32(output.logits)
@@ -93,10 +71,10 @@ class FeatureBalance(Part):
     In eval mode the curriculum counts as 0 (plain CE), as the released validation does.
     """
 
-    def __init__(self, class_counts: Tensor, *, fbl_weight: float = 150.0) -> None:
-        super().__init__()
-        require(fbl_weight >= 0, f"fbl_weight must be >= 0, got {fbl_weight}")
-        self.fbl_weight = fbl_weight
+    uses = ("fbl_weight",)
+
+    def __init__(self, class_counts: Tensor, cfg: LossConfig) -> None:
+        super().__init__(class_counts, cfg)
         self.register_buffer("strengths", LF.fbl_strengths(class_counts), persistent=False)
         self.register_buffer("curriculum", torch.zeros((), device=class_counts.device), persistent=False)
 

@@ -9,54 +9,34 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from numbers import Integral
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from torch import Tensor, nn
 
 from losses import functional as LF
+from losses.config import LossConfig
 from losses.logit_maps import DBMargin, FeatureBalance, LDAMargin, LinearLogits, ScaledCosine
 from losses.objectives import BalancedSoftmax, CrossEntropy, DeferredReweighting
 from losses.output import ModelOutput
 from losses.parts import Part, require
 
 
-def _check_type(name: str, value: Any, default: Any) -> None:
-    """A hyper-parameter must have its default's type (an int is accepted where a float is expected)."""
-    expected: tuple[type, ...] = (int, float) if type(default) is float else (type(default),)
-    if isinstance(value, bool) and type(default) is not bool or not isinstance(value, expected):
-        raise ValueError(f"{name} must be of type {type(default).__name__}, got {value!r}")
-
-
 class Loss(nn.Module):
-    """A loss assembled from `parts` = (logit map, objective[, contrastive term])."""
+    """A loss assembled from `parts` = (logit map, objective[, contrastive term]), each reading `cfg`."""
 
     name: ClassVar[str]
     head: ClassVar[str]
     num_views: ClassVar[int] = 1
     parts: ClassVar[tuple[type[Part], ...]]
 
-    @classmethod
-    def params(cls) -> dict[str, Any]:
-        """The hyper-parameters this loss accepts, with their defaults."""
-        return {k: v for part in cls.parts for k, v in part.params().items()}
-
-    def __init__(self, class_counts: Sequence[int] | Tensor, **hparams: Any) -> None:
+    def __init__(self, class_counts: Sequence[int] | Tensor, cfg: LossConfig) -> None:
         super().__init__()
-        valid = self.params()
-        for key, value in hparams.items():
-            if key not in valid:
-                raise ValueError(
-                    f"loss {self.name!r}: unknown hyper-parameter {key!r}; "
-                    f"valid: {', '.join(valid) or '(none)'}"
-                )
-            _check_type(f"loss {self.name!r}: {key}", value, valid[key])
         counts = LF.as_counts(class_counts)
         self.num_classes = counts.numel()
         built = []
         for part in self.parts:
-            kwargs = {k: v for k, v in hparams.items() if k in part.params()}
             try:
-                built.append(part(counts, **kwargs))
+                built.append(part(counts, cfg))
             except ValueError as err:
                 raise ValueError(f"loss {self.name!r}: {err}") from None
         self.logit_map, self.objective, *extra = built

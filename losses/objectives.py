@@ -11,14 +11,12 @@ import torch
 from torch import Tensor
 
 from losses import functional as LF
+from losses.config import LossConfig
 from losses.cross_entropy import TargetLogits, cross_entropy
-from losses.parts import Part, require
+from losses.parts import Part
 
 
 class CrossEntropy(Part):
-    def __init__(self, class_counts: Tensor) -> None:
-        super().__init__()
-
     def forward(self, logits: Tensor | TargetLogits, target: Tensor) -> Tensor:
         return cross_entropy(logits, target)
 
@@ -26,8 +24,8 @@ class CrossEntropy(Part):
 class BalancedSoftmax(Part):
     """CE(z + log p): Balanced Softmax, also BCL's LogitAdjust (τ = 1). The prior is added after scaling."""
 
-    def __init__(self, class_counts: Tensor) -> None:
-        super().__init__()
+    def __init__(self, class_counts: Tensor, cfg: LossConfig) -> None:
+        super().__init__(class_counts, cfg)
         self.register_buffer("log_prior", LF.log_prior(class_counts), persistent=False)
 
     def forward(self, logits: Tensor | TargetLogits, target: Tensor) -> Tensor:
@@ -41,22 +39,11 @@ class DeferredReweighting(Part):
     round(drw_fraction * epochs). Weighted mean with the batch's weight sum as denominator (PyTorch's).
     """
 
-    def __init__(
-        self,
-        class_counts: Tensor,
-        *,
-        drw_epoch: int = 160,
-        drw_fraction: float = 0.0,
-        drw_beta: float = 0.9999,
-    ) -> None:
-        super().__init__()
-        require(drw_epoch >= 0, f"drw_epoch must be >= 0, got {drw_epoch}")
-        require(
-            0.0 <= drw_fraction <= 1.0,
-            f"drw_fraction must be in [0, 1] (0: use drw_epoch), got {drw_fraction}",
-        )
-        self.drw_epoch, self.drw_fraction, self.drw_beta = drw_epoch, drw_fraction, drw_beta
-        balanced = LF.drw_weights(class_counts, drw_beta)
+    uses = ("drw_epoch", "drw_fraction", "drw_beta")
+
+    def __init__(self, class_counts: Tensor, cfg: LossConfig) -> None:
+        super().__init__(class_counts, cfg)
+        balanced = LF.drw_weights(class_counts, cfg.drw_beta)
         self.register_buffer("balanced_weight", balanced, persistent=False)
         self.register_buffer("weight", torch.ones_like(balanced), persistent=False)
 

@@ -1,8 +1,8 @@
 """The base of the pieces every registered loss is assembled from.
 
 A *logit map* (`logit_maps.py`) turns the model's output into the logits the objective sees; an *objective*
-(`objectives.py`) turns logits into a loss. Each piece declares its hyper-parameters as keyword-only
-arguments with defaults: `loss_params` reads them from the signatures, so a default is written in one place.
+(`objectives.py`) turns logits into a loss. Each piece names the `LossConfig` fields it reads (`uses`); the
+values come from the config, the only place their defaults are written.
 
 Epoch-dependent state (DRW's weights, FBL's curriculum) lives in buffers that `set_epoch` overwrites in
 place: a compiled or CUDA-graph-captured step reads the new values without seeing a changed Python object,
@@ -12,10 +12,11 @@ the epoch, which the trainer restores. Every piece computes in float32 whatever 
 
 from __future__ import annotations
 
-import inspect
-from typing import Any
+from typing import ClassVar
 
-from torch import nn
+from torch import Tensor, nn
+
+from losses.config import LossConfig
 
 
 def require(ok: bool, message: str) -> None:
@@ -24,15 +25,17 @@ def require(ok: bool, message: str) -> None:
 
 
 class Part(nn.Module):
-    """Base of all pieces: hyper-parameters from the keyword-only arguments of `__init__`."""
+    """Base of all pieces: copies the `uses` fields of the config onto the instance."""
 
-    @classmethod
-    def params(cls) -> dict[str, Any]:
-        signature = inspect.signature(cls.__init__)
-        return {p.name: p.default for p in signature.parameters.values() if p.kind is p.KEYWORD_ONLY}
+    uses: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, class_counts: Tensor, cfg: LossConfig) -> None:
+        super().__init__()
+        for key in self.uses:
+            setattr(self, key, getattr(cfg, key))
 
     def set_epoch(self, epoch: int, epochs: int) -> None:
         """Stateless pieces ignore the epoch."""
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{name}={getattr(self, name)!r}" for name in self.params())
+        return ", ".join(f"{name}={getattr(self, name)!r}" for name in self.uses)

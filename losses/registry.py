@@ -1,13 +1,15 @@
-"""Losses by name: `build_loss(name, class_counts, **hparams)`; no if/elif chain anywhere."""
+"""Losses by name: `build_loss(cfg, class_counts)`; no if/elif chain anywhere."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor
 
 from losses.bcl import BCL, DBMBCL
+from losses.config import LossConfig
 from losses.modules import BS, CE, CEDRW, DBMBS, DBMCE, DBMDRW, FBL, LDAMDRW, CosineCE, Loss
 
 LOSSES: dict[str, type[Loss]] = {
@@ -26,11 +28,14 @@ def loss_class(name: str) -> type[Loss]:
     return LOSSES[name]
 
 
-def loss_params(name: str) -> dict[str, Any]:
-    """The hyper-parameters loss `name` accepts, with their defaults."""
-    return loss_class(name).params()
+def build_loss(cfg: LossConfig | str, class_counts: Sequence[int] | Tensor, **overrides: Any) -> Loss:
+    """Loss `cfg.name` for the per-class training counts (indexed by label).
 
-
-def build_loss(name: str, class_counts: Sequence[int] | Tensor, **hparams: Any) -> Loss:
-    """Build loss `name` for the given per-class training counts (indexed by label)."""
-    return loss_class(name)(class_counts, **hparams)
+    `cfg` is the `[loss]` config, or a bare name for that loss with its defaults; keyword `overrides`
+    replace config fields (`build_loss("dbm_ce", counts, scale=32.0)`)."""
+    if isinstance(cfg, str):
+        loss_class(cfg)  # the registry's message for an unknown name
+        cfg = LossConfig(name=cfg, **overrides)
+    elif overrides:
+        cfg = dataclasses.replace(cfg, **overrides)
+    return LOSSES[cfg.name](class_counts, cfg)

@@ -9,6 +9,8 @@ and `pipelines.meta` without paying for torch, FFCV and DALI, which only the loa
 from importlib import import_module
 
 _EXPORTS = {
+    "DataConfig": ".config",
+    "data_path": ".config",
     "BACKENDS": ".factory",
     "make_loader": ".factory",
     "Loader": ".loader",

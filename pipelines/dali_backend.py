@@ -17,7 +17,6 @@ channels_last view. Extra views decode once and branch into independent `random_
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -25,7 +24,6 @@ import torch
 
 from .loader import LoaderSpec, derive_seed
 from .meta import DatasetMeta
-from .samplers import EpochOrder
 from .shards import ShardError, open_shards
 
 PREFETCH = 2  # batches DALI prepares ahead of the one handed out
@@ -48,15 +46,7 @@ class DaliBackend:
             what = "missing" if not path.exists() else "a file"
             raise ShardError(f"{path}: the dali backend reads a <stem>.dali folder of shards ({what})")
         self.shards = open_shards(path, meta)
-        self.order = EpochOrder(
-            self.shards.labels,
-            train=spec.train,
-            sampler=spec.sampler,
-            num_samples=spec.num_samples,
-            seed=spec.seed,
-            rank=spec.rank,
-            world_size=spec.world_size,
-        )
+        self.order = spec.epoch_order(self.shards.labels)
         self.num_batches = self.order.num_batches(spec.batch_size)
         self.cuda = spec.device.type == "cuda"
         self._batches: list[np.ndarray] = []  # the current epoch's batches, read by the source callback
@@ -77,12 +67,11 @@ class DaliBackend:
     def _build(self):
         fn, pipeline, types, Iterator = _dali()
         s = self.spec
-        workers = max(1, min(s.num_workers, os.cpu_count() or 1))
         device_id = (s.device.index or 0) if self.cuda else None  # None: no CUDA at all (CPU-only hosts)
         decoder = "mixed" if self.cuda else "cpu"
         pipe = pipeline.Pipeline(
             batch_size=s.batch_size,
-            num_threads=workers,
+            num_threads=s.threads,
             device_id=device_id,
             seed=derive_seed(s.seed, s.rank, 0xDA11),
             prefetch_queue_depth=PREFETCH,

@@ -1,38 +1,35 @@
 """`make_loader`: batches from an FFCV `.beton` or a DALI `.dali` shard folder, with one contract.
 
-    loader = make_loader("ffcv", "data/x/train.beton", train=True, batch_size=256, resolution=224,
-                         device="cuda:0", num_workers=8, auto_augment="randaugment", rank=r, world_size=w)
+    loader = make_loader(cfg, "train", views=1, rank=r, world_size=w, device="cuda:0", seed=0)
     for epoch in range(start, epochs):
         loader.set_epoch(epoch)
         for images, labels in loader:   # uint8 [N,3,H,W] channels_last, int64 [N], on the device
             ...
 
-Backends come from a registry (`BACKENDS`); both share the samplers, the rank sharding and the batched
-device-side augmentations, so a run gives the same shapes and statistics whichever format it reads.
+`cfg` is the whole `[data]` config (`pipelines.DataConfig`); backends come from a registry (`BACKENDS`); both
+share the samplers, the rank sharding and the batched device-side augmentations, so a run gives the same
+shapes and statistics whichever format it reads.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import Any
+import math
+from collections.abc import Callable
 
 import torch
 
+from .config import SUFFIXES, DataConfig, Split
 from .dali_backend import DaliBackend
 from .ffcv_backend import FfcvBackend
 from .loader import Backend, Loader, LoaderSpec
 from .meta import DatasetMeta, read_meta
-from .samplers import SAMPLERS, check_rank
+from .samplers import check_rank
 
 BACKENDS: dict[str, Callable[[LoaderSpec, DatasetMeta], Backend]] = {
     "ffcv": FfcvBackend,
     "dali": DaliBackend,
 }
-
-IMAGENET_CROP_RATIO = 224 / 256
-CROPS = ("resized", "padded")
+assert BACKENDS.keys() == SUFFIXES.keys(), "every backend needs its file suffix in pipelines.config"
 
 
 def _device(device: torch.device | str) -> torch.device:
@@ -46,127 +43,93 @@ def _device(device: torch.device | str) -> torch.device:
     return d
 
 
-def _range(name: str, value, lo: float, hi: float) -> tuple[float, float]:
-    a, b = (float(v) for v in value)
-    if not lo <= a <= b <= hi:
-        raise ValueError(f"{name} must be (low, high) with {lo} <= low <= high <= {hi}, got {value}")
-    return a, b
+def _batch_per_rank(cfg: DataConfig, split: Split, world_size: int) -> int:
+    """`data.batch_size` is global: a training batch splits evenly over the processes (a fixed shape on every
+    rank); an evaluation batch is rounded up (any size will do: its last batch is partial anyway)."""
+    if split == "train":
+        if cfg.batch_size % world_size:
+            raise ValueError(
+                f"data.batch_size={cfg.batch_size} must be divisible by the number of processes "
+                f"({world_size})"
+            )
+        return cfg.batch_size // world_size
+    return math.ceil((cfg.eval_batch_size or cfg.batch_size) / world_size)
 
 
 def make_loader(
-    backend: str,
-    path: str | os.PathLike,
+    cfg: DataConfig,
+    split: Split,
     *,
-    train: bool,
-    batch_size: int,
-    resolution: int,
-    device: torch.device | str,
-    num_workers: int,
-    hflip: bool = True,
-    auto_augment: str | None = None,
-    cutout: int = 0,
+    views: int = 1,
     rank: int = 0,
     world_size: int = 1,
+    device: torch.device | str = "cpu",
     seed: int = 0,
-    sampler: str = "uniform",
-    num_samples: int | None = None,
-    randaugment_n: int = 2,
-    randaugment_m: float = 9.0,
-    views: int = 1,
-    scale: tuple[float, float] = (0.08, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    view_scale: tuple[float, float] | None = None,
-    view_blur: bool | None = None,
-    center_crop_ratio: float = IMAGENET_CROP_RATIO,
-    crop: str = "resized",
-    crop_padding: int = 4,
-    augment_options: Mapping[str, Any] | None = None,
 ) -> Loader:
-    """Build a loader over `path` with `backend` ("ffcv": a `.beton`; "dali": a `.dali` shard folder).
+    """A loader over `cfg.path(split)` with `cfg.backend` for process `rank` of `world_size`.
 
-    Training (`train=True`): RandomResizedCrop(`scale`, `ratio`) to `resolution` (`crop="resized"`), or
-    with `crop="padded"` the centre square resized to `resolution` and RandomCrop(resolution,
+    Training (`split="train"`): RandomResizedCrop(`crop_scale`, `crop_ratio`) to `resolution`, or with
+    `crop="padded"` the centre square resized to `resolution` and RandomCrop(resolution,
     padding=`crop_padding`, zero fill) as in the CIFAR recipes; then horizontal flip (`hflip`), then
-    `auto_augment` ("imagenet", "cifar10", "randaugment" with `randaugment_n`/`randaugment_m`) and
-    `cutout` (square side in pixels, 0 = off) batched on the device; `augment_options` go to
-    `pipelines.augment.build_batch_augment` (e.g. `magnitude_std`, `fill`). Samples come from `sampler`
-    ("uniform", "class_balanced", "sqrt"; see `pipelines.samplers`), `num_samples` per epoch (default: the
-    dataset size), split into `world_size` equal slices: every rank gets `len(loader)` full batches.
-    `views` > 1 adds contrastive views (RandomResizedCrop(`view_scale`, default `scale`) + flip + colour
-    jitter 0.4/0.4/0.4/0.1 w.p. 0.8 + grayscale w.p. 0.2, + Gaussian blur w.p. 0.5 when `view_blur`, default:
-    for images under 64 px as in the papers' CIFAR recipe): images are then [views*N, 3, H, W], view-major.
+    `auto_augment` and `cutout` batched on the device. Samples come from `sampler`, `epoch_samples` per
+    epoch (0: the dataset size), split into `world_size` equal slices: every rank gets `len(loader)` full
+    batches. `views` > 1 adds contrastive views (RandomResizedCrop(`view_crop_scale`) + flip + colour jitter
+    0.4/0.4/0.4/0.1 w.p. 0.8 + grayscale w.p. 0.2, + Gaussian blur w.p. 0.5 under 64 px as in the papers'
+    CIFAR recipe): images are then [views*N, 3, H, W], view-major.
 
-    Evaluation (`train=False`): centre crop of `center_crop_ratio` of the shorter side (224/256; 1.0 keeps the
-    whole square of small images) resized to `resolution`; each rank reads its contiguous share of the data in
-    file order, every sample exactly once across ranks, the last batch partial. The augmentation, sampler and
-    view arguments apply to training only and are ignored.
+    Evaluation (`split="eval"`): centre crop of `eval_crop_ratio` of the shorter side resized to
+    `eval_resolution`; each rank reads its contiguous share of the data in file order, every sample exactly
+    once across ranks, the last batch partial. Augmentation, sampler and views apply to training only.
 
     `rank`/`world_size` shard the data without a process group; `seed` fixes every epoch's order
-    (`loader.set_epoch(e)`); `num_workers` is FFCV's / DALI's thread count.
+    (`loader.set_epoch(e)`).
     """
-    try:
-        backend_cls = BACKENDS[backend]
-    except KeyError:
-        raise ValueError(f"unknown loader backend {backend!r}; choose from {sorted(BACKENDS)}") from None
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such dataset file or folder (backend {backend!r})")
-    for name, value in (("batch_size", batch_size), ("resolution", resolution), ("num_workers", num_workers)):
-        if int(value) != value or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    if int(views) != views or views < 1:
+        raise ValueError(f"views must be a positive integer, got {views!r}")
     check_rank(rank, world_size)
-    if train:
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; choose from {sorted(SAMPLERS)}")
-        if int(views) != views or views < 1:
-            raise ValueError(f"views must be a positive integer, got {views!r}")
-        if crop not in CROPS:
-            raise ValueError(f"unknown crop {crop!r}; choose from {list(CROPS)}")
-        if crop == "padded" and not 1 <= crop_padding <= resolution:
-            raise ValueError(f"crop_padding must be in 1..resolution ({resolution}), got {crop_padding}")
-        if cutout < 0 or cutout > resolution:
-            raise ValueError(f"cutout must be in 0..resolution ({resolution}), got {cutout}")
-    if not 0 < center_crop_ratio <= 1:
-        raise ValueError(f"center_crop_ratio must be in (0, 1], got {center_crop_ratio}")
-    scale = _range("scale", scale, 0.0, 1.0)
-    ratio = _range("ratio", ratio, 1e-3, 1e3)
-    view_scale = scale if view_scale is None else _range("view_scale", view_scale, 0.0, 1.0)
+    path = cfg.path(split)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such dataset file or folder (data.backend={cfg.backend!r})")
+    train = split == "train"
     spec = LoaderSpec(
         path=path,
-        train=bool(train),
-        batch_size=int(batch_size),
-        resolution=int(resolution),
+        train=train,
+        batch_size=_batch_per_rank(cfg, split, world_size),
+        resolution=cfg.resolution if train else (cfg.eval_resolution or cfg.resolution),
         device=_device(device),
-        num_workers=int(num_workers),
-        hflip=bool(hflip),
+        num_workers=cfg.num_workers,
+        hflip=cfg.hflip,
         rank=int(rank),
         world_size=int(world_size),
         seed=int(seed),
-        sampler=sampler if train else "uniform",
-        num_samples=num_samples if train else None,
+        sampler=cfg.sampler if train else "uniform",
+        num_samples=(cfg.epoch_samples or None) if train else None,
         views=int(views) if train else 1,
-        scale=scale,
-        ratio=ratio,
-        view_scale=view_scale,
-        center_crop_ratio=float(center_crop_ratio),
-        crop=crop if train else "resized",
-        crop_padding=int(crop_padding),
+        scale=tuple(cfg.crop_scale),
+        ratio=tuple(cfg.crop_ratio),
+        view_scale=tuple(cfg.view_crop_scale or cfg.crop_scale),
+        center_crop_ratio=cfg.eval_crop_ratio,
+        crop=cfg.crop if train else "resized",
+        crop_padding=cfg.crop_padding,
     )
     augment = view_augment = None
     if train:
         from .augment import build_batch_augment
 
         augment = build_batch_augment(
-            auto_augment,
-            cutout,
-            randaugment_n=randaugment_n,
-            randaugment_m=randaugment_m,
-            **dict(augment_options or {}),
+            cfg.auto_augment or None,
+            cfg.cutout,
+            randaugment_n=cfg.randaugment_n,
+            randaugment_m=cfg.randaugment_m,
+            magnitude_std=cfg.magnitude_std,
+            fill=tuple(cfg.augment_fill),
+            randaugment_style=cfg.randaugment_style,
         )
         if spec.views > 1:
-            from .augment_views import contrastive_view_augment
+            from .augment.views import contrastive_view_augment
 
-            blur = spec.resolution < 64 if view_blur is None else bool(view_blur)
-            view_augment = contrastive_view_augment(blur=blur)
+            view_augment = contrastive_view_augment(blur=spec.resolution < 64)
     meta = read_meta(path)
-    return Loader(backend_cls(spec, meta), meta, spec, augment=augment, view_augment=view_augment)
+    return Loader(BACKENDS[cfg.backend](spec, meta), meta, spec, augment=augment, view_augment=view_augment)

@@ -19,7 +19,6 @@ Note FFCV sets torch's CPU thread count to `num_workers` whenever it builds or i
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import numpy as np
@@ -81,26 +80,17 @@ class FfcvBackend:
             raise BetonError(
                 f"{path}: labels span {labels.min()}..{labels.max()}, meta has {meta.num_classes} classes"
             )
-        self.order = EpochOrder(
-            labels,
-            train=spec.train,
-            sampler=spec.sampler,
-            num_samples=spec.num_samples,
-            seed=spec.seed,
-            rank=spec.rank,
-            world_size=spec.world_size,
-        )
+        self.order = spec.epoch_order(labels)
         self.num_batches = self.order.num_batches(spec.batch_size)
         self._active = None
         self._loader = None
         if len(self.order) == 0:
             return  # a rank with no evaluation share: nothing to build, nothing to yield
-        workers = max(1, min(spec.num_workers, os.cpu_count() or 1))
         try:
             self._loader = ffcv.loader.Loader(
                 str(path),
                 batch_size=spec.batch_size,
-                num_workers=workers,
+                num_workers=spec.threads,
                 os_cache=True,
                 order=_order_type()(self.order),
                 drop_last=spec.train,

@@ -8,6 +8,7 @@ contrastive recipe on the extra views) and the view-major stacking, so both back
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +19,15 @@ import torch
 from torch import nn
 
 from .meta import DatasetMeta
+from .samplers import EpochOrder
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass(frozen=True)
 class LoaderSpec:
-    """Everything a backend needs to build its pipeline (validated by `make_loader`)."""
+    """Everything a backend needs to build its pipeline, resolved for one split and one rank by `make_loader`
+    from the data config (per-rank batch size, the split's resolution, the training-only options)."""
 
     path: Path
     train: bool
@@ -45,6 +48,23 @@ class LoaderSpec:
     center_crop_ratio: float
     crop: str = "resized"  # training crop of view 0: "resized" (RandomResizedCrop) or "padded"
     crop_padding: int = 4
+
+    def epoch_order(self, labels: np.ndarray) -> EpochOrder:
+        """The sample order both backends follow: the sampler's rank slice, or the exact evaluation share."""
+        return EpochOrder(
+            labels,
+            train=self.train,
+            sampler=self.sampler,
+            num_samples=self.num_samples,
+            seed=self.seed,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
+
+    @property
+    def threads(self) -> int:
+        """Decoding threads: `num_workers`, but never more than this machine's cores."""
+        return max(1, min(self.num_workers, os.cpu_count() or 1))
 
 
 class Backend(Protocol):

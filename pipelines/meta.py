@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .fileio import atomic_write_text
 
 META_SUFFIX = ".meta.json"
 FORMAT_VERSION = 1
@@ -47,8 +48,6 @@ class DatasetMeta:
     source: str | None = None  # the split file (or pickles, or folder) that was converted
     imb_ratio: float | None = None  # CIFAR-LT: the imbalance ratio the training split was cut with
     format_version: int = FORMAT_VERSION
-    # Folder the meta file was read from (not serialised): where the names in `formats` live.
-    directory: Path | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         counts = tuple(int(c) for c in self.class_counts)
@@ -65,45 +64,8 @@ class DatasetMeta:
                 f"class_names has {len(self.class_names)} entries, num_classes is {self.num_classes}"
             )
 
-    # --- paths of what was written (need `directory`, set by read_meta) ---------------------------------
-    def _dir(self) -> Path:
-        if self.directory is None:
-            raise MetaError(f"meta for {self.stem!r} was not read from disk: its output paths are unknown")
-        return self.directory
-
-    @property
-    def beton_path(self) -> Path:
-        if "ffcv" not in self.formats:
-            raise MetaError(
-                f"{self.stem}{META_SUFFIX}: no ffcv output was written (formats: {sorted(self.formats)})"
-            )
-        return self._dir() / self.formats["ffcv"]["file"]
-
-    @property
-    def dali_dir(self) -> Path:
-        if "dali" not in self.formats:
-            raise MetaError(
-                f"{self.stem}{META_SUFFIX}: no dali output was written (formats: {sorted(self.formats)})"
-            )
-        return self._dir() / self.formats["dali"]["dir"]
-
-    @property
-    def shard_paths(self) -> list[Path]:
-        """The DALI `.tar` shards, in order."""
-        return (
-            [self.dali_dir / name for name in self.formats["dali"]["shards"]]
-            if "dali" in self.formats
-            else []
-        )
-
-    @property
-    def index_paths(self) -> list[Path]:
-        """The DALI index file beside each shard (`shard-00000.tar` -> `shard-00000.idx`)."""
-        return [p.with_suffix(".idx") for p in self.shard_paths]
-
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.pop("directory")
         d["class_counts"] = list(self.class_counts)
         d["skipped"] = list(self.skipped)
         if self.class_names is None:
@@ -113,9 +75,7 @@ class DatasetMeta:
         return d
 
     @classmethod
-    def from_dict(
-        cls, d: dict[str, Any], *, source: str = "<dict>", directory: Path | None = None
-    ) -> DatasetMeta:
+    def from_dict(cls, d: dict[str, Any], *, source: str = "<dict>") -> DatasetMeta:
         required = (
             "dataset",
             "split",
@@ -130,10 +90,10 @@ class DatasetMeta:
         missing = [k for k in required if k not in d]
         if missing:
             raise MetaError(f"{source}: missing key(s) {missing}")
-        known = {f for f in cls.__dataclass_fields__ if f != "directory"}
+        known = set(cls.__dataclass_fields__)
         kwargs = {k: v for k, v in d.items() if k in known}
         try:
-            return cls(**kwargs, directory=directory)
+            return cls(**kwargs)
         except MetaError as exc:
             raise MetaError(f"{source}: {exc}") from None
         except (TypeError, ValueError) as exc:
@@ -168,7 +128,7 @@ def read_meta(path: str | os.PathLike) -> DatasetMeta:
         raise MetaError(f"{mp}: cannot read meta: {exc}") from None
     if not isinstance(d, dict):
         raise MetaError(f"{mp}: expected a JSON object, got {type(d).__name__}")
-    return DatasetMeta.from_dict(d, source=str(mp), directory=mp.parent.resolve())
+    return DatasetMeta.from_dict(d, source=str(mp))
 
 
 def write_meta(meta: DatasetMeta, path: str | os.PathLike) -> Path:
@@ -176,16 +136,5 @@ def write_meta(meta: DatasetMeta, path: str | os.PathLike) -> Path:
     p = Path(path)
     if p.is_dir():
         p = p / f"{meta.stem}{META_SUFFIX}"
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(meta.to_dict(), fh, indent=1)
-            fh.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; a meta file is as readable as the data
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(p, json.dumps(meta.to_dict(), indent=1) + "\n")
     return p

@@ -8,7 +8,7 @@ import json
 import pytest
 
 import launch
-from tests.test_launch import tiny_argv
+from tests.helpers import tiny_argv
 from trainer import rundir
 
 

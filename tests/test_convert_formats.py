@@ -13,6 +13,7 @@ from PIL import Image
 from pipelines.convert import ConvertOptions, SplitRequest, convert, read_split, write_order
 from pipelines.convert import beton as beton_mod
 from pipelines.meta import read_meta
+from pipelines.shards import shard_paths
 
 MAX_RES = 128
 SIZES = [(40, 30), (120, 90), (300, 200), (90, 200)]  # raw, JPEG, resized to 128x85, resized to 57x128
@@ -87,7 +88,8 @@ def test_meta_describes_what_was_written(mixed):
     assert meta.formats["ffcv"]["file"] == "mixed.beton"
     assert meta.formats["dali"]["shards"] == [f"shard-0000{i}.tar" for i in range(4)]
     assert meta.formats["dali"]["samples_per_shard"] == [4, 4, 4, 1]
-    assert all(p.is_file() for p in meta.shard_paths + meta.index_paths)
+    tars = shard_paths(mixed["out"] / "mixed.dali", meta)
+    assert all(p.is_file() and p.with_suffix(".idx").is_file() for p in tars)
     assert read_meta(mixed["out"] / "mixed.dali") == meta == read_meta(mixed["out"] / "mixed.meta.json")
     assert sorted(p.name for p in mixed["out"].iterdir()) == ["mixed.beton", "mixed.dali", "mixed.meta.json"]
 
@@ -148,8 +150,8 @@ def test_beton_round_trip_through_ffcv_loader(mixed):
 def test_dali_index_files_match_wds2idx(mixed, tmp_path):
     from wds2idx import IndexCreator
 
-    meta = read_meta(mixed["out"] / "mixed.dali")
-    for tar, idx in zip(meta.shard_paths, meta.index_paths, strict=True):
+    for tar in shard_paths(mixed["out"] / "mixed.dali", read_meta(mixed["out"] / "mixed.dali")):
+        idx = tar.with_suffix(".idx")
         with IndexCreator(str(tar), str(tmp_path / "ref.idx"), verbose=False) as ic:
             ic.create_index()
         assert idx.read_text() == (tmp_path / "ref.idx").read_text()
@@ -159,12 +161,13 @@ def test_dali_round_trip_through_webdataset_reader(mixed):
     from nvidia.dali import fn, pipeline_def, types
 
     meta = read_meta(mixed["out"] / "mixed.dali")
+    tars = shard_paths(mixed["out"] / "mixed.dali", meta)
 
     @pipeline_def(batch_size=1, num_threads=1, device_id=None)
     def pipe():
         jpg, cls = fn.readers.webdataset(
-            paths=[str(p) for p in meta.shard_paths],
-            index_paths=[str(p) for p in meta.index_paths],
+            paths=[str(p) for p in tars],
+            index_paths=[str(p.with_suffix(".idx")) for p in tars],
             ext=["jpg", "cls"],
             missing_component_behavior="error",
             name="reader",

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from test_launch import tiny_argv
 
 import launch
+from tests.helpers import free_port, tiny_argv
 from trainer import loop, rundir
 from trainer.config import load_config
 from trainer.step import unwrap
@@ -23,12 +22,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 300
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env() -> dict[str, str]:
@@ -53,7 +46,7 @@ def _evaluate_on_one_process(run: Path) -> dict:
     try:
         state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
         unwrap(parts.model).load_state_dict(state["model"])
-        return loop.evaluate(parts.eval_step, parts.eval_loader, parts.class_counts)
+        return loop.evaluate(parts.eval_step, parts.eval_loader)
     finally:
         parts.close()
 
@@ -64,7 +57,7 @@ def test_two_processes_count_every_sample_once(demo_converted, tmp_path):
         demo_converted, tmp_path, "ddp", "--data.eval_batch_size=40", "--loss.name=dbm_bs", "--loss.scale=16"
     )
     proc = subprocess.run(
-        _torchrun("--nproc_per_node", "2", "--master_port", str(_free_port())) + argv,
+        _torchrun("--nproc_per_node", "2", "--master_port", str(free_port())) + argv,
         cwd=ROOT,
         env=_env(),
         capture_output=True,
@@ -88,7 +81,7 @@ def test_two_processes_count_every_sample_once(demo_converted, tmp_path):
 
 
 def test_two_nodes_on_loopback(demo_converted, tmp_path):
-    port = str(_free_port())
+    port = str(free_port())
     argv = tiny_argv(demo_converted, tmp_path, "two_nodes", "--loss.name=fbl")
     procs = []
     for node in (0, 1):

@@ -3,44 +3,16 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
 import launch
+from tests.helpers import tiny_argv
 from trainer import rundir
 from trainer.config import ConfigError, load_config
 
-ROOT = Path(__file__).resolve().parents[1]
 METRIC_FIELDS = ("epoch", "loss", "lr", "img_per_s", "top1", "many", "medium", "few", "time")
-
-
-def tiny_argv(data_dir: Path, out_dir: Path, name: str, *extra: str, backend: str = "ffcv") -> list[str]:
-    """The demo recipe shrunk for a CPU test: tiny ResNet, 32 px, eager step, one epoch."""
-    return [
-        "--config",
-        str(ROOT / "configs" / "demo.toml"),
-        f"--data.dir={data_dir}",
-        "--data.train=train",
-        "--data.eval=test",
-        f"--data.backend={backend}",
-        "--data.resolution=32",
-        "--data.batch_size=16",
-        "--data.eval_batch_size=32",
-        "--data.num_workers=1",
-        "--data.auto_augment=",
-        "--data.cutout=0",
-        "--model.arch=resnet_tiny",
-        "--step.mode=eager",
-        "--step.precision=fp32",
-        "--run.epochs=1",
-        "--run.log_every=4",
-        "--run.progress=false",
-        f"--run.out_dir={out_dir}",
-        f"--run.name={name}",
-        *extra,
-    ]
 
 
 @pytest.mark.parametrize("backend", ["ffcv", "dali"])

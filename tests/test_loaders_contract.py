@@ -1,8 +1,8 @@
 """make_loader on both backends (CPU): the contract's shapes, rank sharding, exact evaluation, samplers,
 set_epoch determinism, extra views. Loaders are module-scoped: each FFCV loader pays a numba JIT compile.
 
-Training loaders built with scale=(1, 1), ratio=(1, 1), hflip=False crop the whole (square) image, so a
-sample's output pixels identify it: that is how these tests see which samples a rank visited.
+Training loaders built with crop_scale=(1, 1), crop_ratio=(1, 1), hflip=False crop the whole (square) image,
+so a sample's output pixels identify it: that is how these tests see which samples a rank visited.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines import make_loader, read_meta
+from pipelines import DataConfig, make_loader, read_meta
 from pipelines.ffcv_backend import read_beton
 from pipelines.samplers import EpochOrder
 from pipelines.shards import open_shards
@@ -30,11 +30,12 @@ ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ["ffcv", "dali"]
 RES = 24
 BS = 16
-WHOLE_IMAGE = dict(scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=False)
+WHOLE_IMAGE = dict(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip=False)
 
 
-def data_path(root: Path, stem: str, backend: str) -> Path:
-    return root / (f"{stem}.beton" if backend == "ffcv" else f"{stem}.dali")
+def config(root: Path, backend: str, **kw) -> DataConfig:
+    """A data config over the converted splits in `root`, batches of BS per rank of `ranks`."""
+    return DataConfig(**{"backend": backend, "dir": str(root), "resolution": RES, "num_workers": 2, **kw})
 
 
 def file_labels(path: Path) -> np.ndarray:
@@ -95,23 +96,8 @@ def odd_converted(demo_images, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module", params=BACKENDS)
 def ranks(request, demo_converted):
     """Training loaders for ranks 0 and 1 of 2, whole-image crops."""
-    path = data_path(demo_converted, "train", request.param)
-    loaders = [
-        make_loader(
-            request.param,
-            path,
-            train=True,
-            batch_size=BS,
-            resolution=RES,
-            device="cpu",
-            num_workers=2,
-            rank=r,
-            world_size=2,
-            seed=3,
-            **WHOLE_IMAGE,
-        )
-        for r in (0, 1)
-    ]
+    cfg = config(demo_converted, request.param, batch_size=2 * BS, **WHOLE_IMAGE)
+    loaders = [make_loader(cfg, "train", rank=r, world_size=2, seed=3) for r in (0, 1)]
     yield loaders
     for loader in loaders:
         loader.close()
@@ -119,22 +105,8 @@ def ranks(request, demo_converted):
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def evaluation(request, odd_converted):
-    path = data_path(odd_converted, "odd", request.param)
-    loaders = [
-        make_loader(
-            request.param,
-            path,
-            train=False,
-            batch_size=BS,
-            resolution=RES,
-            device="cpu",
-            num_workers=2,
-            rank=r,
-            world_size=2,
-            center_crop_ratio=1.0,
-        )
-        for r in (0, 1)
-    ]
+    cfg = config(odd_converted, request.param, eval="odd", batch_size=2 * BS, eval_crop_ratio=1.0)
+    loaders = [make_loader(cfg, "eval", rank=r, world_size=2) for r in (0, 1)]
     yield loaders
     for loader in loaders:
         loader.close()
@@ -211,19 +183,9 @@ def test_padded_crop_is_a_shifted_whole_image(ranks):
     """crop="padded": RandomCrop(res, padding=4) of the whole image, zero fill, integer shifts up to 4."""
     ref = reference_images(ranks)
     path = ranks[0].spec.path
-    with make_loader(
-        "ffcv" if path.suffix == ".beton" else "dali",
-        path,
-        train=True,
-        batch_size=BS,
-        resolution=RES,
-        device="cpu",
-        num_workers=2,
-        crop="padded",
-        crop_padding=4,
-        hflip=False,
-        seed=5,
-    ) as loader:
+    backend = "ffcv" if path.suffix == ".beton" else "dali"
+    cfg = config(path.parent, backend, batch_size=BS, crop="padded", crop_padding=4, hflip=False)
+    with make_loader(cfg, "train", seed=5) as loader:
         order = EpochOrder(file_labels(path), train=True, seed=5)(0)
         images = torch.cat([x.clone() for x, _ in loader])
     shifts = Counter()
@@ -243,22 +205,16 @@ def test_padded_crop_is_a_shifted_whole_image(ranks):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_balanced_sampler_three_views_and_augmentations(backend, demo_converted):
     """One loader (one FFCV compile) for the training options the papers' recipes combine."""
-    path = data_path(demo_converted, "train", backend)
-    with make_loader(
+    cfg = config(
+        demo_converted,
         backend,
-        path,
-        train=True,
         batch_size=32,
-        resolution=RES,
-        device="cpu",
-        num_workers=2,
         sampler="class_balanced",
-        num_samples=480,
-        views=3,
+        epoch_samples=480,
         auto_augment="cifar10",
         cutout=8,
-        seed=1,
-    ) as loader:
+    )
+    with make_loader(cfg, "train", views=3, seed=1) as loader:
         assert len(loader) == 480 // 32
         labels = []
         for images, y in loader:
@@ -274,11 +230,9 @@ def test_balanced_sampler_three_views_and_augmentations(backend, demo_converted)
 
 
 def test_meta_is_exposed(demo_converted):
-    path = demo_converted / "test.dali"
-    with make_loader(
-        "dali", path, train=False, batch_size=BS, resolution=RES, device="cpu", num_workers=1
-    ) as loader:
-        assert loader.meta == read_meta(path) and loader.meta.num_classes == 12
+    cfg = config(demo_converted, "dali", batch_size=BS, num_workers=1)
+    with make_loader(cfg, "eval") as loader:
+        assert loader.meta == read_meta(demo_converted / "test.dali") and loader.meta.num_classes == 12
         assert len(loader) == 72 // BS + 1
         keys, labels, shapes = run_epoch(loader)
         assert shapes[-1] == 72 % BS and Counter(labels.tolist()) == Counter({c: 6 for c in range(12)})

@@ -7,10 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import MetaError, ShardError, make_loader
+from pipelines import DataConfig, MetaError, ShardError, make_loader
 from pipelines.ffcv_backend import BetonError
 
-KW = dict(batch_size=8, resolution=16, device="cpu", num_workers=1)
+KW = dict(batch_size=8, resolution=16, num_workers=1)
+
+
+def open_loader(backend: str, path: Path, split: str = "train", **kw):
+    """make_loader over the file or folder `path` (its name is the split's stem)."""
+    stem = {"train": "train", "eval": "eval"}[split]
+    cfg = DataConfig(backend=backend, dir=str(path.parent), **{stem: path.name}, **KW)
+    return make_loader(cfg, split, **kw)
 
 
 @pytest.fixture
@@ -29,10 +36,12 @@ def copy_of(demo_converted, tmp_path):
 
 
 def test_unknown_backend_and_missing_path(demo_converted, tmp_path):
-    with pytest.raises(ValueError, match="unknown loader backend 'tfrecord'.*dali.*ffcv"):
-        make_loader("tfrecord", demo_converted / "train.beton", train=True, **KW)
+    with pytest.raises(ValueError, match="data.backend: unknown value 'tfrecord'; valid: 'ffcv', 'dali'"):
+        DataConfig(backend="tfrecord")
     with pytest.raises(FileNotFoundError, match="nowhere.beton"):
-        make_loader("ffcv", tmp_path / "nowhere.beton", train=True, **KW)
+        open_loader("ffcv", tmp_path / "nowhere.beton")
+    with pytest.raises(FileNotFoundError, match="nowhere.dali"):
+        make_loader(DataConfig(backend="dali", dir=str(tmp_path), train="nowhere", **KW), "train")
 
 
 @pytest.mark.parametrize(
@@ -45,7 +54,7 @@ def test_unknown_backend_and_missing_path(demo_converted, tmp_path):
 )
 def test_path_of_the_wrong_kind(demo_converted, backend, name, match):
     with pytest.raises(ValueError, match=match) as err:
-        make_loader(backend, demo_converted / name, train=True, **KW)
+        open_loader(backend, demo_converted / name)
     assert name in str(err.value)
 
 
@@ -57,21 +66,21 @@ def test_folder_without_shards(tmp_path):
         '"class_counts": [0], "max_resolution": 512, "jpeg_quality": 90, "seed": 0}'
     )
     with pytest.raises(ShardError, match="empty.dali: no .tar shards"):
-        make_loader("dali", folder, train=True, **KW)
+        open_loader("dali", folder)
 
 
 def test_missing_meta_file(copy_of):
     beton = copy_of("train.beton")
     (beton.parent / "train.meta.json").unlink()
     with pytest.raises(MetaError, match="train.meta.json"):
-        make_loader("ffcv", beton, train=True, **KW)
+        open_loader("ffcv", beton)
 
 
 def test_shard_without_its_index(copy_of):
     folder = copy_of("train.dali")
     (folder / "shard-00000.idx").unlink()
     with pytest.raises(FileNotFoundError, match="shard-00000.tar: no index file shard-00000.idx.*wds2idx"):
-        make_loader("dali", folder, train=True, **KW)
+        open_loader("dali", folder)
 
 
 def test_truncated_shard(copy_of):
@@ -79,7 +88,7 @@ def test_truncated_shard(copy_of):
     tar = folder / "shard-00000.tar"
     tar.write_bytes(tar.read_bytes()[: tar.stat().st_size // 2])
     with pytest.raises(ShardError, match="shard-00000.tar: truncated or corrupt shard"):
-        make_loader("dali", folder, train=True, **KW)
+        open_loader("dali", folder)
 
 
 def test_shard_overwritten_with_garbage(copy_of):
@@ -87,7 +96,7 @@ def test_shard_overwritten_with_garbage(copy_of):
     tar = folder / "shard-00000.tar"
     tar.write_bytes(bytes(1024) + tar.read_bytes()[1024:])  # the first member's header is gone
     with pytest.raises(ShardError, match="shard-00000.tar: no tar header"):
-        make_loader("dali", folder, train=False, **KW)
+        open_loader("dali", folder, "eval")
 
 
 def test_malformed_index(copy_of):
@@ -96,17 +105,17 @@ def test_malformed_index(copy_of):
     lines = idx.read_text().splitlines()
     idx.write_text("\n".join([lines[0], lines[1], "jpg twelve 100 x.jpg cls 5 1 x.cls", *lines[3:]]) + "\n")
     with pytest.raises(ShardError, match="shard-00000.idx:3: offset/size of .jpg are not integers"):
-        make_loader("dali", folder, train=True, **KW)
+        open_loader("dali", folder)
     idx.write_text("hello\n")
     with pytest.raises(ShardError, match="shard-00000.idx:1: not a DALI webdataset index"):
-        make_loader("dali", folder, train=True, **KW)
+        open_loader("dali", folder)
 
 
 def test_corrupt_beton(copy_of):
     beton = copy_of("train.beton")
     beton.write_bytes(b"not an ffcv file" * 4)
     with pytest.raises(BetonError, match="train.beton: not a readable FFCV .beton"):
-        make_loader("ffcv", beton, train=True, **KW)
+        open_loader("ffcv", beton)
 
 
 def test_corrupt_jpeg_names_the_samples(copy_of):
@@ -117,30 +126,42 @@ def test_corrupt_jpeg_names_the_samples(copy_of):
     data = bytearray(tar.read_bytes())
     data[offset : offset + size] = bytes(size)  # valid tar and index, undecodable JPEG
     tar.write_bytes(bytes(data))
-    with make_loader("dali", folder, train=False, **KW) as loader, pytest.raises(RuntimeError) as err:
+    with open_loader("dali", folder, "eval") as loader, pytest.raises(RuntimeError) as err:
         list(loader)
     assert "shard-00000.tar:" in str(err.value)
 
 
 @pytest.mark.parametrize(
+    "config,match",
+    [
+        (dict(sampler="weighted"), "data.sampler: unknown value 'weighted'; valid: 'uniform'"),
+        (dict(batch_size=0), "data.batch_size: must be >= 1, got 0"),
+        (dict(auto_augment="autoaugment"), "data.auto_augment: unknown value 'autoaugment'"),
+        (dict(crop_scale=(0.5, 0.2)), r"data.crop_scale: must be \[low, high\]"),
+        (dict(crop="center"), "data.crop: unknown value 'center'"),
+        (dict(cutout=99, resolution=32), r"data.cutout: must be in 0..resolution \(32\), got 99"),
+        (dict(eval_crop_ratio=float("nan")), "data.eval_crop_ratio: must be in"),
+    ],
+)
+def test_bad_config_values_name_their_key(config, match):
+    with pytest.raises(ValueError, match=match):
+        DataConfig(**config)
+
+
+@pytest.mark.parametrize(
     "kwargs,match",
     [
-        (dict(sampler="weighted"), "unknown sampler 'weighted'"),
         (dict(rank=2, world_size=2), "rank"),
-        (dict(batch_size=0), "batch_size must be a positive integer"),
+        (dict(world_size=3), "batch_size=8 must be divisible by the number of processes \\(3\\)"),
         (dict(views=0), "views must be a positive integer"),
-        (dict(auto_augment="autoaugment"), "augmentation policy 'autoaugment'"),
-        (dict(scale=(0.5, 0.2)), "scale must be"),
         (dict(device="cuda:7"), "cuda"),
     ],
 )
 def test_bad_arguments(demo_converted, kwargs, match):
-    args = {**KW, **kwargs}
-    if "cuda" in str(args["device"]):
-        pytest.importorskip("torch")
+    if "cuda" in str(kwargs.get("device")):
         import torch
 
         if torch.cuda.is_available():
             pytest.skip("needs a machine without CUDA")
     with pytest.raises(ValueError, match=match):
-        make_loader("dali", demo_converted / "train.dali", train=True, **args)
+        open_loader("dali", demo_converted / "train.dali", **kwargs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipelines import make_loader
+from pipelines import DataConfig, make_loader
 
 pytestmark = [pytest.mark.gpu, pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")]
 
@@ -13,13 +13,18 @@ pytestmark = [pytest.mark.gpu, pytest.mark.filterwarnings("ignore::pytest.Pytest
 @pytest.mark.parametrize("backend", ["ffcv", "dali"])
 @pytest.mark.parametrize("train", [True, False])
 def test_batches_land_on_the_gpu(demo_converted, backend, train):
-    path = demo_converted / ("train" if train else "test")
-    path = path.with_suffix(".beton" if backend == "ffcv" else ".dali")
     device = torch.device("cuda", torch.cuda.current_device())
-    kw = dict(views=3, auto_augment="cifar10", cutout=8) if train else {}
-    with make_loader(
-        backend, path, train=train, batch_size=16, resolution=32, device=device, num_workers=2, **kw
-    ) as ld:
+    cfg = DataConfig(
+        backend=backend,
+        dir=str(demo_converted),
+        batch_size=16,
+        resolution=32,
+        num_workers=2,
+        auto_augment="cifar10",
+        cutout=8,
+    )
+    split = "train" if train else "eval"
+    with make_loader(cfg, split, views=3 if train else 1, device=device) as ld:
         seen = 0
         for images, labels in ld:
             n = labels.shape[0]

@@ -1,10 +1,10 @@
-"""The contrastive views' recipe (pipelines/augment_views.py) as the loaders use it, on tiny tensors."""
+"""The contrastive views' recipe (pipelines/augment/views.py) as the loaders use it, on tiny tensors."""
 
 from __future__ import annotations
 
 import torch
 
-from pipelines.augment_views import contrastive_view_augment
+from pipelines.augment.views import contrastive_view_augment
 
 
 def images(n=64, size=16, seed=0) -> torch.Tensor:

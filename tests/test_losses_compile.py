@@ -8,7 +8,8 @@ import torch
 from torch._dynamo.utils import counters
 
 from losses import ModelOutput, build_loss, loss_names
-from tests.test_losses_modules import COUNTS, make_output
+from tests.helpers import LOSS_COUNTS as COUNTS
+from tests.helpers import loss_output as make_output
 
 # Epochs that change the state: DRW off -> on, FBL's curriculum 0 -> 0.8 -> past 1.
 EPOCHS = (0, 170, 199)

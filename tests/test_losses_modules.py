@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from losses import (
     LOSSES,
     CosineClassifier,
+    LossConfig,
     ModelOutput,
     build_loss,
     class_margins,
@@ -18,11 +19,11 @@ from losses import (
     drw_weights,
     fbl_curriculum,
     fbl_strengths,
-    loss_names,
-    loss_params,
+    loss_class,
 )
+from tests.helpers import LOSS_COUNTS as COUNTS
+from tests.helpers import loss_output as make_output
 
-COUNTS = [60, 40, 25, 12, 6]
 NAMES = [
     "ce",
     "ce_drw",
@@ -38,18 +39,8 @@ NAMES = [
 ]
 
 
-def make_output(n=8, c=5, d=6, e=4, seed=0, dtype=torch.float32):
-    g = torch.Generator().manual_seed(seed)
-    features = torch.randn(n, d, generator=g, dtype=dtype).requires_grad_()
-    logits = (torch.rand(n, c, generator=g, dtype=dtype) * 1.8 - 0.9).requires_grad_()
-    embeddings = F.normalize(torch.randn(2 * n, e, generator=g, dtype=dtype), dim=1).requires_grad_()
-    centers = F.normalize(torch.randn(c, e, generator=g, dtype=dtype), dim=1).requires_grad_()
-    target = torch.randint(0, c, (n,), generator=g)
-    return ModelOutput(features, logits, embeddings, centers), target
-
-
 def test_registry_names_heads_views():
-    assert loss_names() == NAMES == list(LOSSES)
+    assert list(LOSSES) == NAMES
     heads = {name: LOSSES[name].head for name in NAMES}
     assert {n for n, h in heads.items() if h == "linear"} == {"ce", "ce_drw", "bs", "fbl"}
     assert all(h in ("linear", "cosine") for h in heads.values())
@@ -58,52 +49,40 @@ def test_registry_names_heads_views():
     assert loss.head == "cosine" and loss.num_views == 1 and loss.num_classes == 5
 
 
-def test_loss_params_defaults():
-    dbm = dict(
-        scale=30.0, max_margin=0.1, tau=1.0, lambda_inst=1.0, margin_norm="min", detach_difficulty=False
-    )
-    drw = dict(drw_epoch=160, drw_fraction=0.0, drw_beta=0.9999)
-    bcl = dict(bcl_alpha=2.0, bcl_beta=0.6, bcl_temperature=0.1)
-    assert loss_params("ce") == {} and loss_params("bs") == {}
-    assert loss_params("ce_drw") == drw
-    assert loss_params("dbm_ce") == dbm == loss_params("dbm_bs")
-    assert loss_params("dbm_drw") == dbm | drw
-    assert loss_params("ldam_drw") == dict(ldam_max_margin=0.5, ldam_scale=30.0) | drw
-    assert loss_params("cosine_ce") == dict(scale=30.0)
-    assert loss_params("fbl") == dict(fbl_weight=150.0)
-    assert loss_params("bcl") == dict(scale=30.0) | bcl and loss_params("dbm_bcl") == dbm | bcl
-
-
 def test_errors_name_the_valid_choices():
     with pytest.raises(ValueError, match="unknown loss 'dbm'; valid: ce, ce_drw, bs, ldam_drw"):
         build_loss("dbm", COUNTS)
-    with pytest.raises(ValueError, match="unknown loss"):
-        loss_params("focal")
-    with pytest.raises(ValueError, match="unknown hyper-parameter 'fbl_weight'; valid: scale, max_margin"):
-        build_loss("dbm_ce", COUNTS, fbl_weight=60.0)
-    with pytest.raises(ValueError, match=r"'ce': unknown hyper-parameter 'scale'; valid: \(none\)"):
-        build_loss("ce", COUNTS, scale=32.0)
-    with pytest.raises(ValueError, match="margin_norm must be one of min, last; got 'max'"):
+    with pytest.raises(ValueError, match="unknown loss 'focal'"):
+        loss_class("focal")
+    with pytest.raises(ValueError, match="loss.name: unknown loss 'focal'; valid: ce, ce_drw"):
+        build_loss(LossConfig(name="focal"), COUNTS)
+    with pytest.raises(ValueError, match="margin_norm: must be one of min, last; got 'max'"):
         build_loss("dbm_ce", COUNTS, margin_norm="max")
-    with pytest.raises(ValueError, match="scale must be of type float, got '32'"):
-        build_loss("dbm_ce", COUNTS, scale="32")
-    with pytest.raises(ValueError, match="detach_difficulty must be of type bool"):
-        build_loss("dbm_ce", COUNTS, detach_difficulty=1)
-    with pytest.raises(ValueError, match="drw_epoch must be of type int"):
-        build_loss("dbm_drw", COUNTS, drw_epoch=160.0)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'fbl_wieght'"):
+        build_loss("dbm_ce", COUNTS, fbl_wieght=60.0)
     for name, bad in (
         ("dbm_drw", dict(drw_fraction=1.5)),
         ("cosine_ce", dict(scale=0.0)),
         ("bcl", dict(bcl_temperature=0.0)),
         ("ce_drw", dict(drw_beta=1.0)),
         ("dbm_ce", dict(max_margin=-0.1)),
+        ("dbm_ce", dict(scale=float("nan"))),
         ("ldam_drw", dict(ldam_scale=-1.0)),
     ):
-        with pytest.raises(ValueError, match=f"loss '{name}': {next(iter(bad))}"):
+        with pytest.raises(ValueError, match=f"loss.{next(iter(bad))}: must be"):
             build_loss(name, COUNTS, **bad)
-    assert build_loss("cosine_ce", COUNTS, scale=32).logit_map.scale == 32  # an int where a float is due
     with pytest.raises(ValueError, match="class 2 has 0 images"):
         build_loss("ce", [5, 3, 0])
+
+
+def test_the_config_is_the_only_home_of_defaults():
+    """A loss built from a config reads every value it uses from that config, overrides included."""
+    cfg = LossConfig(name="dbm_drw", scale=32.0, max_margin=0.3, drw_epoch=7)
+    loss = build_loss(cfg, COUNTS)
+    assert (loss.logit_map.scale, loss.logit_map.max_margin, loss.objective.drw_epoch) == (32.0, 0.3, 7)
+    assert build_loss(cfg, COUNTS, scale=16.0).logit_map.scale == 16.0
+    assert build_loss("dbm_drw", COUNTS).logit_map.scale == LossConfig().scale
+    torch.testing.assert_close(loss.logit_map.margins, class_margins(COUNTS, 0.3))
 
 
 @pytest.mark.parametrize("name", NAMES)

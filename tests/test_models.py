@@ -91,7 +91,7 @@ def test_heads_stay_fp32_under_bf16_autocast():
 
 @pytest.mark.parametrize("head", ["cosine", "linear"])
 def test_bcl_heads(head):
-    model = _build("resnet_tiny", 6, head, bcl_heads=True)
+    model = _build("resnet_tiny", 6, head, views=3)
     assert isinstance(model.head[1], nn.BatchNorm1d) and model.head[0].out_features == 64
     b = 4
     out = model(_images(3 * b, 16))
@@ -110,14 +110,14 @@ def test_bcl_heads(head):
 
 
 def test_bcl_heads_sizes_large_and_override():
-    model = _build("resnet18", 4, "cosine", bcl_heads=True)
+    model = _build("resnet18", 4, "cosine", views=3)
     assert model.head[0].out_features == 512 and model.head[3].out_features == 1024  # hidden = d
-    model = _build("resnet_tiny", 4, "cosine", bcl_heads=True, cfg={"bcl_hidden": 16, "bcl_embed": 8})
+    model = _build("resnet_tiny", 4, "cosine", views=3, cfg={"bcl_hidden": 16, "bcl_embed": 8})
     assert model.head_fc[0].out_features == 16 and model.head_fc[3].out_features == 8
 
 
 def test_unknown_arch_and_head():
-    with pytest.raises(ValueError, match="valid: resnet32"):
+    with pytest.raises(ValueError, match="model.arch: unknown value 'resnet33'; valid: 'resnet32'"):
         _build("resnet33")
     with pytest.raises(ValueError, match="valid: linear, cosine"):
         _build("resnet8", head="normed")

@@ -1,12 +1,11 @@
 """The training / eval steps: eager equals a hand-written loop, compiled equals eager without recompiling when
 the lr or the loss's epoch state changes, graph mode falls back on a CPU; on a GPU, the captured step equals
-eager, re-captures after a checkpoint load and never syncs with the host."""
+eager, stays valid across a checkpoint load and never syncs with the host."""
 
 from __future__ import annotations
 
 import copy
 import logging
-import socket
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from losses import build_loss
+from tests.helpers import free_port
 from trainer.config import ModelConfig, OptimConfig, StepConfig
 from trainer.models import build_model
 from trainer.optim import build_optimizer, param_groups
@@ -46,14 +46,14 @@ def _parts(loss_name: str = "dbm_drw", arch: str = "resnet_tiny", device: str = 
     torch.manual_seed(seed)
     loss = build_loss(loss_name, COUNTS).to(device)
     model = build_model(
-        ModelConfig(arch=arch), C, loss.head, mean=(0.5,) * 3, std=(0.25,) * 3, bcl_heads=loss.num_views > 1
+        ModelConfig(arch=arch), C, loss.head, mean=(0.5,) * 3, std=(0.25,) * 3, views=loss.num_views
     ).to(device)
     return model, loss
 
 
 def _train(model, loss, cfg: StepConfig, batches, device="cpu", recompile_check=False):
     optimizer = build_optimizer(model, OptimConfig(weight_decay=5e-4, decay_norm_and_bias=False))
-    step = TrainStep(model, loss, optimizer, optimizer.lr, cfg, device, C)
+    step = TrainStep(model, loss, optimizer, cfg)
     reads = []
     for i, ((x, y), (lr, epoch)) in enumerate(zip(batches, SCHEDULE, strict=True)):
         step.set_lr(lr)
@@ -99,7 +99,7 @@ def test_eager_step_equals_a_plain_loop():
 def test_read_metrics_resets_and_averages():
     model, loss = _parts("ce")
     optimizer = build_optimizer(model, OptimConfig())
-    step = TrainStep(model, loss, optimizer, optimizer.lr, StepConfig(mode="eager"), "cpu", C)
+    step = TrainStep(model, loss, optimizer, StepConfig(mode="eager"))
     for x, y in _batches(3):
         step(x, y)
     r = step.read_metrics()
@@ -119,12 +119,12 @@ def _compiled_equals_eager(cfg: StepConfig):
         assert r["loss"] == pytest.approx(e["loss"], rel=1e-4)
         assert r["class_counts"] == e["class_counts"] and r["top1"] == e["top1"]
     # eval: full batches then a partial last one (its own static-shape graph), same counts as eager
-    evaluator = EvalStep(model, cfg, "cpu", C)
-    eager_eval = EvalStep(eager_model, StepConfig(mode="eager"), "cpu", C)
+    evaluator = EvalStep(model, cfg, COUNTS)
+    eager_eval = EvalStep(eager_model, StepConfig(mode="eager"), COUNTS)
     for x, y in _batches(2, seed=1) + [(x[:3], y[:3]) for x, y in _batches(1, seed=2)]:
         evaluator(x, y)
         eager_eval(x, y)
-    got, want = evaluator.results(COUNTS), eager_eval.results(COUNTS)
+    got, want = evaluator.read_metrics(), eager_eval.read_metrics()
     assert got["samples"] == 19 and got["per_class"] == pytest.approx(want["per_class"])
     assert not model.training
     # back to training: the step switches the mode back without recompiling the train graph
@@ -147,7 +147,7 @@ def test_inductor_step_equals_eager_without_recompiles():
 def test_bcl_step_three_views():
     model, loss = _parts("dbm_bcl")
     optimizer = build_optimizer(model, OptimConfig())
-    step = TrainStep(model, loss, optimizer, optimizer.lr, StepConfig(mode="eager"), "cpu", C)
+    step = TrainStep(model, loss, optimizer, StepConfig(mode="eager"))
     before = model.head_fc[0].weight.detach().clone()
     for x, y in _batches(2, views=3):
         step(x, y)
@@ -161,35 +161,31 @@ def test_graph_mode_falls_back_to_compile_on_cpu(caplog):
     optimizer = build_optimizer(model, OptimConfig())
     cfg = StepConfig(mode="graph")
     with caplog.at_level(logging.INFO, logger="trainer.step"):
-        step = TrainStep(model, loss, optimizer, optimizer.lr, cfg, "cpu", C)
-        evaluator = EvalStep(model, cfg, "cpu", C)
+        step = TrainStep(model, loss, optimizer, cfg)
+        evaluator = EvalStep(model, cfg, COUNTS)
     assert step.mode == "compile" and evaluator.mode == "compile"
     assert isinstance(step.runner, CompiledRunner) and not isinstance(step.runner, GraphRunner)
     assert "falling back to compile" in caplog.text
 
 
 def test_config_errors_and_precision():
-    model, loss = _parts()
-    optimizer = build_optimizer(model, OptimConfig())
-    with pytest.raises(ValueError, match="valid: eager, compile, graph"):
-        TrainStep(model, loss, optimizer, optimizer.lr, StepConfig(mode="jit"), "cpu", C)
-    with pytest.raises(ValueError, match="valid: auto, bf16, fp32"):
-        autocast_dtype("fp16", torch.device("cpu"))
+    with pytest.raises(
+        ValueError, match="step.mode: unknown value 'jit'; valid: 'eager', 'compile', 'graph'"
+    ):
+        StepConfig(mode="jit")
+    with pytest.raises(
+        ValueError, match="step.precision: unknown value 'fp16'; valid: 'auto', 'bf16', 'fp32'"
+    ):
+        StepConfig(precision="fp16")
     assert autocast_dtype("auto", torch.device("cpu")) is None
     assert autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
     assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
     assert autocast_dtype("fp32", torch.device("cuda")) is None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("mode", ["eager", "compile"])
 def test_ddp_wrapped_model(mode):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     try:
         model, loss = _parts()
         reference, ref_loss = copy.deepcopy(model), copy.deepcopy(loss)
@@ -199,11 +195,11 @@ def test_ddp_wrapped_model(mode):
         step, _, reads = _train(ddp, loss, cfg, batches)
         _train(reference, ref_loss, StepConfig(mode="eager"), batches)
         _assert_same_params(model, reference, rtol=1e-4, atol=1e-5)
-        evaluator = EvalStep(ddp, cfg, "cpu", C)
+        evaluator = EvalStep(ddp, cfg, COUNTS)
         assert evaluator.module is model  # eval never goes through DDP's forward
         x, y = batches[0]
         evaluator(x, y)
-        assert evaluator.results(COUNTS)["samples"] == 8
+        assert evaluator.read_metrics()["samples"] == 8
         step(x, y)
         assert ddp.training and model.training
     finally:
@@ -239,7 +235,7 @@ def test_graph_equals_eager_fp32(monkeypatch):
 
 
 @pytest.mark.gpu
-def test_graph_recaptures_after_loading_a_checkpoint(monkeypatch):
+def test_graph_stays_valid_after_loading_a_checkpoint(monkeypatch):
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     batches = _batches(len(SCHEDULE), batch=16, size=32, device="cuda")
@@ -249,19 +245,18 @@ def test_graph_recaptures_after_loading_a_checkpoint(monkeypatch):
     for x, y in batches:  # move on, then go back to the saved state
         step(x, y)
     model.load_state_dict(saved_model)
-    optimizer.load_state_dict(saved_opt)  # new momentum tensors: the generation bump forces a re-capture
+    graph = next(iter(step.runner.graphs.values())).graph
+    optimizer.load_state_dict(saved_opt)  # copied into the momentum buffers the graph captured
     more = _batches(3, batch=16, size=32, device="cuda", seed=5)
     for x, y in more:
         step(x, y)
-    assert next(iter(step.runner.graphs.values())).graph is not None
+    assert next(iter(step.runner.graphs.values())).graph is graph  # replayed, never re-captured
     reference, ref_loss = _parts(device="cuda")
     reference.load_state_dict(saved_model)
     ref_opt = build_optimizer(reference, OptimConfig(weight_decay=5e-4, decay_norm_and_bias=False))
     ref_opt.load_state_dict(saved_opt)
     ref_loss.set_epoch(SCHEDULE[-1][1], 200)
-    ref_step = TrainStep(
-        reference, ref_loss, ref_opt, ref_opt.lr, StepConfig(mode="eager", precision="fp32"), "cuda", C
-    )
+    ref_step = TrainStep(reference, ref_loss, ref_opt, StepConfig(mode="eager", precision="fp32"))
     for x, y in more:
         ref_step(x, y)
     _assert_same_params(model, reference, rtol=1e-3, atol=1e-4)

@@ -1,21 +1,24 @@
 """One typed config tree: frozen dataclasses, loaded from a TOML recipe plus `--section.key=value` overrides.
 
-Unknown sections or keys and values of the wrong type are errors that name the key and the valid choices,
-so a typo in a recipe fails before any data is read.
+Each package owns the section it consumes: `[data]` is `pipelines.DataConfig`, `[loss]` is
+`losses.LossConfig`; the trainer's own sections are defined here, and this module composes them and loads
+them. Unknown sections or keys, values of the wrong type, unknown choices and out-of-range values are errors
+that name the key (and the valid choices), so a typo in a recipe fails before any data is read.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from losses.config import LossConfig
+from pipelines.config import DataConfig, check_choice, check_ranges
 
 
 class ConfigError(ValueError):
@@ -29,72 +32,43 @@ class RunConfig:
     seed: int = 0
     epochs: int = 90
     log_every: int = 50  # steps between host reads of the device-side loss accumulators
-    eval_every: int = 1  # epochs
-    checkpoint_every: int = 10  # epochs; a checkpoint is always written at the end
+    eval_every: int = 1  # epochs (0: only at the end)
+    checkpoint_every: int = 10  # epochs (0: only at the end); a checkpoint is always written at the end
     progress: bool = True
     overwrite: bool = False  # True: a new run replaces the outputs of an earlier run in the same folder
 
-
-@dataclass(frozen=True)
-class DataConfig:
-    backend: str = "ffcv"  # "ffcv" | "dali"
-    dir: str = "data"  # folder with <stem>.beton, <stem>.dali/, <stem>.meta.json
-    train: str = "train"  # split stem
-    eval: str = "test"
-    resolution: int = 224
-    eval_resolution: int = 0  # 0: same as resolution
-    batch_size: int = 256  # global; divided by the number of processes
-    eval_batch_size: int = 0  # 0: same as batch_size
-    num_workers: int = 8
-    hflip: bool = True
-    auto_augment: str = ""  # "" | "imagenet" | "cifar10" | "randaugment"
-    randaugment_n: int = 2
-    randaugment_m: float = 10.0
-    # "torchvision": m is a bin of 31; "timm": m is timm's 0..10 level, each op fires w.p. 0.5 (the papers'
-    # large-scale "rand-n2-m10-mstd0.5" = style "timm", m 10, magnitude_std 0.5, fill (124, 116, 104)).
-    randaugment_style: str = "torchvision"
-    magnitude_std: float = 0.0
-    augment_fill: tuple[int, ...] = (128, 128, 128)  # fill of AutoAugment / RandAugment's geometric ops
-    cutout: int = 0  # side of the Cutout square in pixels, 0 = off
-    sampler: str = "uniform"  # "uniform" | "class_balanced" | "sqrt"
-    epoch_samples: int = 0  # samples per resampled epoch, 0: the natural epoch length
-    crop: str = "resized"  # training crop: "resized" (RandomResizedCrop) | "padded" (CIFAR's pad-and-crop)
-    crop_padding: int = 4  # "padded": RandomCrop(resolution, padding=crop_padding)
-    crop_scale: tuple[float, ...] = (0.08, 1.0)  # "resized": RandomResizedCrop area range
-    view_crop_scale: tuple[float, ...] = ()  # BCL's contrastive views' crop area range; empty: crop_scale
-    eval_crop_ratio: float = 0.875  # eval centre crop side / shorter side (224/256); 1.0: whole image (CIFAR)
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
+    def __post_init__(self) -> None:
+        check_ranges(
+            "run",
+            (
+                ("name", bool(self.name) and "/" not in self.name, "a non-empty folder name"),
+                ("epochs", self.epochs >= 1, ">= 1"),
+                ("log_every", self.log_every >= 1, ">= 1"),
+                ("eval_every", self.eval_every >= 0, ">= 0"),
+                ("checkpoint_every", self.checkpoint_every >= 0, ">= 0"),
+            ),
+            self,
+        )
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "resnet50"
+    arch: str = "resnet50"  # a key of trainer.models.ARCHS
     pretrained: str = ""  # path to a torchvision state_dict (Places-LT's frozen ResNet-152)
     channels_last: bool = True
     head_fp32: bool = True  # classifier and BCL heads in fp32 under bf16 autocast (raw cosines feed arccos)
     bcl_hidden: int = 0  # BCL projection MLP width; 0: the arch's default (CIFAR 512, large: feature dim)
     bcl_embed: int = 0  # BCL embedding size; 0: the arch's default (CIFAR 128, large 1024)
 
+    def __post_init__(self) -> None:
+        from trainer.models import ARCHS
 
-@dataclass(frozen=True)
-class LossConfig:
-    name: str = "ce"
-    scale: float = 30.0  # s of the cosine classifier (32 on CIFAR)
-    max_margin: float = 0.1  # DBM K
-    tau: float = 1.0
-    lambda_inst: float = 1.0
-    margin_norm: str = "min"  # "min" (paper) | "last" (released code's last-label normaliser)
-    detach_difficulty: bool = False
-    drw_epoch: int = 160
-    drw_fraction: float = 0.0  # > 0: DRW starts at this fraction of the run instead of drw_epoch
-    drw_beta: float = 0.9999
-    fbl_weight: float = 150.0  # FBL's A (60 on CIFAR)
-    ldam_max_margin: float = 0.5
-    ldam_scale: float = 30.0
-    bcl_alpha: float = 2.0
-    bcl_beta: float = 0.6
-    bcl_temperature: float = 0.1
+        check_choice("model.arch", self.arch, ARCHS)
+        check_ranges(
+            "model",
+            (("bcl_hidden", self.bcl_hidden >= 0, ">= 0"), ("bcl_embed", self.bcl_embed >= 0, ">= 0")),
+            self,
+        )
 
 
 @dataclass(frozen=True)
@@ -104,19 +78,48 @@ class OptimConfig:
     nesterov: bool = False
     weight_decay: float = 5e-4
     decay_norm_and_bias: bool = True  # False: no weight decay on normalisation layers and biases
-    schedule: str = "cosine"  # "cosine" | "step" | "cosine_shifted"
+    schedule: str = "cosine"  # a key of trainer.schedule.SCHEDULES
     warmup_epochs: int = 5
     milestones: tuple[int, ...] = (160, 180)  # 1-indexed epochs after which lr *= gamma (step schedule)
     gamma: float = 0.01
 
+    def __post_init__(self) -> None:
+        from trainer.schedule import SCHEDULES
+
+        check_choice("optim.schedule", self.schedule, SCHEDULES)
+        check_ranges(
+            "optim",
+            (
+                ("lr", math.isfinite(self.lr) and self.lr > 0, "a finite number > 0"),
+                ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
+                ("weight_decay", math.isfinite(self.weight_decay) and self.weight_decay >= 0, ">= 0"),
+                ("warmup_epochs", self.warmup_epochs >= 0, ">= 0"),
+                ("milestones", all(m >= 0 for m in self.milestones), "epochs >= 0"),
+                ("gamma", math.isfinite(self.gamma) and self.gamma > 0, "a finite number > 0"),
+            ),
+            self,
+        )
+        if self.nesterov and self.momentum <= 0:
+            raise ValueError("optim.nesterov: needs optim.momentum > 0")
+
+
+Precision = Literal["auto", "bf16", "fp32"]
+
 
 @dataclass(frozen=True)
 class StepConfig:
-    mode: str = "compile"  # "eager" | "compile" | "graph" (graph falls back to compile on a CPU)
-    precision: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU) | "bf16" | "fp32"
+    mode: str = "compile"  # a key of trainer.step.RUNNERS; "graph" falls back to "compile" on a CPU
+    precision: Precision = "auto"  # auto: bf16 on CUDA, fp32 on a CPU
     compile_mode: str = "max-autotune-no-cudagraphs"
     graph_warmup: int = 3  # real steps run before a CUDA-graph capture (at least 11 under DDP)
     compile_backend: str = "inductor"  # "aot_eager": trace without code generation (fast tests)
+
+    def __post_init__(self) -> None:
+        from trainer.step import RUNNERS
+
+        check_choice("step.mode", self.mode, RUNNERS)
+        check_choice("step.precision", self.precision, typing.get_args(Precision))
+        check_ranges("step", (("graph_warmup", self.graph_warmup >= 1, ">= 1"),), self)
 
 
 @dataclass(frozen=True)
@@ -129,10 +132,25 @@ class Config:
     step: StepConfig = field(default_factory=StepConfig)
 
 
-def _coerce(value: Any, annotation: Any, key: str) -> Any:
+@dataclass(frozen=True)
+class Override:
+    """A command-line value: its TOML reading, and the raw text for keys typed as strings
+    (`--run.name=2024` names a run "2024"; TOML would read an integer)."""
+
+    raw: str
+    value: Any
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
     """Check (and gently convert) one value against its dataclass annotation."""
-    hint = annotation if not isinstance(annotation, str) else eval(annotation, vars(typing), {})  # noqa: S307
+    if isinstance(value, Override):
+        value = value.raw if hint is str and not isinstance(value.value, str) else value.value
     origin = typing.get_origin(hint)
+    if origin is Literal:
+        valid = typing.get_args(hint)
+        if value not in valid:
+            raise ConfigError(f"{key}: unknown value {value!r}; valid: {', '.join(map(repr, valid))}")
+        return value
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
@@ -183,7 +201,10 @@ def from_dict(tree: dict[str, Any], source: str = "config") -> Config:
                     f"{source}: unknown key {name}.{key}; valid keys in [{name}]: {', '.join(fields)}"
                 )
             checked[key] = _coerce(value, fields[key], f"{source}: {name}.{key}")
-        kwargs[name] = cls(**checked)
+        try:
+            kwargs[name] = cls(**checked)
+        except ValueError as err:  # a section's own checks: choices and ranges, naming the key
+            raise ConfigError(f"{source}: {err}") from None
     return Config(**kwargs)
 
 
@@ -191,12 +212,12 @@ def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
     return {name: dict(dataclasses.asdict(getattr(cfg, name))) for name in cfg.__dataclass_fields__}
 
 
-def _parse_override_value(text: str) -> Any:
+def _parse_override_value(text: str) -> Override:
     """Override values are TOML literals; bare words fall back to strings (`--loss.name=dbm_ce`)."""
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        return Override(text, tomllib.loads(f"v = {text}")["v"])
     except tomllib.TOMLDecodeError:
-        return text
+        return Override(text, text)
 
 
 def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

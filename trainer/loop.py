@@ -12,43 +12,35 @@ the loss and the loaders receive (`set_epoch(epoch)`), as in the papers' code.
 
 from __future__ import annotations
 
-import logging
-import statistics
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from trainer import checkpoint as ckpt
-from trainer import rundir
-from trainer.config import Config, OptimConfig, to_dict
-from trainer.plot import plot_per_class_accuracy
+from trainer import history, rundir
+from trainer.config import Config, OptimConfig
+from trainer.optim import SGD
 from trainer.schedule import lr_at
 from trainer.step import EvalStep, TrainStep, unwrap
 
-log = logging.getLogger(__name__)
-
-GROUPS = ("top1", "many", "medium", "few")
-
 
 @dataclass
-class Parts:
+class Components:
     """What launch.py builds and `fit` drives."""
 
     model: nn.Module  # as prepared by Accelerate (a DDP wrapper on several processes)
-    loss: nn.Module  # a losses.Loss: set_epoch(epoch, epochs), buffers saved in checkpoints
-    optimizer: torch.optim.Optimizer  # the raw optimizer (its param groups share the step's lr tensor)
+    loss: nn.Module  # a losses.Loss: set_epoch(epoch, epochs) before each epoch's steps
+    optimizer: SGD  # its param groups share the step's lr tensor
     train_step: TrainStep
     eval_step: EvalStep
     train_loader: Any  # pipelines loader: iterable, len(), set_epoch(epoch), close()
     eval_loader: Any
-    class_counts: tuple[int, ...]  # training images per class: shot groups, plot
+    class_counts: tuple[int, ...]  # training images per class: results and plot
     global_batch: int  # images per optimisation step over all processes
 
     def close(self) -> None:
@@ -144,115 +136,22 @@ def broadcast_buffers(model: nn.Module) -> None:
         dist.broadcast(buf.data, src=0)
 
 
-def evaluate(
-    step: EvalStep, loader: Iterable[Any], class_counts: tuple[int, ...] | list[int]
-) -> dict[str, Any]:
+def evaluate(step: EvalStep, loader: Iterable[Any]) -> dict[str, Any]:
     """Top-1, many/medium/few and per-class accuracy over the whole eval set, summed over processes. Each
     rank's loader holds a disjoint share of the samples (no padding), so every sample counts exactly once;
     `samples` in the result says how many were counted."""
     start = time.perf_counter()
     for images, labels in loader:
         step(images, labels)
-    report = step.results(class_counts)  # host sync + all-reduce of the per-class counts
+    report = step.read_metrics()  # host sync + all-reduce of the per-class counts
     report["eval_time"] = time.perf_counter() - start
     return report
-
-
-@dataclass
-class _History:
-    """What a checkpoint carries besides the tensors: where the run stands and what it has measured."""
-
-    epoch: int = 0  # epochs finished
-    best: dict[str, Any] | None = None  # best evaluation so far: epoch and groups
-    last_eval: dict[str, Any] | None = None  # the latest full evaluation report (per-class accuracy included)
-    records: list[dict[str, Any]] = field(default_factory=list)  # the metrics.jsonl lines
-
-
-def _groups(report: dict[str, Any]) -> dict[str, Any]:
-    return {g: report.get(g) for g in GROUPS}
-
-
-def _better(report: dict[str, Any], best: dict[str, Any] | None) -> bool:
-    return report.get("top1") is not None and (best is None or report["top1"] > best["top1"])
-
-
-def _save(cfg: Config, accelerator: Any, parts: Parts, run_dir: Path, hist: _History) -> None:
-    from accelerate.utils import gather_object
-
-    rng = gather_object([ckpt.rng_state()])  # every rank's generators, in rank order (a collective)
-    if accelerator.is_main_process:
-        ckpt.save_checkpoint(
-            ckpt.checkpoint_path(run_dir),
-            {
-                "epoch": hist.epoch,
-                "model": unwrap(parts.model).state_dict(),
-                "optimizer": parts.optimizer.state_dict(),
-                "loss": parts.loss.state_dict(),
-                "rng": rng,
-                "best": hist.best,
-                "last_eval": hist.last_eval,
-                "history": hist.records,
-                "world_size": accelerator.num_processes,
-                "config": to_dict(cfg),
-            },
-        )
-    accelerator.wait_for_everyone()
-
-
-def _restore(accelerator: Any, parts: Parts, run_dir: Path) -> _History:
-    state = ckpt.load_checkpoint(ckpt.checkpoint_path(run_dir))
-    unwrap(parts.model).load_state_dict(state["model"])  # copies in place: parameters keep their addresses
-    ckpt.load_optimizer_state(parts.optimizer, state["optimizer"])
-    parts.loss.load_state_dict(state["loss"])
-    parts.train_step.invalidate()  # the optimizer's state tensors are new: re-warm and re-capture
-    rng = state["rng"]
-    if len(rng) == accelerator.num_processes:
-        ckpt.set_rng_state(rng[accelerator.process_index])
-    else:
-        log.warning(
-            "checkpoint written by %d processes, resumed on %d: the random streams (augmentation, data "
-            "order) differ from an uninterrupted run",
-            len(rng),
-            accelerator.num_processes,
-        )
-        ckpt.set_rng_state(rng[accelerator.process_index % len(rng)])
-    return _History(state["epoch"], state["best"], state["last_eval"], list(state["history"]))
-
-
-def _results(cfg: Config, parts: Parts, hist: _History) -> dict[str, Any]:
-    records = hist.records
-    final = hist.last_eval or {}
-    rates = [r["img_per_s"] for r in records if r.get("img_per_s")]
-    return {
-        "name": cfg.run.name,
-        "epochs": hist.epoch,
-        "best": hist.best,
-        "final": {"epoch": final.get("epoch"), **_groups(final), "per_class": final.get("per_class")},
-        "eval_samples": final.get("samples"),
-        "num_classes": len(parts.class_counts),
-        "class_counts": list(parts.class_counts),
-        "shot_classes": {g: final.get(f"{g}_classes") for g in ("many", "medium", "few")},
-        "train_time_s": sum(r.get("train_time", 0.0) for r in records),
-        "img_per_s_median": statistics.median(rates) if rates else None,
-    }
-
-
-def _finish(cfg: Config, run_dir: Path, parts: Parts, results: dict[str, Any]) -> None:
-    rundir.write_results(run_dir, results)
-    per_class = results["final"].get("per_class")
-    if per_class:
-        acc = [a if a is not None else 0.0 for a in per_class]
-        title = (
-            f"{cfg.run.name}: {cfg.loss.name}, {cfg.model.arch}, epoch {results['final']['epoch']}, "
-            f"top-1 {100 * results['final']['top1']:.2f}%"
-        )
-        plot_per_class_accuracy(run_dir / rundir.PLOT_FILE, acc, parts.class_counts, title)
 
 
 def _summary(rec: dict[str, Any]) -> str:
     text = f"epoch {rec['epoch']}: loss {rec['loss']:.4f} lr {rec['lr']:.4g} {rec['img_per_s']:.0f} img/s"
     if rec.get("top1") is not None:
-        text += " | " + " ".join(f"{g} {_pct(rec.get(g))}" for g in GROUPS)
+        text += " | " + " ".join(f"{g} {_pct(rec.get(g))}" for g in history.GROUPS)
     return text + f" ({rec['time']:.1f} s)"
 
 
@@ -261,14 +160,14 @@ def _pct(v: float | None) -> str:
 
 
 def fit(
-    cfg: Config, accelerator: Any, parts: Parts, run_dir: Path, *, resume: bool = False
+    cfg: Config, accelerator: Any, parts: Components, run_dir: Path, *, resume: bool = False
 ) -> dict[str, Any]:
     """Train for `cfg.run.epochs` epochs (continuing from the last checkpoint when `resume`); return the
     results written to results.json (best and final evaluation)."""
     run = cfg.run
     main = accelerator.is_main_process
     epochs = run.epochs
-    hist = _restore(accelerator, parts, run_dir) if resume else _History()
+    hist = history.restore(accelerator, parts, run_dir) if resume else history.History()
     if main:
         rundir.write_metrics(run_dir, hist.records)  # drops lines written after the checkpoint
     if resume:
@@ -294,14 +193,14 @@ def fit(
         last = epoch + 1 == epochs
         if last or (run.eval_every > 0 and (epoch + 1) % run.eval_every == 0):
             broadcast_buffers(parts.model)
-            report = evaluate(parts.eval_step, parts.eval_loader, parts.class_counts)
+            report = evaluate(parts.eval_step, parts.eval_loader)
             report["epoch"] = epoch + 1
             hist.last_eval = report
-            if _better(report, hist.best):
-                hist.best = {"epoch": epoch + 1, **_groups(report)}
-            rec.update(_groups(report), eval_samples=report["samples"], eval_time=report["eval_time"])
+            if history.better(report, hist.best):
+                hist.best = {"epoch": epoch + 1, **history.groups(report)}
+            rec.update(history.groups(report), eval_samples=report["samples"], eval_time=report["eval_time"])
         else:
-            rec.update(dict.fromkeys(GROUPS))
+            rec.update(dict.fromkeys(history.GROUPS))
         rec["time"] = time.perf_counter() - start
         hist.epoch = epoch + 1
         hist.records.append(rec)
@@ -309,9 +208,9 @@ def fit(
             rundir.append_metrics(run_dir, rec)
         accelerator.print(_summary(rec), flush=True)
         if last or (run.checkpoint_every > 0 and (epoch + 1) % run.checkpoint_every == 0):
-            _save(cfg, accelerator, parts, run_dir, hist)
-    results = _results(cfg, parts, hist)
+            history.save(cfg, accelerator, parts, run_dir, hist)
+    results = history.results(cfg, parts.class_counts, hist)
     if main:
-        _finish(cfg, run_dir, parts, results)
+        history.finish(cfg, run_dir, parts.class_counts, results)
     accelerator.wait_for_everyone()
     return results

@@ -65,6 +65,7 @@ class LongTailClassifier(nn.Module):
         classifier: nn.Module,
         bcl: tuple[int, int] | None,
         *,
+        views: int,
         channels_last: bool,
         head_fp32: bool,
     ) -> None:
@@ -76,6 +77,7 @@ class LongTailClassifier(nn.Module):
         self.head_fp32 = head_fp32
         d = body.feature_dim
         self.feature_dim = d
+        self.views = views  # images per sample in a training batch (the loss's num_views), view-major
         self.bcl = bcl is not None
         if bcl is not None:
             hidden, embed = bcl
@@ -102,10 +104,12 @@ class LongTailClassifier(nn.Module):
         bcl_features = None
         if self.bcl and self.training:
             # One encoder pass over [v0; v1; v2] (BN statistics shared across views): classify view 0,
-            # contrast views 1-2. In eval mode there is one view and only the logits are computed.
-            if f.shape[0] % 3:
-                raise ValueError(f"BCL model: a training batch stacks 3 views, got {f.shape[0]} images")
-            b = f.shape[0] // 3
+            # contrast the others. In eval mode there is one view and only the logits are computed.
+            if f.shape[0] % self.views:
+                raise ValueError(
+                    f"BCL model: a training batch stacks {self.views} views, got {f.shape[0]} images"
+                )
+            b = f.shape[0] // self.views
             f, bcl_features = f[:b], f[b:]
         if self.head_fp32:
             # Raw cosines feed an arccos (DBM) and a scale of ~30: keep the (small) heads out of bf16.
@@ -121,11 +125,11 @@ def build_model(
     *,
     mean: Sequence[float],
     std: Sequence[float],
-    bcl_heads: bool = False,
+    views: int = 1,
 ) -> LongTailClassifier:
-    """The model for `cfg.arch` with a `head` classifier over `num_classes`; inputs are uint8 NCHW."""
-    if cfg.arch not in ARCHS:
-        raise ValueError(f"model.arch: unknown arch {cfg.arch!r}; valid: {', '.join(ARCHS)}")
+    """The model for `cfg.arch` (validated by ModelConfig) with a `head` classifier over `num_classes`;
+    inputs are uint8 NCHW. `views` > 1 (the loss's `num_views`: BCL) adds the contrastive heads."""
+    bcl_heads = views > 1
     if head not in HEADS:
         raise ValueError(f"unknown classifier head {head!r}; valid: {', '.join(HEADS)}")
     arch = ARCHS[cfg.arch]
@@ -138,6 +142,7 @@ def build_model(
         body,
         classifier,
         (hidden, embed) if bcl_heads else None,
+        views=views,
         channels_last=cfg.channels_last,
         head_fp32=cfg.head_fp32,
     )

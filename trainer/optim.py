@@ -66,8 +66,6 @@ class SGD(torch.optim.Optimizer):
             raise ValueError("SGD: nesterov needs momentum > 0")
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay))
         self.lr = lr
-        # Bumped by load_state_dict: new state tensors invalidate a captured graph (see TrainStep).
-        self.generation = 0
         for group in self.param_groups:
             group["lr"] = lr
             if group["momentum"]:
@@ -102,14 +100,24 @@ class SGD(torch.optim.Optimizer):
             torch._foreach_zero_(grads)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Torch's loading, but the shared lr tensor keeps its identity (its value is copied in)."""
+        """Torch's loading, but every tensor keeps its identity: the saved lr and momentum buffers are copied
+        into the tensors this optimizer already holds. A captured step graph reads those addresses, so it
+        stays valid after a checkpoint load (torch's loading would put new tensors in their place)."""
+        buffers = {
+            id(p): self.state[p]["momentum_buffer"] for p in self.state if "momentum_buffer" in self.state[p]
+        }
         saved = state_dict["param_groups"][0].get("lr") if state_dict.get("param_groups") else None
         super().load_state_dict(state_dict)
-        if saved is not None:
-            self.lr.copy_(torch.as_tensor(saved, dtype=self.lr.dtype))
-        for group in self.param_groups:
-            group["lr"] = self.lr
-        self.generation += 1
+        with torch.no_grad():
+            if saved is not None:
+                self.lr.copy_(torch.as_tensor(saved, dtype=self.lr.dtype))
+            for group in self.param_groups:
+                group["lr"] = self.lr
+                for p in group["params"]:
+                    original = buffers.get(id(p))
+                    if original is not None and "momentum_buffer" in self.state[p]:
+                        original.copy_(self.state[p]["momentum_buffer"])
+                        self.state[p]["momentum_buffer"] = original
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: Tensor | None = None) -> SGD:

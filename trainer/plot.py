@@ -6,17 +6,10 @@ import io
 from collections.abc import Sequence
 from pathlib import Path
 
-from trainer.rundir import atomic_write_bytes
+from pipelines.fileio import atomic_write_bytes
+from trainer.metrics import shot_group
 
-MANY_ABOVE = 100  # the OLTR shot groups: many > 100, 20 <= medium <= 100, few < 20 training images
-FEW_BELOW = 20
 _BANDS = (("many", "#4c72b0"), ("medium", "#dd8452"), ("few", "#c44e52"))
-
-
-def shot_group(count: int) -> str:
-    if count > MANY_ABOVE:
-        return "many"
-    return "few" if count < FEW_BELOW else "medium"
 
 
 def plot_per_class_accuracy(

@@ -2,7 +2,7 @@
 
     {run.out_dir}/{run.name}/
         config.toml              the resolved Config (`load_config` reads it back to the same Config)
-        env.json                 versions, device, world size, git commit
+        env.json                 versions, device, world size, git commit (trainer.environment)
         metrics.jsonl            one JSON object per epoch
         results.json             best and final evaluation
         per_class_accuracy.png   written by trainer.plot
@@ -13,19 +13,13 @@ Only the main process calls the writers here; a half-written file is never left 
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import math
-import os
-import platform
-import socket
-import subprocess
-import sys
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from pipelines.fileio import atomic_write_text
 from trainer.config import Config, dump_toml
 
 CONFIG_FILE = "config.toml"
@@ -35,10 +29,6 @@ RESULTS_FILE = "results.json"
 PLOT_FILE = "per_class_accuracy.png"
 CHECKPOINT_DIR = "checkpoints"
 
-# Distributions whose versions make a figure reproducible; the DALI wheel's name carries its CUDA flavour.
-_PACKAGES = ("torch", "torchvision", "accelerate", "ffcv", "numpy", "numba")
-_DALI_PREFIX = "nvidia-dali"
-
 
 class RunDirError(RuntimeError):
     """A run folder that cannot be started or resumed; the message names the folder."""
@@ -46,25 +36,6 @@ class RunDirError(RuntimeError):
 
 def run_dir_for(cfg: Config) -> Path:
     return Path(cfg.run.out_dir) / cfg.run.name
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, flush it to disk, then rename over `path`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 def _json_safe(value: Any) -> Any:
@@ -138,59 +109,3 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 def write_results(run_dir: Path, results: dict[str, Any]) -> None:
     atomic_write_text(run_dir / RESULTS_FILE, json.dumps(_json_safe(results), indent=1) + "\n")
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _dali_version() -> str | None:
-    for dist in importlib.metadata.distributions():
-        name = (dist.metadata["Name"] or "").lower()
-        if name.startswith(_DALI_PREFIX) and "plugin" not in name:
-            return f"{name}=={dist.version}"
-    return None
-
-
-def _git_commit(repo: Path) -> dict[str, Any]:
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(
-                ["git", *args], cwd=repo, capture_output=True, text=True, timeout=10, check=True
-            )
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip()
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
-    return {"commit": commit, "dirty": bool(status) if status is not None else None}
-
-
-def environment(accelerator: Any) -> dict[str, Any]:
-    """Versions, device and world size: everything needed to say what produced a figure."""
-    import torch
-
-    device = accelerator.device
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-    versions = {name: _version(name) for name in _PACKAGES}
-    versions["dali"] = _dali_version()
-    return {
-        "python": sys.version.split()[0],
-        "versions": versions,
-        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-        "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
-        "device": str(device),
-        "device_name": device_name or platform.machine(),
-        "world_size": accelerator.num_processes,
-        "distributed_type": str(accelerator.distributed_type),
-        "local_world_size": int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes)),
-        "hostname": socket.gethostname(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "git": _git_commit(Path(__file__).resolve().parents[1]),
-        "argv": sys.argv,
-    }

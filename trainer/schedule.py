@@ -65,12 +65,6 @@ SCHEDULES: dict[str, Schedule] = {
 }
 
 
-def get_schedule(name: str) -> Schedule:
-    if name not in SCHEDULES:
-        raise ValueError(f"optim.schedule: unknown schedule {name!r}; valid: {', '.join(SCHEDULES)}")
-    return SCHEDULES[name]
-
-
 def lr_at(cfg: OptimConfig, epoch: int, step: int, steps_per_epoch: int, epochs: int) -> float:
-    """The rate of `cfg.schedule` at (epoch, step)."""
-    return get_schedule(cfg.schedule)(epoch, step, steps_per_epoch, epochs, cfg)
+    """The rate of `cfg.schedule` (validated by OptimConfig) at (epoch, step)."""
+    return SCHEDULES[cfg.schedule](epoch, step, steps_per_epoch, epochs, cfg)

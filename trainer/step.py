@@ -14,20 +14,24 @@ Modes (`StepConfig.mode`, registry `RUNNERS`):
 
 Nothing in the step reads a tensor on the host: the learning rate is the optimizer's 0-dim tensor (the loop
 calls `lr.fill_(v)`), the loss's epoch state lives in its buffers, and the loss sum and per-class counts
-accumulate on the device until `read_metrics()`. After loading a checkpoint call `invalidate()` (the
-optimizer's new state tensors are not the ones a graph captured); `SGD.load_state_dict` also bumps a
-generation counter that triggers the same re-capture.
+accumulate on the device until `read_metrics()`. A checkpoint load copies into the same tensors (parameters,
+buffers, and the optimizer's state: `trainer.optim.SGD.load_state_dict`), so a captured graph stays valid.
+
+The step owns the model, loss, optimizer and accumulators; its runner (one per mode, `RUNNERS`) owns how a
+step executes: the compiled callables and the captured graphs.
 
 Evaluation (`EvalStep`) runs the unwrapped model (no DDP: ranks may see different numbers of eval batches
 and DDP's forward would broadcast buffers, a collective), under no_grad, compiled but never captured. The
 last, partial batch gets its own compiled graph (dynamic=False: one extra compile per eval set size,
-cached across epochs) instead of padding and masking.
+cached across epochs) instead of padding and masking. It reports many / medium / few against the training
+class counts it was built with.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -37,12 +41,12 @@ from torch.nn.parallel import DistributedDataParallel
 from losses import ModelOutput
 from trainer.config import StepConfig
 from trainer.metrics import ClassAccumulator, accuracy_report
+from trainer.optim import SGD
 
 log = logging.getLogger(__name__)
 
 # Compile modes that use CUDA graphs themselves, and what they become inside a manual capture.
 _NO_CUDAGRAPHS = {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}
-_PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -51,8 +55,6 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def resolve_mode(mode: str, device: torch.device) -> str:
-    if mode not in RUNNERS:
-        raise ValueError(f"step.mode: unknown mode {mode!r}; valid: {', '.join(RUNNERS)}")
     if mode == "graph" and device.type != "cuda":
         log.info("step.mode=graph needs a CUDA device; falling back to compile on %s", device)
         return "compile"
@@ -60,9 +62,7 @@ def resolve_mode(mode: str, device: torch.device) -> str:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 on CUDA and fp32 on a CPU for "auto"; None means no autocast."""
-    if precision not in _PRECISIONS:
-        raise ValueError(f"step.precision: unknown precision {precision!r}; valid: {', '.join(_PRECISIONS)}")
+    """bf16 on CUDA and fp32 on a CPU for "auto" (`StepConfig.precision`); None means no autocast."""
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.bfloat16
     return None
@@ -96,40 +96,28 @@ def compile_module(module: nn.Module, cfg: StepConfig, mode: str) -> None:
 
 
 class TrainStep:
-    """One optimisation step per call; see the module docstring for the modes."""
+    """One optimisation step per call; see the module docstring for the modes.
 
-    def __init__(
-        self,
-        model: nn.Module,
-        loss_fn: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        lr_tensor: Tensor,
-        cfg: StepConfig,
-        device: torch.device | str,
-        num_classes: int,
-    ) -> None:
+    `optimizer` is a `trainer.optim.SGD`: its 0-dim `lr` tensor is what `set_lr` writes, and it lives on
+    the device the step runs on."""
+
+    def __init__(self, model: nn.Module, loss_fn: nn.Module, optimizer: SGD, cfg: StepConfig) -> None:
         self.model = model  # possibly a DDP wrapper: its forward all-reduces gradients in backward
         self.module = unwrap(model)
         self.loss_fn = loss_fn
-        self.optimizer = getattr(optimizer, "optimizer", optimizer)  # Accelerate's wrapper adds only Python
-        self.lr = lr_tensor
-        self.device = torch.device(device)
+        self.optimizer = optimizer
+        self.device = optimizer.lr.device
         self.dtype = autocast_dtype(cfg.precision, self.device)
-        self.metrics = ClassAccumulator(num_classes, self.device)
+        self.metrics = ClassAccumulator(loss_fn.num_classes, self.device)
         self.mode = resolve_mode(cfg.mode, self.device)
-        self.loss_and_metrics = self._loss_and_metrics
         self.runner = RUNNERS[self.mode](self, cfg)
 
-    def _loss_and_metrics(self, output: ModelOutput, labels: Tensor) -> Tensor:
+    def loss_and_metrics(self, output: ModelOutput, labels: Tensor) -> Tensor:
+        """The loss, and the device-side accumulators updated with it (what the compiled runners compile)."""
         loss = self.loss_fn(output, labels)
         self.metrics.add_loss(loss)
         self.metrics.update(output.logits.detach(), labels)  # train accuracy on (augmented) view 0
         return loss
-
-    def forward_loss(self, images: Tensor, labels: Tensor) -> Tensor:
-        with autocast(self.device, self.dtype):
-            output = self.model(images)
-        return self.loss_and_metrics(output, labels)  # outside autocast: the model hands over fp32
 
     def __call__(self, images: Tensor, labels: Tensor) -> None:
         if not self.module.training:
@@ -137,7 +125,7 @@ class TrainStep:
         self.runner.run(images, labels)
 
     def set_lr(self, value: float) -> None:
-        self.lr.fill_(value)  # an async device write: no sync, no recompile, no recapture
+        self.optimizer.lr.fill_(value)  # an async device write: no sync, no recompile, no recapture
 
     def read_metrics(self, per_class: bool = False) -> dict[str, Any]:
         """Host sync (a collective under DDP: call on every rank): loss mean over the steps since the last
@@ -155,23 +143,24 @@ class TrainStep:
             out["class_counts"] = [int(c) for c in r["count"]]
         return out
 
-    def invalidate(self) -> None:
-        """After loading a checkpoint: the next call re-warms and re-captures (graph mode)."""
-        self.runner.invalidate()
-
 
 class EagerRunner:
+    """Plain PyTorch; the compiled runners swap in compiled versions of the two callables it holds."""
+
     def __init__(self, step: TrainStep, cfg: StepConfig) -> None:
         self.step = step
+        self.loss_and_metrics = step.loss_and_metrics
         self.optimizer_step = step.optimizer.step
+
+    def forward_loss(self, images: Tensor, labels: Tensor) -> Tensor:
+        with autocast(self.step.device, self.step.dtype):
+            output = self.step.model(images)
+        return self.loss_and_metrics(output, labels)  # outside autocast: the model hands over fp32
 
     def run(self, images: Tensor, labels: Tensor) -> None:
         self.step.optimizer.zero_grad(set_to_none=True)
-        self.step.forward_loss(images, labels).backward()
+        self.forward_loss(images, labels).backward()
         self.optimizer_step()
-
-    def invalidate(self) -> None:
-        pass
 
 
 class CompiledRunner(EagerRunner):
@@ -179,7 +168,7 @@ class CompiledRunner(EagerRunner):
         super().__init__(step, cfg)
         mode = compile_mode or cfg.compile_mode
         compile_module(step.module, cfg, mode)
-        step.loss_and_metrics = torch.compile(step._loss_and_metrics, **compile_kwargs(cfg, mode))
+        self.loss_and_metrics = torch.compile(step.loss_and_metrics, **compile_kwargs(cfg, mode))
         # The optimizer's foreach update fuses into a few kernels; lr is a tensor input, never a constant.
         self.optimizer_step = torch.compile(step.optimizer.step, **compile_kwargs(cfg, "default"))
 
@@ -205,21 +194,18 @@ class GraphRunner(CompiledRunner):
             )
         super().__init__(step, cfg, compile_mode=mode)
         ddp = isinstance(step.model, DistributedDataParallel)
-        self.warmup = max(1, cfg.graph_warmup, 11 if ddp else 0)  # DDP needs >= 11 eager iterations
+        # DDP needs at least 11 eager iterations before capture (PyTorch's CUDA-graph notes, "Usage with
+        # DistributedDataParallel"): its buckets are rebuilt after the first ones.
+        self.warmup = max(1, cfg.graph_warmup, 11 if ddp else 0)
         self.graphs: dict[tuple[Any, ...], _Captured] = {}
         self.pool: Any = None
-        self.generation = getattr(step.optimizer, "generation", 0)
 
     def body(self, images: Tensor, labels: Tensor) -> None:
-        grads = [p.grad for g in self.step.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        if grads:
-            torch._foreach_zero_(grads)  # in place: grads keep their (non-pool) memory
-        self.step.forward_loss(images, labels).backward()
+        self.step.optimizer.zero_grad_()  # in place: grads keep their (non-pool) memory
+        self.forward_loss(images, labels).backward()
         self.optimizer_step()
 
     def run(self, images: Tensor, labels: Tensor) -> None:
-        if getattr(self.step.optimizer, "generation", 0) != self.generation:
-            self.invalidate()
         key = (tuple(images.shape), images.dtype, images.stride(), tuple(labels.shape), labels.dtype)
         cap = self.graphs.get(key)
         if cap is None:
@@ -251,11 +237,6 @@ class GraphRunner(CompiledRunner):
             self.pool = graph.pool()
         cap.graph = graph
 
-    def invalidate(self) -> None:
-        self.graphs.clear()
-        self.pool = None
-        self.generation = getattr(self.step.optimizer, "generation", 0)
-
 
 RUNNERS: dict[str, type[EagerRunner]] = {
     "eager": EagerRunner,
@@ -265,18 +246,17 @@ RUNNERS: dict[str, type[EagerRunner]] = {
 
 
 class EvalStep:
-    """Accumulates argmax(logits) against labels per class; `results(class_counts)` reads and resets."""
+    """Accumulates argmax(logits) against labels per class; `read_metrics()` reports and resets."""
 
-    def __init__(
-        self, model: nn.Module, cfg: StepConfig, device: torch.device | str, num_classes: int
-    ) -> None:
+    def __init__(self, model: nn.Module, cfg: StepConfig, class_counts: Sequence[int]) -> None:
         self.module = unwrap(model)
-        self.device = torch.device(device)
+        self.class_counts = tuple(int(n) for n in class_counts)  # training counts: the shot groups
+        self.device = next(self.module.parameters()).device
         self.dtype = autocast_dtype(cfg.precision, self.device)
         self.mode = resolve_mode(cfg.mode, self.device)
         if self.mode != "eager":
             compile_module(self.module, cfg, module_compile_mode(cfg, self.mode))
-        self.metrics = ClassAccumulator(num_classes, self.device)
+        self.metrics = ClassAccumulator(len(self.class_counts), self.device)
 
     @torch.no_grad()
     def __call__(self, images: Tensor, labels: Tensor) -> None:
@@ -286,8 +266,8 @@ class EvalStep:
             output = self.module(images)
         self.metrics.update(output.logits, labels)
 
-    def results(self, class_counts: list[int] | tuple[int, ...]) -> dict[str, Any]:
+    def read_metrics(self) -> dict[str, Any]:
         """Host sync (a collective under DDP): top1, many/medium/few, per_class, samples; then resets."""
         r = self.metrics.read()
         self.metrics.reset()
-        return accuracy_report(r["count"], r["correct"], class_counts)
+        return accuracy_report(r["count"], r["correct"], self.class_counts)

@@ -7,7 +7,8 @@ The crop and flip of these views happen in the loaders (spec/losses.md §4.4, §
 
 from __future__ import annotations
 
-from .augment import BatchAugment, ColorJitter, GaussianBlur, RandomGrayscale
+from .build import BatchAugment
+from .jitter import ColorJitter, GaussianBlur, RandomGrayscale
 
 
 def contrastive_view_augment(*, blur: bool) -> BatchAugment:

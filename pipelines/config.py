@@ -1,0 +1,124 @@
+"""`DataConfig`: the `[data]` section of a recipe, handed whole to `make_loader`, and where a split's file is.
+
+The loaders own this config: `trainer/config.py` only composes it into the run's tree. Values are checked
+when the object is built (a recipe load, or a script's `DataConfig(...)`), so a bad choice or range fails
+before any file is opened, naming the key and the valid values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# What each backend reads for a split stem: the one home of the backend -> file mapping.
+SUFFIXES = {"ffcv": ".beton", "dali": ".dali"}
+
+Split = Literal["train", "eval"]
+CROPS = ("resized", "padded")  # training crop of view 0; "padded": CIFAR's RandomCrop(res, padding)
+
+
+def check_choice(key: str, value: str, valid: Iterable[str]) -> None:
+    """Raise a ValueError naming `key` and listing the valid values when `value` is not one of them."""
+    valid = list(valid)
+    if value not in valid:
+        raise ValueError(f"{key}: unknown value {value!r}; valid: {', '.join(map(repr, valid))}")
+
+
+def check_ranges(section: str, checks: Iterable[tuple[str, bool, str]], obj: object) -> None:
+    """Raise for the first (key, ok, rule) that fails; NaN fails every comparison, so it is refused too."""
+    for key, ok, rule in checks:
+        if not ok:
+            raise ValueError(f"{section}.{key}: must be {rule}, got {getattr(obj, key)!r}")
+
+
+def data_path(directory: str | Path, stem: str, backend: str) -> Path:
+    """`directory/stem` plus the backend's suffix; a name that has a suffix of its own is taken as it is."""
+    name = Path(stem)
+    return Path(directory) / (name if name.suffix else f"{stem}{SUFFIXES[backend]}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    backend: str = "ffcv"  # a key of SUFFIXES (and of pipelines.factory.BACKENDS)
+    dir: str = "data"  # folder with <stem>.beton, <stem>.dali/, <stem>.meta.json
+    train: str = "train"  # split stem (or a file name with its suffix) inside `dir`
+    eval: str = "test"
+    resolution: int = 224
+    eval_resolution: int = 0  # 0: same as resolution
+    batch_size: int = 256  # global; divided by the number of processes
+    eval_batch_size: int = 0  # 0: same as batch_size
+    num_workers: int = 8  # FFCV's / DALI's threads per process
+    hflip: bool = True
+    auto_augment: str = ""  # "" (off) or a key of pipelines.augment.POLICIES
+    randaugment_n: int = 2
+    randaugment_m: float = 10.0
+    # "torchvision": m is a bin of 31; "timm": m is timm's 0..10 level, each op fires w.p. 0.5 (the papers'
+    # large-scale "rand-n2-m10-mstd0.5" = style "timm", m 10, magnitude_std 0.5, fill (124, 116, 104)).
+    randaugment_style: str = "torchvision"  # a key of pipelines.augment.RANDAUGMENT_STYLES
+    magnitude_std: float = 0.0
+    augment_fill: tuple[int, ...] = (128, 128, 128)  # fill of AutoAugment / RandAugment's geometric ops
+    cutout: int = 0  # side of the Cutout square in pixels, 0 = off
+    sampler: str = "uniform"  # a key of pipelines.samplers.SAMPLERS
+    epoch_samples: int = 0  # samples per resampled epoch, 0: the natural epoch length
+    crop: str = "resized"  # one of CROPS
+    crop_padding: int = 4
+    crop_scale: tuple[float, ...] = (0.08, 1.0)  # RandomResizedCrop area range
+    crop_ratio: tuple[float, ...] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect-ratio range
+    view_crop_scale: tuple[float, ...] = ()  # BCL's contrastive views' crop area range; empty: crop_scale
+    eval_crop_ratio: float = 0.875  # eval centre crop side / shorter side (224/256); 1.0: whole image (CIFAR)
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        from .augment.policies import POLICIES, RANDAUGMENT_STYLES
+        from .samplers import SAMPLERS
+
+        for key, valid in (
+            ("backend", SUFFIXES),
+            ("auto_augment", ("", *POLICIES)),
+            ("randaugment_style", RANDAUGMENT_STYLES),
+            ("sampler", SAMPLERS),
+            ("crop", CROPS),
+        ):
+            check_choice(f"data.{key}", getattr(self, key), valid)
+        res = self.resolution
+        check_ranges(
+            "data",
+            (
+                ("resolution", res >= 1, ">= 1"),
+                ("eval_resolution", self.eval_resolution >= 0, ">= 0 (0: resolution)"),
+                ("batch_size", self.batch_size >= 1, ">= 1"),
+                ("eval_batch_size", self.eval_batch_size >= 0, ">= 0 (0: batch_size)"),
+                ("num_workers", self.num_workers >= 1, ">= 1"),
+                ("randaugment_n", self.randaugment_n >= 0, ">= 0"),
+                ("magnitude_std", self.magnitude_std >= 0, ">= 0"),
+                ("cutout", 0 <= self.cutout <= res, f"in 0..resolution ({res})"),
+                ("epoch_samples", self.epoch_samples >= 0, ">= 0 (0: the dataset size)"),
+                ("crop_padding", 1 <= self.crop_padding <= res, f"in 1..resolution ({res})"),
+                ("eval_crop_ratio", 0 < self.eval_crop_ratio <= 1, "in (0, 1]"),
+                ("augment_fill", len(self.augment_fill) == 3, "3 values (R, G, B)"),
+                ("mean", len(self.mean) == 3, "3 values"),
+                ("std", len(self.std) == 3 and all(s > 0 for s in self.std), "3 positive values"),
+            ),
+            self,
+        )
+        _range("crop_scale", self.crop_scale, 0.0, 1.0)
+        _range("crop_ratio", self.crop_ratio, 1e-3, 1e3)
+        if self.view_crop_scale:
+            _range("view_crop_scale", self.view_crop_scale, 0.0, 1.0)
+
+    def path(self, split: Split) -> Path:
+        """The file (`.beton`) or folder (`.dali`) the configured backend reads for `split`."""
+        return data_path(self.dir, self.train if split == "train" else self.eval, self.backend)
+
+
+def _range(key: str, value: tuple[float, ...], lo: float, hi: float) -> None:
+    if not (len(value) == 2 and lo <= value[0] <= value[1] <= hi):
+        raise ValueError(
+            f"data.{key}: must be [low, high] with {lo} <= low <= high <= {hi}, got {list(value)}"
+        )

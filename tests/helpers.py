@@ -1,0 +1,62 @@
+"""Helpers shared by several test files (imported as `from tests.helpers import ...`)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from losses import ModelOutput
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Per-class training counts for the loss tests: a small long tail, rarest class last.
+LOSS_COUNTS = [60, 40, 25, 12, 6]
+
+
+def tiny_argv(data_dir: Path, out_dir: Path, name: str, *extra: str, backend: str = "ffcv") -> list[str]:
+    """`launch.main` arguments: the demo recipe shrunk for a CPU test (tiny ResNet, 32 px, eager, 1 epoch)."""
+    return [
+        "--config",
+        str(ROOT / "configs" / "demo.toml"),
+        f"--data.dir={data_dir}",
+        "--data.train=train",
+        "--data.eval=test",
+        f"--data.backend={backend}",
+        "--data.resolution=32",
+        "--data.batch_size=16",
+        "--data.eval_batch_size=32",
+        "--data.num_workers=1",
+        "--data.auto_augment=",
+        "--data.cutout=0",
+        "--model.arch=resnet_tiny",
+        "--step.mode=eager",
+        "--step.precision=fp32",
+        "--run.epochs=1",
+        "--run.log_every=4",
+        "--run.progress=false",
+        f"--run.out_dir={out_dir}",
+        f"--run.name={name}",
+        *extra,
+    ]
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (for a process group's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def loss_output(n=8, c=5, d=6, e=4, seed=0, dtype=torch.float32) -> tuple[ModelOutput, torch.Tensor]:
+    """A random ModelOutput (features, cosines in [-0.9, 0.9], 2n BCL embeddings, c centres) and targets,
+    every tensor a leaf that requires grad."""
+    g = torch.Generator().manual_seed(seed)
+    features = torch.randn(n, d, generator=g, dtype=dtype).requires_grad_()
+    logits = (torch.rand(n, c, generator=g, dtype=dtype) * 1.8 - 0.9).requires_grad_()
+    embeddings = F.normalize(torch.randn(2 * n, e, generator=g, dtype=dtype), dim=1).requires_grad_()
+    centers = F.normalize(torch.randn(c, e, generator=g, dtype=dtype), dim=1).requires_grad_()
+    target = torch.randint(0, c, (n,), generator=g)
+    return ModelOutput(features, logits, embeddings, centers), target

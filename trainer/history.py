@@ -1,0 +1,121 @@
+"""A run's history across stops: what a checkpoint carries besides the tensors, and what a run reports.
+
+`fit` (trainer/loop.py) keeps one `History`, saves it with the model and optimizer every few epochs
+(`save`), gets it back on resume (`restore`), and turns it into results.json and the per-class plot
+(`results`, `finish`).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainer import checkpoint as ckpt
+from trainer import rundir
+from trainer.config import Config, to_dict
+from trainer.plot import plot_per_class_accuracy
+from trainer.rng import rng_state, set_rng_state
+from trainer.step import unwrap
+
+if TYPE_CHECKING:
+    from trainer.loop import Components
+
+log = logging.getLogger(__name__)
+
+GROUPS = ("top1", "many", "medium", "few")
+
+
+@dataclass
+class History:
+    """What a checkpoint carries besides the tensors: where the run stands and what it has measured."""
+
+    epoch: int = 0  # epochs finished
+    best: dict[str, Any] | None = None  # best evaluation so far: epoch and groups
+    last_eval: dict[str, Any] | None = None  # the latest full evaluation report (per-class accuracy included)
+    records: list[dict[str, Any]] = field(default_factory=list)  # the metrics.jsonl lines
+
+
+def groups(report: dict[str, Any]) -> dict[str, Any]:
+    return {g: report.get(g) for g in GROUPS}
+
+
+def better(report: dict[str, Any], best: dict[str, Any] | None) -> bool:
+    return report.get("top1") is not None and (best is None or report["top1"] > best["top1"])
+
+
+def save(cfg: Config, accelerator: Any, parts: Components, run_dir: Path, hist: History) -> None:
+    """Write the checkpoint (a collective: every rank's RNG states are gathered; rank 0 writes)."""
+    from accelerate.utils import gather_object
+
+    rng = gather_object([rng_state()])  # every rank's generators, in rank order (a collective)
+    if accelerator.is_main_process:
+        ckpt.save_checkpoint(
+            ckpt.checkpoint_path(run_dir),
+            {
+                "epoch": hist.epoch,
+                "model": unwrap(parts.model).state_dict(),
+                "optimizer": parts.optimizer.state_dict(),
+                "rng": rng,
+                "best": hist.best,
+                "last_eval": hist.last_eval,
+                "history": hist.records,
+                "world_size": accelerator.num_processes,
+                "config": to_dict(cfg),
+            },
+        )
+    accelerator.wait_for_everyone()
+
+
+def restore(accelerator: Any, parts: Components, run_dir: Path) -> History:
+    """Load the last checkpoint into the run's model and optimizer (in place: a captured step graph stays
+    valid) and this rank's generators; return the history it carries."""
+    state = ckpt.load_checkpoint(ckpt.checkpoint_path(run_dir))
+    unwrap(parts.model).load_state_dict(state["model"])  # copies in place: parameters keep their addresses
+    parts.optimizer.load_state_dict(state["optimizer"])  # trainer.optim.SGD: state tensors keep theirs too
+    rng = state["rng"]
+    if len(rng) == accelerator.num_processes:
+        set_rng_state(rng[accelerator.process_index])
+    else:
+        log.warning(
+            "checkpoint written by %d processes, resumed on %d: the random streams (augmentation, data "
+            "order) differ from an uninterrupted run",
+            len(rng),
+            accelerator.num_processes,
+        )
+        set_rng_state(rng[accelerator.process_index % len(rng)])
+    return History(state["epoch"], state["best"], state["last_eval"], list(state["history"]))
+
+
+def results(cfg: Config, class_counts: tuple[int, ...], hist: History) -> dict[str, Any]:
+    """What results.json holds: the best and the final evaluation, counts, time and throughput."""
+    records = hist.records
+    final = hist.last_eval or {}
+    rates = [r["img_per_s"] for r in records if r.get("img_per_s")]
+    return {
+        "name": cfg.run.name,
+        "epochs": hist.epoch,
+        "best": hist.best,
+        "final": {"epoch": final.get("epoch"), **groups(final), "per_class": final.get("per_class")},
+        "eval_samples": final.get("samples"),
+        "num_classes": len(class_counts),
+        "class_counts": list(class_counts),
+        "shot_classes": {g: final.get(f"{g}_classes") for g in ("many", "medium", "few")},
+        "train_time_s": sum(r.get("train_time", 0.0) for r in records),
+        "img_per_s_median": statistics.median(rates) if rates else None,
+    }
+
+
+def finish(cfg: Config, run_dir: Path, class_counts: tuple[int, ...], results: dict[str, Any]) -> None:
+    """results.json and the per-class accuracy plot (main process only)."""
+    rundir.write_results(run_dir, results)
+    per_class = results["final"].get("per_class")
+    if per_class:
+        acc = [a if a is not None else 0.0 for a in per_class]
+        title = (
+            f"{cfg.run.name}: {cfg.loss.name}, {cfg.model.arch}, epoch {results['final']['epoch']}, "
+            f"top-1 {100 * results['final']['top1']:.2f}%"
+        )
+        plot_per_class_accuracy(run_dir / rundir.PLOT_FILE, acc, class_counts, title)
