@@ -46,7 +46,7 @@ def test_recipe_values_and_overrides(tmp_path):
 
 
 def test_string_keys_take_the_override_text():
-    """`--run.name=2024` names a run "2024": a key typed as a string keeps the text TOML would read as a number."""
+    """`--run.name=2024` names a run "2024": a string key keeps the text TOML would read as a number."""
     assert load_config(None, ["--run.name=2024"]).run.name == "2024"
     assert load_config(None, ["--run.name=nan"]).run.name == "nan"
     assert load_config(None, ["--run.name=true"]).run.name == "true"
