@@ -1,0 +1,66 @@
+"""`train_one_epoch`'s contract with its loader, on a real tiny step: the two ways a loader can break it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from losses import build_loss
+from trainer.config import ModelConfig, OptimConfig, StepConfig
+from trainer.loop import train_one_epoch
+from trainer.models import build_model
+from trainer.optim import build_optimizer
+from trainer.step import TrainStep
+
+COUNTS = (30, 10, 3)
+
+
+class ListLoader:
+    """A loader over fixed batches whose len() may disagree with what it yields (a broken backend)."""
+
+    def __init__(self, batches, length=None):
+        self.batches = batches
+        self.length = len(batches) if length is None else length
+
+    def __len__(self):
+        return self.length
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def _step():
+    torch.manual_seed(0)
+    loss = build_loss("ce", COUNTS)
+    model = build_model(
+        ModelConfig(arch="resnet_tiny"), len(COUNTS), loss.head, mean=(0.5,) * 3, std=(0.25,) * 3
+    )
+    return TrainStep(model, loss, build_optimizer(model, OptimConfig()), StepConfig(mode="eager"))
+
+
+def _batches(n):
+    g = torch.Generator().manual_seed(1)
+    return [
+        (torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, generator=g), torch.tensor([0, 1, 2, 0]))
+        for _ in range(n)
+    ]
+
+
+def _run(loader):
+    return train_one_epoch(_step(), loader, 0, epochs=1, optim=OptimConfig(), log_every=2, global_batch=4)
+
+
+def test_an_epoch_reports_its_steps_and_loss():
+    out = _run(ListLoader(_batches(3)))
+    assert out["steps"] == 3 and out["loss"] > 0 and 0 <= out["train_top1"] <= 1
+    assert out["lr"] == pytest.approx(OptimConfig().lr / OptimConfig().warmup_epochs)  # warm-up epoch 1
+
+
+def test_an_empty_loader_says_to_lower_the_batch():
+    with pytest.raises(ValueError, match="no full batch of 4 images per epoch: lower data.batch_size"):
+        _run(ListLoader([]))
+
+
+def test_a_loader_that_yields_fewer_batches_than_its_len_is_named():
+    with pytest.raises(RuntimeError, match="gave 2 batches in epoch 1; len\\(\\) said 3"):
+        _run(ListLoader(_batches(2), length=3))
