@@ -22,6 +22,8 @@ from typing import Any
 
 from trainer.config import Config, ConfigError, load_config
 
+log = logging.getLogger("launch")
+
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p = argparse.ArgumentParser(
@@ -49,6 +51,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, overrides
 
 
+class LaunchError(RuntimeError):
+    """The processes of a job do not form the job the launcher started."""
+
+
 def make_accelerator(cfg: Config) -> Any:
     import torch
     from accelerate import Accelerator
@@ -56,9 +62,21 @@ def make_accelerator(cfg: Config) -> Any:
     if cfg.step.mode == "graph" and torch.cuda.is_available():
         # A captured DDP step cannot have NCCL's watchdog tear down the communicator mid-graph (spec §5.2).
         os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "0")
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and not torch.cuda.is_available():
+        # Without CUDA, Accelerate joins torchrun's processes into one job only in its CPU mode; otherwise
+        # each process would train alone on all the data and write the same run folder.
+        os.environ.setdefault("ACCELERATE_USE_CPU", "1")
     # The step runs its own bf16 autocast (cache disabled, capturable); Accelerate only places the model,
-    # wraps it in DDP and gives ranks. Set ACCELERATE_USE_CPU=1 (or `accelerate launch --cpu`) to force a CPU.
-    return Accelerator(mixed_precision="no", step_scheduler_with_optimizer=False)
+    # wraps it in DDP and gives ranks.
+    accelerator = Accelerator(mixed_precision="no", step_scheduler_with_optimizer=False)
+    if accelerator.num_processes != launched:
+        raise LaunchError(
+            f"the launcher started {launched} processes (WORLD_SIZE) but Accelerate sees "
+            f"{accelerator.num_processes}: on a machine without CUDA set ACCELERATE_USE_CPU=1 (or use "
+            "`accelerate launch --cpu`); with GPUs, check CUDA_VISIBLE_DEVICES and the launcher's flags"
+        )
+    return accelerator
 
 
 def build(cfg: Config, accelerator: Any) -> Any:
@@ -119,16 +137,22 @@ def build(cfg: Config, accelerator: Any) -> Any:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run one training job; return the results written to results.json."""
+    """Run one training job; return the results written to results.json.
+
+    Everything that can fail on the user's input (the config and its overrides, the checkpoint a resume
+    continues and whether the overrides fit it, the data) is checked before the run folder is written."""
     args, overrides = parse_args(sys.argv[1:] if argv is None else list(argv))
-    from trainer import rundir
+    from trainer import checkpoint, history, rundir
     from trainer.environment import environment
 
+    state = None
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / rundir.CONFIG_FILE).is_file():
             raise rundir.RunDirError(f"--resume {run_dir}: no {rundir.CONFIG_FILE} there; not a run folder")
         cfg = load_config(run_dir / rundir.CONFIG_FILE, overrides)
+        state = checkpoint.load_latest(run_dir)
+        history.check_compatible(state, cfg)
     else:
         cfg = load_config(args.config, overrides)
         run_dir = rundir.run_dir_for(cfg)
@@ -138,26 +162,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from trainer.loop import fit
 
     accelerator = make_accelerator(cfg)
-    if accelerator.is_main_process:
-        if cfg.run.overwrite and not args.resume:
-            rundir.clear_run(run_dir)
-        env = environment(accelerator=accelerator)
-        rundir.start_run_dir(run_dir, cfg, env, resumed=bool(args.resume))
-    accelerator.wait_for_everyone()
     parts = build(cfg, accelerator)
     try:
-        return fit(cfg, accelerator, parts, run_dir, resume=bool(args.resume))
+        hist = history.restore(accelerator, parts, state) if state is not None else history.History()
+        if accelerator.is_main_process:
+            if cfg.run.overwrite and not args.resume:
+                rundir.clear_run(run_dir)
+            for path, size in rundir.clean_stale(run_dir):
+                log.warning("removed %s (%.1f MB) left by an interrupted write", path, size / 2**20)
+            rundir.start_run_dir(
+                run_dir, cfg, environment(accelerator=accelerator), resumed=bool(args.resume)
+            )
+        accelerator.wait_for_everyone()
+        return fit(cfg, accelerator, parts, run_dir, hist)
     finally:
         parts.close()
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from pipelines.meta import MetaError
+    from pipelines import DataError
     from trainer.checkpoint import CheckpointError
+    from trainer.loop import DivergedError
     from trainer.rundir import RunDirError
 
     try:
         main()
-    except (ConfigError, RunDirError, CheckpointError, MetaError) as err:
+    except (ConfigError, LaunchError, RunDirError, CheckpointError, DataError, DivergedError) as err:
+        sys.exit(f"launch.py: {err}")
+    except FileNotFoundError as err:  # a data path or a shard's index file: the message names it
         sys.exit(f"launch.py: {err}")

@@ -10,6 +10,7 @@ from importlib import import_module
 
 _EXPORTS = {
     "DataConfig": ".config",
+    "DataError": ".errors",
     "data_path": ".config",
     "BACKENDS": ".factory",
     "make_loader": ".factory",

@@ -46,6 +46,7 @@ class DaliBackend:
             what = "missing" if not path.exists() else "a file"
             raise ShardError(f"{path}: the dali backend reads a <stem>.dali folder of shards ({what})")
         self.shards = open_shards(path, meta)
+        meta.check_labels(self.shards.labels, path)
         self.order = spec.epoch_order(self.shards.labels)
         self.num_batches = self.order.num_batches(spec.batch_size)
         self.cuda = spec.device.type == "cuda"

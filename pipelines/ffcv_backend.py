@@ -24,6 +24,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from .errors import DataError
 from .loader import LoaderSpec
 from .meta import DatasetMeta
 from .samplers import EpochOrder
@@ -32,7 +33,7 @@ IMAGE_FIELD = "image"
 LABEL_FIELD = "label"
 
 
-class BetonError(ValueError):
+class BetonError(DataError):
     """A `.beton` that cannot be read or lacks the fields the loader needs; the message names the file."""
 
 
@@ -74,12 +75,7 @@ class FfcvBackend:
             what = "a folder" if path.is_dir() else ("missing" if not path.exists() else "not a .beton")
             raise BetonError(f"{path}: the ffcv backend reads a <stem>.beton file ({what})")
         _, labels = read_beton(path)
-        if len(labels) != meta.num_samples:
-            raise BetonError(f"{path}: holds {len(labels)} samples, its meta file says {meta.num_samples}")
-        if len(labels) and (labels.min() < 0 or labels.max() >= meta.num_classes):
-            raise BetonError(
-                f"{path}: labels span {labels.min()}..{labels.max()}, meta has {meta.num_classes} classes"
-            )
+        meta.check_labels(labels, path)
         self.order = spec.epoch_order(labels)
         self.num_batches = self.order.num_batches(spec.batch_size)
         self._active = None

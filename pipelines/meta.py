@@ -21,13 +21,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import DataError
 from .fileio import atomic_write_text
 
 META_SUFFIX = ".meta.json"
 FORMAT_VERSION = 1
 
 
-class MetaError(ValueError):
+class MetaError(DataError):
     """A meta file that is missing, unreadable or inconsistent; the message names the file."""
 
 
@@ -62,6 +63,33 @@ class DatasetMeta:
         if self.class_names is not None and len(self.class_names) != self.num_classes:
             raise MetaError(
                 f"class_names has {len(self.class_names)} entries, num_classes is {self.num_classes}"
+            )
+
+    def check_labels(self, labels: Any, path: str | os.PathLike) -> None:
+        """The labels a loader holds for `path` against this meta file: the same number of samples, every
+        label a class index, and per class exactly the counts the losses and metrics will use (a meta file
+        edited or copied from another conversion would otherwise train with wrong margins, priors and shot
+        groups)."""
+        import numpy as np
+
+        where = meta_path_for(path)
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        if len(labels) != self.num_samples:
+            raise MetaError(
+                f"{path}: holds {len(labels)} samples, its meta file {where} says {self.num_samples}"
+            )
+        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise MetaError(
+                f"{path}: labels span {labels.min()}..{labels.max()}, {where} has {self.num_classes} classes"
+            )
+        counts = np.bincount(labels, minlength=self.num_classes)
+        differ = np.flatnonzero(counts != np.asarray(self.class_counts))
+        if len(differ):
+            c = int(differ[0])
+            raise MetaError(
+                f"{where}: class_counts[{c}] = {self.class_counts[c]} but {path} holds {counts[c]} images of "
+                f"class {c} ({len(differ)} classes differ); the meta file does not describe this data: "
+                "convert the split again"
             )
 
     def to_dict(self) -> dict[str, Any]:

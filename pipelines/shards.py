@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import DataError
 from .meta import DatasetMeta
 
 IMAGE_EXTS = ("jpg", "jpeg")
@@ -26,7 +27,7 @@ LABEL_EXT = "cls"
 TAR_BLOCK = 512
 
 
-class ShardError(ValueError):
+class ShardError(DataError):
     """A shard or its index is missing, malformed or inconsistent; the message names the file."""
 
 

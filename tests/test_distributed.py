@@ -10,11 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 import launch
 from tests.helpers import free_port, tiny_argv
-from trainer import loop, rundir
+from trainer import checkpoint, loop, rundir
 from trainer.config import load_config
 from trainer.step import unwrap
 
@@ -24,9 +23,11 @@ TIMEOUT = 300
 pytestmark = pytest.mark.slow
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+def _env(**extra: str) -> dict[str, str]:
+    """The user's environment as the README's command meets it: no ACCELERATE_USE_CPU (launch.py joins
+    torchrun's processes into one job on a machine without CUDA by itself)."""
+    env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **extra)
     return env
 
 
@@ -44,7 +45,7 @@ def _evaluate_on_one_process(run: Path) -> dict:
     accelerator = launch.make_accelerator(cfg)
     parts = launch.build(cfg, accelerator)
     try:
-        state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+        state = checkpoint.load_latest(run)
         unwrap(parts.model).load_state_dict(state["model"])
         return loop.evaluate(parts.eval_step, parts.eval_loader)
     finally:
@@ -78,6 +79,21 @@ def test_two_processes_count_every_sample_once(demo_converted, tmp_path):
     for group in ("top1", "many", "medium", "few"):
         assert results["final"][group] == pytest.approx(single[group], abs=1e-9), group
     assert results["final"]["per_class"] == pytest.approx(single["per_class"], abs=1e-9)
+
+
+def test_processes_that_do_not_form_one_job_are_refused(tmp_path):
+    """A user who forces Accelerate off its CPU mode gets an error saying what to set, not two copies of the
+    job writing one run folder."""
+    script = tmp_path / "accelerator.py"
+    script.write_text("import launch\nfrom trainer.config import Config\nlaunch.make_accelerator(Config())\n")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    cmd += ["--master_port", str(free_port()), str(script)]
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env=_env(ACCELERATE_USE_CPU="0"), capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert proc.returncode != 0
+    assert "the launcher started 2 processes (WORLD_SIZE) but Accelerate sees 1" in proc.stderr
+    assert "ACCELERATE_USE_CPU=1" in proc.stderr
 
 
 def test_two_nodes_on_loopback(demo_converted, tmp_path):

@@ -9,7 +9,7 @@ import torch
 
 import launch
 from tests.helpers import tiny_argv
-from trainer import rundir
+from trainer import checkpoint, rundir
 from trainer.config import ConfigError, load_config
 
 METRIC_FIELDS = ("epoch", "loss", "lr", "img_per_s", "top1", "many", "medium", "few", "time")
@@ -50,24 +50,26 @@ def test_one_epoch_writes_the_run_folder(demo_converted, tmp_path, backend):
     assert len(results["final"]["per_class"]) == meta["num_classes"]
 
     assert (run / "per_class_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
-    assert state["epoch"] == 1 and "model" in state and "optimizer" in state
+    (path,) = checkpoint.checkpoints(run)
+    state = torch.load(path, weights_only=True)
+    assert path.name == "epoch-0001.pt" and state["epoch"] == 1 and "model" in state and "optimizer" in state
     assert not list(run.rglob("*.tmp"))  # atomic writes leave no temporaries
 
 
 def test_an_existing_run_is_replaced_only_when_asked(demo_converted, tmp_path):
     run = tmp_path / "taken"
     (run / "checkpoints").mkdir(parents=True)
-    (run / "checkpoints" / "last.pt").write_bytes(b"old")
+    (run / "checkpoints" / "epoch-0007.pt").write_bytes(b"old")
     (run / "metrics.jsonl").write_text('{"epoch": 7}\n')
     (run / "notes.txt").write_text("mine")
     with pytest.raises(rundir.RunDirError, match="--resume"):
         launch.main(tiny_argv(demo_converted, tmp_path, "taken"))
-    assert (run / "checkpoints" / "last.pt").read_bytes() == b"old"
+    assert (run / "checkpoints" / "epoch-0007.pt").read_bytes() == b"old"
 
     launch.main(tiny_argv(demo_converted, tmp_path, "taken", "--run.overwrite=true", "--run.eval_every=0"))
     assert [r["epoch"] for r in rundir.read_metrics(run)] == [1]
-    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
+    assert [p.name for p in checkpoint.checkpoints(run)] == ["epoch-0001.pt"]
+    assert checkpoint.load_latest(run)["epoch"] == 1
     assert (run / "notes.txt").read_text() == "mine"  # only a run's own outputs are replaced
 
 

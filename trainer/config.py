@@ -34,6 +34,7 @@ class RunConfig:
     log_every: int = 50  # steps between host reads of the device-side loss accumulators
     eval_every: int = 1  # epochs (0: only at the end)
     checkpoint_every: int = 10  # epochs (0: only at the end); a checkpoint is always written at the end
+    keep_checkpoints: int = 2  # the newest checkpoints kept: an older one to resume from if one is damaged
     progress: bool = True
     overwrite: bool = False  # True: a new run replaces the outputs of an earlier run in the same folder
 
@@ -46,6 +47,7 @@ class RunConfig:
                 ("log_every", self.log_every >= 1, ">= 1"),
                 ("eval_every", self.eval_every >= 0, ">= 0"),
                 ("checkpoint_every", self.checkpoint_every >= 0, ">= 0"),
+                ("keep_checkpoints", self.keep_checkpoints >= 1, ">= 1"),
             ),
             self,
         )

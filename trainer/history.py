@@ -47,13 +47,14 @@ def better(report: dict[str, Any], best: dict[str, Any] | None) -> bool:
 
 
 def save(cfg: Config, accelerator: Any, parts: Components, run_dir: Path, hist: History) -> None:
-    """Write the checkpoint (a collective: every rank's RNG states are gathered; rank 0 writes)."""
+    """Write the checkpoint of the epochs finished so far and drop the oldest beyond `run.keep_checkpoints`
+    (a collective: every rank's RNG states are gathered; rank 0 writes)."""
     from accelerate.utils import gather_object
 
     rng = gather_object([rng_state()])  # every rank's generators, in rank order (a collective)
     if accelerator.is_main_process:
         ckpt.save_checkpoint(
-            ckpt.checkpoint_path(run_dir),
+            ckpt.checkpoint_path(run_dir, hist.epoch),
             {
                 "epoch": hist.epoch,
                 "model": unwrap(parts.model).state_dict(),
@@ -66,15 +67,40 @@ def save(cfg: Config, accelerator: Any, parts: Components, run_dir: Path, hist: 
                 "config": to_dict(cfg),
             },
         )
+        ckpt.prune(run_dir, cfg.run.keep_checkpoints)
     accelerator.wait_for_everyone()
 
 
-def restore(accelerator: Any, parts: Components, run_dir: Path) -> History:
-    """Load the last checkpoint into the run's model and optimizer (in place: a captured step graph stays
-    valid) and this rank's generators; return the history it carries."""
-    state = ckpt.load_checkpoint(ckpt.checkpoint_path(run_dir))
-    unwrap(parts.model).load_state_dict(state["model"])  # copies in place: parameters keep their addresses
-    parts.optimizer.load_state_dict(state["optimizer"])  # trainer.optim.SGD: state tensors keep theirs too
+# Keys whose change makes a checkpoint's model or loss another shape than the run's: a resume refuses them.
+SHAPE_KEYS = (("model", "arch"), ("model", "bcl_hidden"), ("model", "bcl_embed"), ("loss", "name"))
+
+
+def check_compatible(state: dict[str, Any], cfg: Config) -> None:
+    """Refuse, before anything is built or written, a resume whose overrides change the model or the loss's
+    shape (the head a loss needs, its number of views)."""
+    saved = state.get("config", {})
+    new = to_dict(cfg)
+    for section, key in SHAPE_KEYS:
+        before, after = saved.get(section, {}).get(key), new[section][key]
+        if before is not None and before != after:
+            raise ckpt.CheckpointError(
+                f"--{section}.{key}={after} would change the model the checkpoint {state.get('path')} holds "
+                f"({section}.{key} = {before!r}); a resumed run keeps it: start a new run instead"
+            )
+
+
+def restore(accelerator: Any, parts: Components, state: dict[str, Any]) -> History:
+    """Load a checkpoint into the run's model and optimizer (in place: a captured step graph stays valid)
+    and this rank's generators; return the history it carries."""
+    try:
+        unwrap(parts.model).load_state_dict(state["model"])  # copies: parameters keep their addresses
+        parts.optimizer.load_state_dict(state["optimizer"])  # trainer.optim.SGD: so do its state tensors
+    except (RuntimeError, ValueError, KeyError) as err:
+        first = str(err).strip().splitlines()
+        detail = next((line.strip() for line in first[1:] if line.strip()), first[0] if first else "")
+        raise ckpt.CheckpointError(
+            f"{state.get('path')}: does not fit this run's model or optimizer ({detail})"
+        ) from None
     rng = state["rng"]
     if len(rng) == accelerator.num_processes:
         set_rng_state(rng[accelerator.process_index])

@@ -12,6 +12,7 @@ the loss and the loaders receive (`set_epoch(epoch)`), as in the papers' code.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -48,6 +49,17 @@ class Components:
             close = getattr(loader, "close", None)
             if close is not None:
                 close()
+
+
+class DivergedError(RuntimeError):
+    """The training loss stopped being finite: the run stops before anything non-finite is checkpointed."""
+
+    def __init__(self, epoch: int, step: int, steps: int, lr: float, loss: float) -> None:
+        self.epoch, self.step, self.lr, self.loss = epoch, step, lr, loss
+        super().__init__(
+            f"training diverged: the loss is {loss} at epoch {epoch + 1}, step {step}/{steps}, lr {lr:.4g}; "
+            "the run stops here (checkpoints written before it are kept). Lower optim.lr or check the data"
+        )
 
 
 def train_one_epoch(
@@ -93,6 +105,9 @@ def train_one_epoch(
         bar.update(1)
         if done % log_every == 0 or done == steps:
             m = step.read_metrics()  # the only host sync (a collective on several processes)
+            if m["loss"] is not None and not math.isfinite(m["loss"]):
+                bar.close()
+                raise DivergedError(epoch, done, steps, lr, m["loss"])  # every rank reads the same sum
             now = time.perf_counter()
             if m["steps"]:
                 loss_sum += m["loss"] * m["steps"]
@@ -160,36 +175,42 @@ def _pct(v: float | None) -> str:
 
 
 def fit(
-    cfg: Config, accelerator: Any, parts: Components, run_dir: Path, *, resume: bool = False
+    cfg: Config, accelerator: Any, parts: Components, run_dir: Path, hist: history.History
 ) -> dict[str, Any]:
-    """Train for `cfg.run.epochs` epochs (continuing from the last checkpoint when `resume`); return the
-    results written to results.json (best and final evaluation)."""
+    """Train from where `hist` stands (a fresh `History`, or the one a checkpoint restored) to
+    `cfg.run.epochs`; return the results written to results.json (best and final evaluation). A loss that
+    stops being finite ends the run with `DivergedError`, recorded in metrics.jsonl, checkpointing nothing."""
     run = cfg.run
     main = accelerator.is_main_process
     epochs = run.epochs
-    hist = history.restore(accelerator, parts, run_dir) if resume else history.History()
     if main:
         rundir.write_metrics(run_dir, hist.records)  # drops lines written after the checkpoint
-    if resume:
+    if hist.epoch:
         accelerator.print(f"resuming {run_dir} after epoch {hist.epoch} of {epochs}", flush=True)
     for epoch in range(hist.epoch, epochs):
         start = time.perf_counter()
         parts.loss.set_epoch(epoch, epochs)
         parts.train_loader.set_epoch(epoch)
         rec: dict[str, Any] = {"epoch": epoch + 1}
-        rec.update(
-            train_one_epoch(
-                parts.train_step,
-                parts.train_loader,
-                epoch,
-                epochs=epochs,
-                optim=cfg.optim,
-                log_every=max(1, run.log_every),
-                global_batch=parts.global_batch,
-                progress=run.progress and main,
-                log_lines=main and not run.progress,
+        try:
+            rec.update(
+                train_one_epoch(
+                    parts.train_step,
+                    parts.train_loader,
+                    epoch,
+                    epochs=epochs,
+                    optim=cfg.optim,
+                    log_every=run.log_every,
+                    global_batch=parts.global_batch,
+                    progress=run.progress and main,
+                    log_lines=main and not run.progress,
+                )
             )
-        )
+        except DivergedError as err:
+            rec.update(loss=err.loss, lr=err.lr, diverged_at_step=err.step, time=time.perf_counter() - start)
+            if main:
+                rundir.append_metrics(run_dir, rec)
+            raise
         last = epoch + 1 == epochs
         if last or (run.eval_every > 0 and (epoch + 1) % run.eval_every == 0):
             broadcast_buffers(parts.model)

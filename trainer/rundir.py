@@ -6,7 +6,7 @@
         metrics.jsonl            one JSON object per epoch
         results.json             best and final evaluation
         per_class_accuracy.png   written by trainer.plot
-        checkpoints/last.pt      written by trainer.checkpoint
+        checkpoints/epoch-NNNN.pt    the newest run.keep_checkpoints, written by trainer.checkpoint
 
 Only the main process calls the writers here; a half-written file is never left behind (temp + rename).
 """
@@ -39,9 +39,10 @@ def run_dir_for(cfg: Config) -> Path:
 
 
 def _json_safe(value: Any) -> Any:
-    """NaN/inf (an empty few-shot group) become null so every line stays strict JSON."""
+    """Non-finite numbers (a diverged loss) become the strings "nan", "inf", "-inf", so every line stays
+    strict JSON and a diverged value never reads as null, which means "not measured" (an empty shot group)."""
     if isinstance(value, float) and not math.isfinite(value):
-        return None
+        return str(value)
     if isinstance(value, dict):
         return {k: _json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -74,6 +75,19 @@ def clear_run(run_dir: Path) -> None:
             path.unlink()
         for path in ckpt_dir.glob(".*.tmp"):
             path.unlink()
+
+
+def clean_stale(run_dir: Path) -> list[tuple[Path, int]]:
+    """Remove the temporary files an interrupted write left in the run folder (a checkpoint killed mid-write
+    leaves a full-size one); return them with their sizes so the caller can say what it freed. Only this
+    run's own writers name files `.<name>.*.tmp`, and only the main process of a run writes them."""
+    removed = []
+    for folder in (run_dir, run_dir / CHECKPOINT_DIR):
+        for path in folder.glob(".*.tmp") if folder.is_dir() else ():
+            size = path.stat().st_size
+            path.unlink(missing_ok=True)
+            removed.append((path, size))
+    return removed
 
 
 def start_run_dir(run_dir: Path, cfg: Config, env: dict[str, Any], *, resumed: bool = False) -> None:

@@ -1,0 +1,142 @@
+"""Nothing silently wrong, nothing lost (the trainer's side of issue 13): a diverged run stops and says so,
+counts that do not match the labels are refused, a failed resume leaves the run folder as it was, older
+checkpoints survive a damaged newest one, interrupted writes are cleaned up, errors are one line."""
+
+from __future__ import annotations
+
+import errno
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import launch
+from pipelines import DataConfig, MetaError, make_loader
+from tests.helpers import ROOT, tiny_argv
+from trainer import checkpoint, rundir
+from trainer.checkpoint import CheckpointError
+from trainer.config import ConfigError
+from trainer.loop import DivergedError
+
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+def test_a_diverged_run_stops_records_it_and_checkpoints_nothing(demo_converted, tmp_path):
+    argv = tiny_argv(demo_converted, tmp_path, "diverged", "--optim.lr=1e12", "--run.log_every=1")
+    with pytest.raises(DivergedError, match=r"loss is (nan|inf) at epoch 1, step \d+/18, lr [\d.e+]+"):
+        launch.main(argv)
+    run = tmp_path / "diverged"
+    (record,) = rundir.read_metrics(run)
+    assert record["epoch"] == 1 and record["loss"] in ("nan", "inf")  # not null, which means "not measured"
+    assert record["diverged_at_step"] >= 1
+    assert not checkpoint.checkpoints(run) and not (run / rundir.RESULTS_FILE).exists()
+
+
+def _copy_split(src, dst, stem, suffix):
+    dst.mkdir(exist_ok=True)
+    shutil.copy(src / f"{stem}.meta.json", dst)
+    data = src / f"{stem}{suffix}"
+    (shutil.copytree if data.is_dir() else shutil.copy)(data, dst / data.name)
+
+
+@pytest.mark.parametrize("backend,suffix", [("ffcv", ".beton"), ("dali", ".dali")])
+def test_class_counts_must_match_the_labels(demo_converted, tmp_path, backend, suffix):
+    _copy_split(demo_converted, tmp_path, "train", suffix)
+    meta_file = tmp_path / "train.meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta["class_counts"] = meta["class_counts"][::-1]  # same total, same classes: only the order is wrong
+    meta_file.write_text(json.dumps(meta))
+    cfg = DataConfig(backend=backend, dir=str(tmp_path), batch_size=8, resolution=16, num_workers=1)
+    with pytest.raises(
+        MetaError, match=r"train.meta.json: class_counts\[0\] = 6 but .* holds 60 images of class 0"
+    ):
+        make_loader(cfg, "train")
+
+
+def _finished_run(demo_converted, tmp_path, name, *extra):
+    argv = tiny_argv(demo_converted, tmp_path, name, "--loss.name=dbm_ce", "--loss.scale=16", *extra)
+    launch.main(argv)
+    return tmp_path / name
+
+
+def test_a_failed_resume_leaves_the_run_folder_as_it_was(demo_converted, tmp_path):
+    run = _finished_run(demo_converted, tmp_path, "kept")
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    with pytest.raises(ConfigError, match="run.epochz"):
+        launch.main(["--resume", str(run), "--run.epochz=3"])
+    with pytest.raises(CheckpointError, match=r"--loss.name=ce would change the model .* start a new run"):
+        launch.main(["--resume", str(run), "--loss.name=ce"])
+    with pytest.raises(CheckpointError, match="--model.arch=resnet8 would change the model"):
+        launch.main(["--resume", str(run), "--model.arch=resnet8"])
+    with pytest.raises(FileNotFoundError, match="elsewhere"):
+        launch.main(["--resume", str(run), f"--data.dir={tmp_path / 'elsewhere'}", "--run.epochs=2"])
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    launch.main(["--resume", str(run), "--run.epochs=2"])  # a plain resume still works afterwards
+    assert [r["epoch"] for r in rundir.read_metrics(run)] == [1, 2]
+
+
+def test_resume_falls_back_to_an_older_checkpoint_and_cleans_interrupted_writes(
+    demo_converted, tmp_path, caplog
+):
+    run = _finished_run(
+        demo_converted,
+        tmp_path,
+        "fallback",
+        "--run.epochs=3",
+        "--run.checkpoint_every=1",
+        "--run.eval_every=0",
+    )
+    assert [p.name for p in checkpoint.checkpoints(run)] == ["epoch-0003.pt", "epoch-0002.pt"]  # keep 2
+    newest = checkpoint.checkpoints(run)[0]
+    newest.write_bytes(newest.read_bytes()[:1000])  # damaged after it was written
+    stale = run / rundir.CHECKPOINT_DIR / ".epoch-0004.pt.abc123.tmp"
+    stale.write_bytes(bytes(3 << 20))  # what a kill during a save leaves
+    with caplog.at_level("WARNING"):
+        launch.main(["--resume", str(run), "--run.epochs=4"])
+    assert "epoch-0003.pt: cannot read checkpoint" in caplog.text and "falling back" in caplog.text
+    assert ".epoch-0004.pt.abc123.tmp (3.0 MB)" in caplog.text and not stale.exists()
+    assert [r["epoch"] for r in rundir.read_metrics(run)] == [1, 2, 3, 4]  # epoch 3 trained again
+    assert [p.name for p in checkpoint.checkpoints(run)] == ["epoch-0004.pt", "epoch-0003.pt"]
+
+
+def test_a_full_disk_while_checkpointing_names_the_file_and_keeps_the_others(tmp_path, monkeypatch):
+    first = checkpoint.checkpoint_path(tmp_path, 1)
+    checkpoint.save_checkpoint(first, {"epoch": 1})
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("pipelines.fileio.os.replace", full)
+    second = checkpoint.checkpoint_path(tmp_path, 2)
+    with pytest.raises(CheckpointError, match=r"epoch-0002.pt: cannot write the checkpoint \(No space left"):
+        checkpoint.save_checkpoint(second, {"epoch": 2})
+    monkeypatch.undo()
+    assert checkpoint.checkpoints(tmp_path) == [first]
+    assert checkpoint.load_latest(tmp_path)["epoch"] == 1
+    assert not list(first.parent.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_data_errors_are_one_line(demo_converted, tmp_path, damage):
+    data = tmp_path / "data"
+    _copy_split(demo_converted, data, "train", ".beton")
+    _copy_split(demo_converted, data, "test", ".beton")
+    beton = data / "train.beton"
+    if damage == "missing":
+        beton.unlink()
+    else:
+        beton.write_bytes(beton.read_bytes()[:4096])
+    argv = tiny_argv(data, tmp_path, "broken")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "launch.py"), *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("launch.py: ") and "train.beton" in last, proc.stderr
+    assert not (tmp_path / "broken").exists()  # nothing was written for a run that could not start
