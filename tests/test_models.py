@@ -168,3 +168,24 @@ def test_places_frozen_body(tmp_path):
     in_opt = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert not any(id(p) in in_opt for p in frozen.parameters())
     assert len(in_opt) == sum(1 for p in model.parameters() if p.requires_grad)
+
+
+def test_pretrained_weights_by_name_come_from_torchvisions_cache(tmp_path, monkeypatch):
+    """`torchvision:<Weights>.<NAME>` loads through torchvision's download cache (so it works offline once the
+    file is there) and says how to pass a file when it cannot be fetched."""
+    from trainer.resnet_imagenet import _load_state_dict
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    cached = tmp_path / "hub" / "checkpoints" / weights.url.rsplit("/", 1)[-1]
+    with pytest.raises(
+        FileNotFoundError, match=r"cannot fetch torchvision:ResNet18.*--model.pretrained=/path/to/"
+    ):
+        _load_state_dict("torchvision:ResNet18_Weights.IMAGENET1K_V1", "resnet152_places")
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    reference = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save(reference, cached)
+    state = _load_state_dict("torchvision:ResNet18_Weights.IMAGENET1K_V1", "resnet152_places")
+    assert state.keys() == reference.keys() and torch.equal(state["fc.weight"], reference["fc.weight"])
+    with pytest.raises(ValueError, match="torchvision:Resnet18_Weights.X is not a torchvision weights name"):
+        _load_state_dict("torchvision:Resnet18_Weights.X", "resnet152_places")

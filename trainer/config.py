@@ -56,7 +56,8 @@ class RunConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     arch: str = "resnet50"  # a key of trainer.models.ARCHS
-    pretrained: str = ""  # path to a torchvision state_dict (Places-LT's frozen ResNet-152)
+    # Places-LT's frozen ResNet-152: a state_dict file, or torchvision:ResNet152_Weights.IMAGENET1K_V1
+    pretrained: str = ""
     channels_last: bool = True
     head_fp32: bool = True  # classifier and BCL heads in fp32 under bf16 autocast (raw cosines feed arccos)
     bcl_hidden: int = 0  # BCL projection MLP width; 0: the arch's default (CIFAR 512, large: feature dim)

@@ -28,13 +28,39 @@ class TorchvisionBody(nn.Module):
         return self.net(x)
 
 
-def _load_state_dict(path: str, arch: str) -> dict[str, Tensor]:
-    if not path:
+TORCHVISION_PREFIX = "torchvision:"
+
+
+def _torchvision_weights(name: str) -> dict[str, Tensor]:
+    """`ResNet152_Weights.IMAGENET1K_V1` through torchvision's weights API and its download cache: works
+    offline once the file is in the cache, and says how to pass a file when it cannot be fetched."""
+    try:
+        weights = torchvision.models.get_weight(name)
+    except (ValueError, KeyError, AttributeError) as exc:
         raise ValueError(
-            f"model.pretrained is empty: arch {arch} needs the path of an ImageNet-pretrained "
-            f"torchvision ResNet-152 state_dict (e.g. resnet152-b121ed2d.pth)"
+            f"model.pretrained: {TORCHVISION_PREFIX}{name} is not a torchvision weights name "
+            f"(e.g. torchvision:ResNet152_Weights.IMAGENET1K_V1): {exc}"
+        ) from None
+    try:
+        return weights.get_state_dict(progress=False)
+    except OSError as exc:  # URLError and friends: no network, a proxy, a full cache folder
+        file = weights.url.rsplit("/", 1)[-1]
+        raise FileNotFoundError(
+            f"model.pretrained: cannot fetch {TORCHVISION_PREFIX}{name} ({exc}); without network, download "
+            f"{weights.url} elsewhere and pass the file: --model.pretrained=/path/to/{file}"
+        ) from None
+
+
+def _load_state_dict(source: str, arch: str) -> dict[str, Tensor]:
+    """A state_dict from a file, or from torchvision's weights by name (`torchvision:<Weights>.<NAME>`)."""
+    if not source:
+        raise ValueError(
+            f"model.pretrained is empty: arch {arch} needs ImageNet-pretrained torchvision ResNet-152 "
+            f"weights: {TORCHVISION_PREFIX}ResNet152_Weights.IMAGENET1K_V1 or a file (resnet152-b121ed2d.pth)"
         )
-    file = Path(path)
+    if source.startswith(TORCHVISION_PREFIX):
+        return _torchvision_weights(source[len(TORCHVISION_PREFIX) :])
+    file = Path(source)
     if not file.is_file():
         raise FileNotFoundError(
             f"model.pretrained: {file} not found (arch {arch} needs an ImageNet-pretrained "
