@@ -71,6 +71,7 @@ class DataConfig:
     crop_ratio: tuple[float, ...] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect-ratio range
     view_crop_scale: tuple[float, ...] = ()  # BCL's contrastive views' crop area range; empty: crop_scale
     eval_crop_ratio: float = 0.875  # eval centre crop side / shorter side (224/256); 1.0: whole image (CIFAR)
+    skip_corrupt: bool = False  # dali: leave out (and list) training samples whose JPEG bytes are damaged
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
 
@@ -107,6 +108,8 @@ class DataConfig:
             ),
             self,
         )
+        if self.skip_corrupt and self.backend != "dali":
+            raise ValueError("data.skip_corrupt: only the dali backend checks samples as it reads them")
         _range("crop_scale", self.crop_scale, 0.0, 1.0)
         _range("crop_ratio", self.crop_ratio, 1e-3, 1e3)
         if self.view_crop_scale:

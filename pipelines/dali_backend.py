@@ -17,14 +17,19 @@ channels_last view. Extra views decode once and branch into independent `random_
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .loader import LoaderSpec, derive_seed
 from .meta import DatasetMeta
-from .shards import ShardError, open_shards
+from .shards import CorruptSampleError, ShardError, open_shards
+
+log = logging.getLogger(__name__)
 
 PREFETCH = 2  # batches DALI prepares ahead of the one handed out
 
@@ -45,8 +50,11 @@ class DaliBackend:
         if not path.is_dir():
             what = "missing" if not path.exists() else "a file"
             raise ShardError(f"{path}: the dali backend reads a <stem>.dali folder of shards ({what})")
-        self.shards = open_shards(path, meta)
+        self.shards = open_shards(path, meta, skip_corrupt=spec.train and spec.skip_corrupt)
+        if self.shards.dropped:
+            meta = _without(meta, self.shards.dropped, path)
         meta.check_labels(self.shards.labels, path)
+        self.meta = meta  # what the losses and metrics count: without the samples left out
         self.order = spec.epoch_order(self.shards.labels)
         self.num_batches = self.order.num_batches(spec.batch_size)
         self.cuda = spec.device.type == "cuda"
@@ -165,6 +173,9 @@ class DaliBackend:
                 self._open()  # first epoch, or the last one was abandoned: its prefetched batches are stale
             else:
                 self._iterator.reset()  # prefetches this epoch's first batches through the callback
+        except CorruptSampleError:  # already names shard, key and index: no decoding scan needed
+            self._discard()
+            raise
         except RuntimeError as exc:
             raise self._failure(epoch, n, exc) from exc
         self._in_epoch = True
@@ -173,6 +184,9 @@ class DaliBackend:
                 out = next(self._iterator)[0]
             except StopIteration:
                 break
+            except CorruptSampleError:
+                self._discard()
+                raise
             except RuntimeError as exc:
                 raise self._failure(epoch, n, exc) from exc
             n += 1
@@ -205,3 +219,28 @@ class DaliBackend:
         self._discard()
         self._batches = []
         self.shards.close()
+
+
+def _without(meta: DatasetMeta, dropped: tuple[dict, ...], path) -> DatasetMeta:
+    """The meta of what is left once `data.skip_corrupt` has dropped samples: counts less those samples, and
+    the dropped ones listed (and logged once) with shard, key and reason."""
+    counts = list(meta.class_counts)
+    for d in dropped:
+        counts[d["label"]] -= 1
+    listed = "; ".join(f"{Path(d['shard']).name}:{d['key']} ({d['error']})" for d in dropped[:10])
+    log.warning(
+        "%s: data.skip_corrupt leaves out %d corrupt sample(s): %s%s",
+        path,
+        len(dropped),
+        listed,
+        " ..." if len(dropped) > 10 else "",
+    )
+    skipped = tuple(
+        {"path": f"{d['shard']}:{d['key']}", "line": d["index"], "error": d["error"]} for d in dropped
+    )
+    return dataclasses.replace(
+        meta,
+        class_counts=tuple(counts),
+        num_samples=meta.num_samples - len(dropped),
+        skipped=meta.skipped + skipped,
+    )

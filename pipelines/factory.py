@@ -113,6 +113,7 @@ def make_loader(
         center_crop_ratio=cfg.eval_crop_ratio,
         crop=cfg.crop if train else "resized",
         crop_padding=cfg.crop_padding,
+        skip_corrupt=cfg.skip_corrupt,
     )
     augment = view_augment = None
     if train:
@@ -131,5 +132,5 @@ def make_loader(
             from .augment.views import contrastive_view_augment
 
             view_augment = contrastive_view_augment(blur=spec.resolution < 64)
-    meta = read_meta(path)
-    return Loader(BACKENDS[cfg.backend](spec, meta), meta, spec, augment=augment, view_augment=view_augment)
+    backend = BACKENDS[cfg.backend](spec, read_meta(path))
+    return Loader(backend, backend.meta, spec, augment=augment, view_augment=view_augment)

@@ -76,6 +76,7 @@ class FfcvBackend:
             raise BetonError(f"{path}: the ffcv backend reads a <stem>.beton file ({what})")
         _, labels = read_beton(path)
         meta.check_labels(labels, path)
+        self.meta = meta
         self.order = spec.epoch_order(labels)
         self.num_batches = self.order.num_batches(spec.batch_size)
         self._active = None

@@ -48,6 +48,7 @@ class LoaderSpec:
     center_crop_ratio: float
     crop: str = "resized"  # training crop of view 0: "resized" (RandomResizedCrop) or "padded"
     crop_padding: int = 4
+    skip_corrupt: bool = False  # dali: leave out samples whose JPEG bytes are damaged (training only)
 
     def epoch_order(self, labels: np.ndarray) -> EpochOrder:
         """The sample order both backends follow: the sampler's rank slice, or the exact evaluation share."""
@@ -69,9 +70,11 @@ class LoaderSpec:
 
 class Backend(Protocol):
     """What a backend provides. `epoch(e)` yields (views, labels): `views` a list of uint8
-    N x 3 x H x W channels_last tensors (one per view), `labels` int64 [N], all on the spec's device."""
+    N x 3 x H x W channels_last tensors (one per view), `labels` int64 [N], all on the spec's device.
+    `meta` describes the samples it serves (the file's meta, less any sample it left out)."""
 
     num_batches: int
+    meta: DatasetMeta
 
     def epoch(self, epoch: int) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]: ...
 

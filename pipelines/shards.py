@@ -7,6 +7,12 @@ draws (samplers, rank slices) through `fn.external_source` without reading the a
 Opening validates everything it can cheaply: a missing index, an index that does not parse, offsets past
 the end of the tar, tar headers that are not where the index says, sample counts that disagree with the
 meta file, labels that are not integers in range. Every error names the shard (and the sample) at fault.
+
+Sample bytes are checked as they are handed out (`jpegs`): each must start with a JPEG start-of-image marker
+and end with its end-of-image marker. Five bytes a sample, on pages the decoder reads anyway, so it is cheap
+enough for every batch; it catches the zero-filled, overwritten and truncated samples on which a DALI
+decoder can crash the whole process (a segmentation fault with no message) before they reach it.
+`corrupt_samples()` lists them all and `open_shards(..., skip_corrupt=True)` drops them (`data.skip_corrupt`).
 """
 
 from __future__ import annotations
@@ -19,75 +25,32 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
 from .meta import DatasetMeta
+from .shard_index import ShardError, check_header, parse_index
 
-IMAGE_EXTS = ("jpg", "jpeg")
-LABEL_EXT = "cls"
-TAR_BLOCK = 512
+__all__ = ["CorruptSampleError", "ShardError", "ShardSet", "jpeg_problem", "open_shards", "shard_paths"]
 
-
-class ShardError(DataError):
-    """A shard or its index is missing, malformed or inconsistent; the message names the file."""
-
-
-@dataclass
-class _Index:
-    image_offset: np.ndarray
-    image_size: np.ndarray
-    label_offset: np.ndarray
-    label_size: np.ndarray
-    names: list[str]
+JPEG_SOI = b"\xff\xd8\xff"  # start of image, then the first segment's marker
+JPEG_EOI = b"\xff\xd9"  # end of image: the converter writes nothing after it
+_S0, _S1, _S2 = JPEG_SOI
+_E0, _E1 = JPEG_EOI
 
 
-def _parse_index(idx: Path, tar: Path) -> _Index:
-    try:
-        lines = idx.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ShardError(f"{idx}: cannot read the index of {tar.name}: {exc}") from None
-    head = lines[0].split() if lines else []
-    if len(head) != 2 or not head[0].startswith("v1.") or not head[1].isdigit():
-        raise ShardError(f"{idx}:1: not a DALI webdataset index (expected 'v1.x <samples>', got {lines[:1]})")
-    version, count = head[0], int(head[1])
-    width = 4 if version >= "v1.2" else 3
-    rows = [line.split() for line in lines[1:] if line.strip()]
-    if len(rows) != count:
-        raise ShardError(f"{idx}: the header announces {count} samples but {len(rows)} lines follow")
-    img_off, img_size, lab_off, lab_size, names = [], [], [], [], []
-    for n, row in enumerate(rows, start=2):
-        if len(row) % width:
-            raise ShardError(f"{idx}:{n}: expected groups of {width} fields, got {len(row)} fields")
-        comps = {}
-        for k in range(0, len(row), width):
-            ext, off, size = row[k], row[k + 1], row[k + 2]
-            if not (off.isdigit() and size.isdigit()):
-                raise ShardError(f"{idx}:{n}: offset/size of .{ext} are not integers: {off!r} {size!r}")
-            comps[ext] = (int(off), int(size), row[k + 3] if width == 4 else "")
-        image = next((comps[e] for e in IMAGE_EXTS if e in comps), None)
-        if image is None or LABEL_EXT not in comps:
-            raise ShardError(
-                f"{idx}:{n}: a sample needs a .jpg and a .{LABEL_EXT} component, found {sorted(comps)}"
-            )
-        img_off.append(image[0])
-        img_size.append(image[1])
-        lab_off.append(comps[LABEL_EXT][0])
-        lab_size.append(comps[LABEL_EXT][1])
-        names.append(image[2] or f"sample {n - 2}")
-    as64 = lambda v: np.asarray(v, dtype=np.int64)  # noqa: E731
-    return _Index(as64(img_off), as64(img_size), as64(lab_off), as64(lab_size), names)
+class CorruptSampleError(ShardError, RuntimeError):
+    """A sample whose bytes are not a whole JPEG; the message names shard, key and sample index. Met while
+    an epoch runs, so it is also the RuntimeError an epoch's loader failures are."""
 
 
-def _check_header(buf: np.ndarray, tar: Path, offset: int, name: str) -> None:
-    """The ustar header of a member sits in the 512 bytes before its data offset (v1.2 indexes name it)."""
-    start = offset - TAR_BLOCK
-    header = bytes(buf[start : start + TAR_BLOCK]) if start >= 0 else b""
-    if header[257:262] != b"ustar":
-        raise ShardError(
-            f"{tar}: no tar header before offset {offset} ({name}): corrupt shard or stale index"
-        )
-    stored = header[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
-    if not name.startswith("sample ") and stored != name:
-        raise ShardError(f"{tar}: the member at offset {offset} is {stored!r}, the index says {name!r}")
+def jpeg_problem(data: bytes | np.ndarray) -> str | None:
+    """Why `data` is not a whole JPEG judged by its first and last bytes (None: it looks like one)."""
+    if len(data) < len(JPEG_SOI) + len(JPEG_EOI):
+        return f"{len(data)} bytes, too short for a JPEG"
+    head, tail = bytes(data[: len(JPEG_SOI)]), bytes(data[-len(JPEG_EOI) :])
+    if head != JPEG_SOI:
+        return f"no JPEG start marker (it begins {head.hex(' ')}): overwritten or zero-filled"
+    if tail != JPEG_EOI:
+        return f"no JPEG end marker (it ends {tail.hex(' ')}): truncated or overwritten"
+    return None
 
 
 @dataclass
@@ -101,6 +64,7 @@ class ShardSet:
     sizes: np.ndarray  # int64, JPEG size
     labels: np.ndarray  # int64
     keys: list[str]
+    dropped: tuple[dict, ...] = ()  # samples left out by `without` (skip_corrupt): index, shard, key, ...
     _maps: list[mmap.mmap] = field(default_factory=list, repr=False)
     _views: list[np.ndarray] = field(default_factory=list, repr=False)
 
@@ -108,9 +72,64 @@ class ShardSet:
         return len(self.labels)
 
     def jpegs(self, indices: np.ndarray) -> list[np.ndarray]:
-        """The encoded bytes of `indices` as uint8 views into the mapped shards (no copy)."""
+        """The encoded bytes of `indices` as uint8 views into the mapped shards (no copy), each checked to
+        start and end like a JPEG: a `CorruptSampleError` names the first that does not."""
+        out = []
+        for i in indices.tolist():
+            view, start, end = self._views[self.shard_of[i]], self.offsets[i], self.offsets[i] + self.sizes[i]
+            if not _looks_whole(view, start, end):
+                raise self._corrupt(i)
+            out.append(view[start:end])
+        return out
+
+    def _slice(self, i: int) -> np.ndarray:
+        return self._views[self.shard_of[i]][self.offsets[i] : self.offsets[i] + self.sizes[i]]
+
+    def _corrupt(self, i: int) -> CorruptSampleError:
+        return CorruptSampleError(
+            f"{self.shards[self.shard_of[i]]}: sample {self.keys[i]!r} (index {i}) is corrupt: "
+            f"{jpeg_problem(self._slice(i))}; re-convert the dataset, or set data.skip_corrupt = true "
+            "to train without such samples (they are listed at start)"
+        )
+
+    def corrupt_samples(self, indices: np.ndarray | None = None) -> np.ndarray:
+        """Indices (among `indices`, default all) of the samples `jpegs` would refuse, in order. Touches two
+        pages a sample: a pass over the shards at a small fraction of their size."""
+        idx = np.arange(len(self)) if indices is None else np.asarray(indices, np.int64)
         views, shard_of, offsets, sizes = self._views, self.shard_of, self.offsets, self.sizes
-        return [views[shard_of[i]][offsets[i] : offsets[i] + sizes[i]] for i in indices.tolist()]
+        bad = [
+            i for i in idx.tolist() if not _looks_whole(views[shard_of[i]], offsets[i], offsets[i] + sizes[i])
+        ]
+        return np.asarray(bad, np.int64)
+
+    def without(self, indices: np.ndarray) -> ShardSet:
+        """This set less `indices`, recorded in `dropped`; it shares the mapped shards (close only one)."""
+        drop = np.unique(np.asarray(indices, np.int64))
+        if not len(drop):
+            return self
+        keep = np.setdiff1d(np.arange(len(self)), drop)
+        dropped = tuple(
+            {
+                "index": int(i),
+                "shard": str(self.shards[self.shard_of[i]]),
+                "key": self.keys[i],
+                "label": int(self.labels[i]),
+                "error": jpeg_problem(self._slice(i)) or "dropped",
+            }
+            for i in drop.tolist()
+        )
+        return ShardSet(
+            directory=self.directory,
+            shards=self.shards,
+            shard_of=self.shard_of[keep],
+            offsets=self.offsets[keep],
+            sizes=self.sizes[keep],
+            labels=self.labels[keep],
+            keys=[self.keys[i] for i in keep.tolist()],
+            dropped=self.dropped + dropped,
+            _maps=self._maps,
+            _views=self._views,
+        )
 
     def describe(self, i: int) -> str:
         return f"{self.shards[self.shard_of[i]]}:{self.keys[i]}"
@@ -122,7 +141,8 @@ class ShardSet:
         from PIL import Image
 
         bad = []
-        for i, data in zip(indices.tolist(), self.jpegs(indices), strict=True):
+        for i in indices.tolist():
+            data = self._slice(i)
             try:
                 with Image.open(io.BytesIO(data.tobytes())) as im:
                     im.load()
@@ -138,6 +158,18 @@ class ShardSet:
         self._maps.clear()
 
 
+def _looks_whole(view: np.ndarray, start: int, end: int) -> bool:
+    """JPEG start and end markers at [start, end) of a mapped shard: five byte reads, no copy."""
+    return (
+        end - start >= len(JPEG_SOI) + len(JPEG_EOI)
+        and view[start] == _S0
+        and view[start + 1] == _S1
+        and view[start + 2] == _S2
+        and view[end - 2] == _E0
+        and view[end - 1] == _E1
+    )
+
+
 def shard_paths(directory: Path, meta: DatasetMeta | None) -> list[Path]:
     """The shards named by the meta file (in its order), else every `*.tar` of the folder, sorted."""
     if meta is not None and "dali" in meta.formats and meta.formats["dali"].get("shards"):
@@ -145,7 +177,11 @@ def shard_paths(directory: Path, meta: DatasetMeta | None) -> list[Path]:
     return sorted(directory.glob("*.tar"))
 
 
-def open_shards(directory: str | os.PathLike, meta: DatasetMeta | None = None) -> ShardSet:
+def open_shards(
+    directory: str | os.PathLike, meta: DatasetMeta | None = None, *, skip_corrupt: bool = False
+) -> ShardSet:
+    """Open and check a `.dali` folder; with `skip_corrupt` the samples `corrupt_samples` finds are left
+    out and listed in `.dropped` (the checks against the meta file see every sample)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ShardError(f"{directory}: not a folder of WebDataset shards (expected <stem>.dali/)")
@@ -167,7 +203,7 @@ def open_shards(directory: str | os.PathLike, meta: DatasetMeta | None = None) -
                     f"{tar}: no index file {idx.name} beside it; make one with DALI's "
                     f"`wds2idx {tar} {idx}` or re-run tools/convert_datasets.py"
                 )
-            index = _parse_index(idx, tar)
+            index = parse_index(idx, tar)
             n = len(index.names)
             if expected is not None and s < len(expected) and expected[s] != n:
                 raise ShardError(f"{idx}: indexes {n} samples, the meta file says {expected[s]}")
@@ -190,7 +226,7 @@ def open_shards(directory: str | os.PathLike, meta: DatasetMeta | None = None) -
                 maps.append(m)
             views.append(view)
             for k in {0, n - 1} if n else ():  # first and last member: catches stale indexes and bad tars
-                _check_header(view, tar, int(index.image_offset[k]), index.names[k])
+                check_header(view, tar, int(index.image_offset[k]), index.names[k])
             for k in range(n):
                 raw = bytes(view[index.label_offset[k] : index.label_offset[k] + index.label_size[k]])
                 try:
@@ -228,7 +264,7 @@ def open_shards(directory: str | os.PathLike, meta: DatasetMeta | None = None) -
             f"{tars[int(np.concatenate(shard_of)[bad])]}: sample {keys[bad]!r} has label {labels_arr[bad]}, "
             f"outside 0..{meta.num_classes - 1}"
         )
-    return ShardSet(
+    shards = ShardSet(
         directory=directory,
         shards=tars,
         shard_of=np.concatenate(shard_of),
@@ -239,3 +275,4 @@ def open_shards(directory: str | os.PathLike, meta: DatasetMeta | None = None) -
         _maps=maps,
         _views=views,
     )
+    return shards.without(shards.corrupt_samples()) if skip_corrupt else shards

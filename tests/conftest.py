@@ -35,8 +35,10 @@ def demo_images(tmp_path_factory) -> Path:
     return out
 
 
-def convert(images: Path, out: Path, split: str, formats: str = "ffcv,dali", *extra: str) -> None:
-    """Run the contract CLI, exactly as a user would."""
+def convert(
+    images: Path, out: Path, split: str = "train", *extra: str, formats: str = "ffcv,dali", split_file=None
+) -> None:
+    """Run the contract CLI, exactly as a user would: `<images>/<split>.txt` (or `split_file`) into `out`."""
     cmd = [
         sys.executable,
         str(ROOT / "tools" / "convert_datasets.py"),
@@ -44,7 +46,7 @@ def convert(images: Path, out: Path, split: str, formats: str = "ffcv,dali", *ex
         "--root",
         str(images),
         "--split-file",
-        str(images / f"{split}.txt"),
+        str(split_file or images / f"{split}.txt"),
         "--out",
         str(out),
         "--formats",
@@ -54,6 +56,12 @@ def convert(images: Path, out: Path, split: str, formats: str = "ffcv,dali", *ex
         *extra,
     ]
     subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="session")
+def convert_cli():
+    """`convert(images, out, split, *extra, formats=..., split_file=...)` for fixtures in other modules."""
+    return convert
 
 
 @pytest.fixture(scope="session")

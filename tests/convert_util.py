@@ -3,10 +3,14 @@ all in the real on-disk formats."""
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 import random
+import shutil
+import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +18,32 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, str(ROOT / "tools" / "convert_datasets.py")]
+
+
+def run_cli(*args, check_rc=None, in_process=True):
+    """The CLI's (returncode, stdout, stderr). In-process by default (a fresh interpreter costs seconds of
+    imports); `in_process=False` runs it exactly as a user would, warnings included."""
+    args = [str(a) for a in args]
+    if in_process:
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            from tools import convert_datasets
+
+            try:
+                rc = convert_datasets.main(args)
+            except SystemExit as exc:  # argparse
+                rc = exc.code
+        p = subprocess.CompletedProcess(args, rc, out.getvalue(), err.getvalue())
+    else:
+        p = subprocess.run([*CLI, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    if check_rc is not None:
+        assert p.returncode == check_rc, p.stderr
+    return p
+
+
+def convert_tree(tree: Path, out: Path, *extra, split: str = "train.txt", dataset: str = "imagenet_lt", **kw):
+    """`convert_datasets DATASET --root TREE --split-file TREE/SPLIT --out OUT *EXTRA` through `run_cli`."""
+    return run_cli(dataset, "--root", tree, "--split-file", tree / split, "--out", out, *extra, **kw)
 
 
 def pattern(label: int, i: int, size: tuple[int, int] = (48, 40)) -> np.ndarray:
@@ -37,6 +67,18 @@ def write_image_tree(root: Path, counts: list[int], size=(48, 40), sub: str = "t
             Image.fromarray(arr).save(root / rel, format="JPEG", quality=95)
             items.append((rel, label, arr))
     return items
+
+
+def write_slow_tree(root: Path, n: int = 24) -> Path:
+    """`n` copies of a noise PNG of 1600x1200 listed in root/big.txt: seconds to convert on one core (PNG has
+    no reduced decode), long enough to interrupt a conversion half-way; quick to write (one encode)."""
+    (root / "x").mkdir(parents=True)
+    pixels = np.random.default_rng(0).integers(0, 256, (1200, 1600, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(root / "x/0.png", compress_level=1)
+    for i in range(1, n):
+        shutil.copyfile(root / "x/0.png", root / f"x/{i}.png")
+    (root / "big.txt").write_text("".join(f"x/{i}.png {i % 2}\n" for i in range(n)))
+    return root
 
 
 def write_list(path: Path, items, shuffle_seed: int | None = 0) -> list[tuple[str, int]]:

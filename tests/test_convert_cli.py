@@ -3,13 +3,11 @@ leaves nothing behind in --out."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
 import subprocess
 import time
-from contextlib import redirect_stderr, redirect_stdout
 
 import numpy as np
 import pytest
@@ -19,27 +17,16 @@ from pipelines.convert import ConvertOptions, SplitRequest, convert
 from pipelines.convert import wds as wds_mod
 from pipelines.convert.readers.cifar import cifar_lt_counts
 from pipelines.meta import read_meta
-from tests.convert_util import CLI, ROOT, write_cifar, write_image_tree, write_list
-from tools import convert_datasets
-
-
-def run_cli(*args, check_rc=None, in_process=True):
-    """The CLI's (returncode, stdout, stderr). In-process by default (a fresh interpreter costs seconds of
-    imports); `in_process=False` runs it exactly as a user would, warnings included."""
-    args = [str(a) for a in args]
-    if in_process:
-        out, err = io.StringIO(), io.StringIO()
-        with redirect_stdout(out), redirect_stderr(err):
-            try:
-                rc = convert_datasets.main(args)
-            except SystemExit as exc:  # argparse
-                rc = exc.code
-        p = subprocess.CompletedProcess(args, rc, out.getvalue(), err.getvalue())
-    else:
-        p = subprocess.run([*CLI, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    if check_rc is not None:
-        assert p.returncode == check_rc, p.stderr
-    return p
+from tests.convert_util import (
+    CLI,
+    ROOT,
+    convert_tree,
+    run_cli,
+    write_cifar,
+    write_image_tree,
+    write_list,
+    write_slow_tree,
+)
 
 
 @pytest.fixture
@@ -60,19 +47,7 @@ def listing(path):
 
 def test_cli_converts_and_prints_a_summary(tree, tmp_path):
     out = tmp_path / "out"
-    p = run_cli(
-        "imagenet_lt",
-        "--root",
-        tree,
-        "--split-file",
-        tree / "train.txt",
-        "--out",
-        out,
-        "--workers",
-        "2",
-        check_rc=0,
-        in_process=False,
-    )
+    p = convert_tree(tree, out, "--workers", "2", check_rc=0, in_process=False)
     assert "train: 10 images, 3 classes" in p.stdout and "images/s" in p.stdout
     meta = read_meta(out / "train.meta.json")
     assert meta.class_counts == (5, 3, 2) and meta.max_resolution == 512 and meta.jpeg_quality == 90
@@ -81,18 +56,7 @@ def test_cli_converts_and_prints_a_summary(tree, tmp_path):
 
 
 def test_cli_formats_subset(tree, tmp_path):
-    run_cli(
-        "places_lt",
-        "--root",
-        tree,
-        "--split-file",
-        tree / "train.txt",
-        "--out",
-        tmp_path / "o",
-        "--formats",
-        "dali",
-        check_rc=0,
-    )
+    convert_tree(tree, tmp_path / "o", "--formats", "dali", dataset="places_lt", check_rc=0)
     assert listing(tmp_path / "o") == [
         "train.dali",
         "train.dali/shard-00000.idx",
@@ -121,18 +85,7 @@ def test_bad_image_fails_naming_file_and_line_and_leaves_nothing(tree, tmp_path,
         out.mkdir(parents=True)
         (out / "keep.txt").write_text("mine")
     before = listing(tmp_path / "out")
-    p = run_cli(
-        "imagenet_lt",
-        "--root",
-        tree,
-        "--split-file",
-        tree / "train.txt",
-        "--out",
-        out,
-        "--workers",
-        "2",
-        in_process=damage != "truncated",
-    )
+    p = convert_tree(tree, out, "--workers", "2", in_process=damage != "truncated")
     assert p.returncode == 1
     assert str(bad) in p.stderr and f"train.txt line {bad_line}" in p.stderr, p.stderr
     assert listing(tmp_path / "out") == before  # nothing added (not even --out itself when it was not there)
@@ -143,17 +96,7 @@ def test_skip_bad_lists_skipped_images_in_meta(tree, tmp_path):
     (tree / rows[1][0]).unlink()
     (tree / rows[6][0]).write_bytes(b"\xff\xd8\xff\xe0 broken")
     out = tmp_path / "out"
-    p = run_cli(
-        "imagenet_lt",
-        "--root",
-        tree,
-        "--split-file",
-        tree / "train.txt",
-        "--out",
-        out,
-        "--skip-bad",
-        check_rc=0,
-    )
+    p = convert_tree(tree, out, "--skip-bad", check_rc=0)
     assert "2 skipped" in p.stdout
     meta = read_meta(out / "train.beton")
     assert meta.num_samples == 8
@@ -169,66 +112,42 @@ def test_skip_bad_lists_skipped_images_in_meta(tree, tmp_path):
 
 def test_existing_outputs_need_overwrite(tree, tmp_path):
     out = tmp_path / "out"
-    args = ["imagenet_lt", "--root", tree, "--split-file", tree / "train.txt", "--out", out]
-    run_cli(*args, check_rc=0)
+    convert_tree(tree, out, check_rc=0)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    p = run_cli(*args, "--seed", "3", check_rc=2)
+    p = convert_tree(tree, out, "--seed", "3", check_rc=2)
     assert "already exist" in p.stderr and "--overwrite" in p.stderr
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
-    run_cli(*args, "--seed", "3", "--formats", "ffcv", "--overwrite", check_rc=0)
-    assert listing(out) == [
-        "train.beton",
-        "train.meta.json",
-    ]  # the stale shards of the old conversion are gone
+    p = convert_tree(tree, out, "--seed", "3", "--overwrite", check_rc=0)
+    names = ", ".join(str(out / n) for n in ("train.beton", "train.dali", "train.meta.json"))
+    assert f"convert_datasets: train: replacing {names}\n" in p.stderr  # one line says what it replaces
     assert read_meta(out / "train.beton").seed == 3
+    assert {p for p in out.rglob("*") if p.is_file()} == set(before)  # the same files, replaced
 
 
 def test_label_errors_and_warnings(tree, tmp_path):
     text = (tree / "train.txt").read_text()
     (tree / "bad.txt").write_text(text + "train/c00/000.jpg 7\n")
-    p = run_cli(
-        "imagenet_lt",
-        "--root",
-        tree,
-        "--split-file",
-        tree / "bad.txt",
-        "--out",
-        tmp_path / "o",
-        "--num-classes",
-        "3",
-    )
+    p = convert_tree(tree, tmp_path / "o", "--num-classes", "3", split="bad.txt")
     assert p.returncode == 1 and "bad.txt line 11: label 7" in p.stderr and "out of range 0..2" in p.stderr
     assert not (tmp_path / "o").exists()
 
+    rows = text.splitlines()
+    rows[3] = rows[3].rsplit(None, 1)[0] + " 91"  # a typo far out of range, no --num-classes
+    (tree / "typo.txt").write_text("\n".join(rows) + "\n")
+    p = convert_tree(tree, tmp_path / "o", split="typo.txt", check_rc=1)
+    assert "classes have no image" in p.stderr and "label 91 is at " in p.stderr
+    assert f"{tree / 'typo.txt'} line 4 (a typo? otherwise pass --num-classes)" in p.stderr
+
     (tree / "gap.txt").write_text(text.replace(" 1\n", " 3\n"))  # class 1 loses its images
-    p = run_cli("imagenet_lt", "--root", tree, "--split-file", tree / "gap.txt", "--out", tmp_path / "o")
+    p = convert_tree(tree, tmp_path / "o", split="gap.txt")
     assert p.returncode == 1 and "have no image (labels 1)" in p.stderr
-    p = run_cli(
-        "imagenet_lt",
-        "--root",
-        tree,
-        "--split-file",
-        tree / "gap.txt",
-        "--out",
-        tmp_path / "o",
-        "--allow-empty-classes",
-        check_rc=0,
-        in_process=False,
+    p = convert_tree(
+        tree, tmp_path / "o", "--allow-empty-classes", split="gap.txt", check_rc=0, in_process=False
     )
     assert "warning:" in p.stderr and read_meta(tmp_path / "o" / "gap.beton").class_counts == (5, 0, 2, 3)
 
     (tree / "dup.txt").write_text(text + text.splitlines(keepends=True)[0])
-    p = run_cli(
-        "imagenet_lt",
-        "--root",
-        tree,
-        "--split-file",
-        tree / "dup.txt",
-        "--out",
-        tmp_path / "o",
-        check_rc=0,
-        in_process=False,
-    )
+    p = convert_tree(tree, tmp_path / "o", split="dup.txt", check_rc=0, in_process=False)
     assert "duplicate line(s) dropped" in p.stderr and "dup.txt line 11" in p.stderr
     assert read_meta(tmp_path / "o" / "dup.beton").num_samples == 10
 
@@ -242,9 +161,7 @@ def test_label_errors_and_warnings(tree, tmp_path):
     ],
 )
 def test_bad_arguments_exit_2(tree, tmp_path, args, match):
-    p = run_cli(
-        "imagenet_lt", "--root", tree, "--split-file", tree / "train.txt", "--out", tmp_path / "o", *args
-    )
+    p = convert_tree(tree, tmp_path / "o", *args)
     assert p.returncode == 2 and match in p.stderr
     assert run_cli("imagenet", "--root", tree, "--out", tmp_path / "o").returncode == 2
     assert not (tmp_path / "o").exists()
@@ -303,36 +220,12 @@ def test_failure_inside_writing_cleans_up(tree, tmp_path, monkeypatch):
 
 
 def test_sigterm_leaves_nothing(tmp_path):
-    root = tmp_path / "big"
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(24):
-        (root / "x").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (1200, 1600, 3), dtype=np.uint8)).save(
-            root / f"x/{i}.jpg", quality=95
-        )
-        rows.append(f"x/{i}.jpg {i % 2}\n")
-    (root / "big.txt").write_text("".join(rows))
+    root = write_slow_tree(tmp_path / "big")
     out = tmp_path / "out"
     out.mkdir()
+    args = ["--root", root, "--split-file", root / "big.txt", "--out", out, "--workers", "1"]
     proc = subprocess.Popen(
-        [
-            *CLI,
-            "imagenet_lt",
-            "--root",
-            root,
-            "--split-file",
-            root / "big.txt",
-            "--out",
-            out,
-            "--workers",
-            "1",
-            "--max-resolution",
-            "64",
-        ],
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
+        [*CLI, "imagenet_lt", *args, "--max-resolution", "64"], cwd=ROOT, stderr=subprocess.PIPE, text=True
     )
     deadline = time.time() + 60
     while not any(out.iterdir()) and time.time() < deadline and proc.poll() is None:
@@ -341,7 +234,9 @@ def test_sigterm_leaves_nothing(tmp_path):
         pytest.skip("conversion finished before it could be interrupted")
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode != 0
+    if proc.returncode == 0:
+        pytest.skip("conversion finished before the signal landed (a very loaded machine)")
+    assert proc.returncode == 143, err
     assert os.listdir(out) == [], err
 
 

@@ -79,10 +79,11 @@ def test_labels_out_of_range_name_lines(tmp_path):
 def test_empty_class_is_an_error_unless_allowed(tmp_path):
     (tmp_path / "l.txt").write_text("a.jpg 0\nb.jpg 2\n")
     s = read_split(SplitRequest("imagenet_lt", tmp_path, split_file=tmp_path / "l.txt"))
-    with pytest.raises(SplitError, match=r"1 of 3 classes have no image \(labels 1\).*--allow-empty-classes"):
-        check_empty_classes(s, allow=False)
+    with pytest.raises(SplitError, match=r"l.txt: 1 of 3 classes have no image \(labels 1\).*--allow-empty"):
+        check_empty_classes(s.class_counts(), s.origin, allow=False)
     with pytest.warns(SplitWarning, match="have no image"):
-        check_empty_classes(s, allow=True)
+        check_empty_classes(s.class_counts(), s.origin, allow=True)
+    check_empty_classes(np.array([1, 2]), "x", allow=False)  # counts in, no image missing: no error
 
 
 def test_duplicate_lines_warn_and_drop_or_conflict(tmp_path):

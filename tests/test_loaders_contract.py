@@ -8,8 +8,6 @@ so a sample's output pixels identify it: that is how these tests see which sampl
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
 import threading
 from collections import Counter
 from pathlib import Path
@@ -69,27 +67,12 @@ def check_batch(images, labels, num_classes, views=1):
 
 
 @pytest.fixture(scope="module")
-def odd_converted(demo_images, tmp_path_factory) -> Path:
+def odd_converted(demo_images, tmp_path_factory, convert_cli) -> Path:
     """71 test images (not divisible by 2 ranks or by the batch size), converted by the CLI."""
     out = tmp_path_factory.mktemp("odd_converted")
     split = out / "odd.txt"
     split.write_text("\n".join((demo_images / "test.txt").read_text().splitlines()[:71]) + "\n")
-    cmd = [
-        sys.executable,
-        str(ROOT / "tools" / "convert_datasets.py"),
-        "imagenet_lt",
-        "--root",
-        str(demo_images),
-        "--split-file",
-        str(split),
-        "--out",
-        str(out),
-        "--formats",
-        "ffcv,dali",
-        "--workers",
-        "1",
-    ]
-    subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True)
+    convert_cli(demo_images, out, split_file=split)
     return out
 
 

@@ -6,8 +6,10 @@
 
 For a split file <stem>.txt / <stem>.json (or <dataset>_<split> when there is none) it writes into --out
 <stem>.beton, <stem>.dali/shard-NNNNN.{tar,idx} and <stem>.meta.json, all at once at the end: a failed run
-leaves --out untouched. Exit status: 0 done, 1 the data could not be converted (the message names the file
-and its line), 2 bad arguments or existing outputs without --overwrite.
+leaves --out untouched. A stem converted before keeps the format not named in --formats (the meta file then
+lists both); an output replaced or kept is said in one line. Errors are one line that names the file (and
+line) at fault. Exit status: 0 done, 1 the data could not be converted or written, 2 bad arguments, an
+unusable --out, or existing outputs without --overwrite.
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ from pipelines.convert import (  # noqa: E402
     READERS,
     ConversionError,
     ConvertOptions,
+    OutputError,
     OutputExistsError,
     SplitError,
     SplitRequest,
+    WriteError,
     convert,
     summary_line,
 )
+from pipelines.convert.progress import DEFAULT_INTERVAL  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -76,7 +81,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=64 * 64,
         help="FFCV stores images of at most this many pixels as raw pixels (default 4096)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (or progress lines)")
+    p.add_argument(
+        "--progress-interval",
+        type=float,
+        default=DEFAULT_INTERVAL,
+        help="seconds between progress lines when stderr is not a terminal, e.g. in a batch job's log "
+        f"(default {DEFAULT_INTERVAL:.0f}; a terminal gets a progress bar)",
+    )
     return p.parse_args(argv)
 
 
@@ -107,6 +119,7 @@ def _run(args: argparse.Namespace) -> int:
             allow_empty_classes=args.allow_empty_classes,
             raw_max_pixels=args.raw_max_pixels,
             progress=not args.no_progress,
+            progress_interval=args.progress_interval,
         )
     except ValueError as exc:
         print(f"convert_datasets: {exc}", file=sys.stderr)
@@ -115,18 +128,28 @@ def _run(args: argparse.Namespace) -> int:
         args.dataset, args.root, args.split_file, args.split, args.imb_ratio, args.num_classes
     )
     try:
-        summary = convert(request, args.out, opts)
-    except OutputExistsError as exc:
-        print(f"convert_datasets: {exc}", file=sys.stderr)
+        summary = convert(request, args.out, opts, notify=_say)
+    except (OutputExistsError, OutputError) as exc:  # the message says what was left as it was
+        _say(f"error: {exc}")
         return 2
+    except WriteError as exc:
+        _say(f"error: {exc}")
+        return 1
     except (SplitError, ConversionError) as exc:
-        print(f"convert_datasets: error: {exc}\nnothing was written to {args.out}", file=sys.stderr)
+        _say(f"error: {exc}; nothing was written to {args.out}")
+        return 1
+    except OSError as exc:  # reading the source (a folder without permission, ...): still one line
+        _say(f"error: {exc.strerror or exc}: {exc.filename}; nothing was written to {args.out}")
         return 1
     except KeyboardInterrupt:
         print(f"convert_datasets: interrupted; nothing was written to {args.out}", file=sys.stderr)
         return 130
     print(summary_line(summary), flush=True)
     return 0
+
+
+def _say(line: str) -> None:
+    print(f"convert_datasets: {line}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -6,20 +6,25 @@
 The CLI is `tools/convert_datasets.py`; the output files and the meta schema are in `pipelines/meta.py`.
 """
 
+from .options import ConvertOptions
+from .outputs import KeptOutputMismatch
 from .readers import READERS, read_split, register
-from .run import ConversionError, ConvertOptions, convert, convert_samples, summary_line, write_order
+from .run import ConversionError, WriteError, convert, convert_samples, summary_line, write_order
 from .samples import SampleList, SplitError, SplitRequest, SplitWarning
-from .staging import OutputExistsError
+from .staging import OutputError, OutputExistsError
 
 __all__ = [
     "READERS",
     "ConversionError",
     "ConvertOptions",
+    "KeptOutputMismatch",
+    "OutputError",
     "OutputExistsError",
     "SampleList",
     "SplitError",
     "SplitRequest",
     "SplitWarning",
+    "WriteError",
     "convert",
     "convert_samples",
     "read_split",

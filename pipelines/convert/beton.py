@@ -10,10 +10,13 @@ installed FFCV, so converting never has to import FFCV (and torch).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import numpy as np
+
+from .staging import naming
 
 FORMAT_VERSION = 2
 PAGE_SIZE = 1 << 23  # 8 MiB, FFCV's default (4 * 2 MiB)
@@ -69,9 +72,10 @@ class BetonWriter:
         end = self.metadata_start + METADATA_TYPE.itemsize * capacity
         self.data_start = -(-end // page_size) * page_size  # pages are aligned to absolute file offsets
         self._fp = open(self.path, "wb", buffering=1 << 20)  # noqa: SIM115 (closed by close()/abort())
-        self._fp.write(self._header(0, 0).tobytes())
-        self._fp.write(self._field_descriptors().tobytes())
-        self._fp.seek(self.data_start)
+        with naming(self.path):
+            self._fp.write(self._header(0, 0).tobytes())
+            self._fp.write(self._field_descriptors().tobytes())
+            self._fp.seek(self.data_start)
         self._page = -1
         self._used = page_size  # no page open yet
 
@@ -112,7 +116,8 @@ class BetonWriter:
         if self._used + size > self.page_size:
             self._next_page()
         ptr = self.data_start + self._page * self.page_size + self._used
-        self._fp.write(data)
+        with naming(self.path):  # a full disk names the file
+            self._fp.write(data)
         self._used += size
         self.metadata[i] = ((mode, width, height, ptr), label)
         self.allocs[i] = (i, ptr, size)
@@ -133,6 +138,10 @@ class BetonWriter:
     def close(self) -> None:
         if self._fp.closed:
             return
+        with naming(self.path):
+            self._finish()
+
+    def _finish(self) -> None:
         if self._page >= 0:
             self._pad_page()
         alloc_ptr = self._fp.tell()
@@ -147,8 +156,10 @@ class BetonWriter:
         self._fp.close()
 
     def abort(self) -> None:
+        """Close without finishing (the staging folder is deleted); a failing flush (full disk) is moot."""
         if not self._fp.closed:
-            self._fp.close()
+            with contextlib.suppress(OSError):
+                self._fp.close()
 
     def __enter__(self) -> BetonWriter:
         return self

@@ -4,7 +4,9 @@ One call per sample produces what both writers need from a single decode:
 - for FFCV, the RGBImageField payload: JPEG at `jpeg_quality` (as FFCV's 'jpg' mode writes it: cv2, RGB->BGR),
   or raw uint8 pixels for tiny images (FFCV's 'smart' mode idea: no decode cost, no JPEG loss);
 - for DALI, JPEG bytes: the source file itself when nothing has to change (a JPEG, RGB, small enough, no EXIF
-  rotation), otherwise the same JPEG that FFCV gets (tiny images: q >= 95, no chroma subsampling).
+  rotation, nothing after its end marker), otherwise the same JPEG that FFCV gets (tiny images: q >= 95, no
+  chroma subsampling). Every DALI sample thus starts and ends with the JPEG markers the loader checks
+  (`shards.jpeg_problem`), so a sample that does not is damage, never a quirk of its source.
 CMYK and grayscale JPEGs, PNG data behind a .JPEG name, palette/alpha images and EXIF orientation all end as
 upright RGB.
 """
@@ -18,6 +20,8 @@ from typing import NamedTuple
 import cv2
 import numpy as np
 from PIL import Image
+
+from ..shards import jpeg_problem
 
 FFCV_JPG, FFCV_RAW = 0, 1  # RGBImageField's per-sample `mode` values
 EXIF_ORIENTATION = 0x0112
@@ -126,7 +130,13 @@ def decode(data: bytes, opts: EncodeOptions) -> tuple[np.ndarray | None, bool, t
     w, h = im.size
     upright = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
     tw, th = target_size(*upright, opts.max_resolution)
-    passthrough = im.format == "JPEG" and im.mode == "RGB" and orientation == 1 and (tw, th) == upright
+    passthrough = (
+        im.format == "JPEG"
+        and im.mode == "RGB"
+        and orientation == 1
+        and (tw, th) == upright
+        and jpeg_problem(data) is None  # trailing bytes after the end marker: re-encoded
+    )
     if passthrough and not opts.ffcv:
         im.draft(im.mode, (max(1, w // 8), max(1, h // 8)))
         im.load()

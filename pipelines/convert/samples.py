@@ -38,7 +38,8 @@ class SampleList:
     Images are either files (`paths`, relative to `root`) or in-memory HxWx3 uint8 arrays (`arrays`, CIFAR).
     `lines[i]` locates sample i in `origin`: with `line_kind` "line" the 1-based line of a list file, with
     "entry" the 1-based position in a JSON `images` list or a folder walk, with "index" the 0-based index
-    into a CIFAR array.
+    into a CIFAR array. `classes_known` is False when `num_classes` was only inferred (highest label + 1):
+    then an empty class may well be a typo'd label, and messages name where the highest label is.
     """
 
     dataset: str
@@ -54,6 +55,7 @@ class SampleList:
     line_kind: str = "line"
     class_names: tuple[str, ...] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    classes_known: bool = True
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
@@ -79,6 +81,10 @@ class SampleList:
             return str((self.root or Path()) / self.paths[i])
         return self.where(i)
 
+    def key(self, i: int) -> str:
+        """What identifies sample i across conversions: its path as listed, or its index in the arrays."""
+        return self.paths[i] if self.paths is not None else str(int(self.lines[i]))
+
     def display_path(self, i: int) -> str:
         """Sample i's path as written in its split file (or `origin[index]` for arrays)."""
         return self.paths[i] if self.paths is not None else self.describe(i)
@@ -99,6 +105,7 @@ class SampleList:
             line_kind=self.line_kind,
             class_names=self.class_names,
             extra=dict(self.extra),
+            classes_known=self.classes_known,
         )
 
     def class_counts(self) -> list[int]:
@@ -114,20 +121,32 @@ def check_labels(samples: SampleList) -> None:
         raise SplitError(f"{len(bad)} label(s) out of range 0..{samples.num_classes - 1}: {shown}{more}")
 
 
-def empty_classes(samples: SampleList) -> list[int]:
-    return [c for c, n in enumerate(samples.class_counts()) if n == 0]
-
-
-def check_empty_classes(samples: SampleList, allow: bool) -> None:
-    """A class without any image breaks class-count based losses: an error unless explicitly allowed."""
-    empty = empty_classes(samples)
+def check_empty_classes(counts: Sequence[int] | np.ndarray, origin: str, allow: bool, hint: str = "") -> None:
+    """A class without any image breaks class-count based losses: an error unless explicitly allowed.
+    `hint` (see `class_count_hint`) is added to the message."""
+    empty = np.flatnonzero(np.asarray(counts) == 0).tolist()
     if not empty:
         return
     shown = ", ".join(map(str, empty[:20])) + (" ..." if len(empty) > 20 else "")
-    msg = f"{samples.origin}: {len(empty)} of {samples.num_classes} classes have no image (labels {shown})"
+    msg = f"{origin}: {len(empty)} of {len(counts)} classes have no image (labels {shown})"
+    msg += f"; {hint}" if hint else ""
     if not allow:
         raise SplitError(msg + "; pass --allow-empty-classes to convert it anyway")
     warnings.warn(msg, SplitWarning, stacklevel=2)
+
+
+def class_count_hint(samples: SampleList) -> str:
+    """Where an inferred class count comes from: the lines holding the highest label (a typo'd label far out
+    of range shows up as many empty classes, and this names its line). Empty when the count was given."""
+    if samples.classes_known or not len(samples):
+        return ""
+    top = int(samples.labels.max())
+    at = np.flatnonzero(samples.labels == top)
+    where = "; ".join(samples.where(i) for i in at[:3]) + (f" and {len(at) - 3} more" if len(at) > 3 else "")
+    return (
+        f"the class count {samples.num_classes} is the highest label + 1, and label {top} is at {where} "
+        "(a typo? otherwise pass --num-classes)"
+    )
 
 
 def drop_duplicates(samples: SampleList) -> SampleList:

@@ -7,9 +7,12 @@ written; the index is the `v1.2` format of DALI's `wds2idx`: a `v1.2 <samples>` 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tarfile
 from pathlib import Path
+
+from .staging import naming
 
 BLOCK = 512
 INDEX_VERSION = "v1.2"
@@ -50,14 +53,15 @@ class ShardWriter:
         if self._fp is None or self.counts[-1] >= self.shard_size:
             self._open_next()
         parts = []
-        for ext, payload in (("jpg", jpeg), ("cls", str(int(label)).encode("ascii"))):
-            name = f"{key}.{ext}"
-            header = _member_header(name, len(payload))
-            data_offset = self._offset + len(header)
-            self._write(header)
-            self._write(payload)
-            self._write(bytes(-len(payload) % BLOCK))
-            parts.append(f"{ext} {data_offset} {len(payload)} {name}")
+        with naming(self.dir / self.shards[-1]):  # a full disk names the shard
+            for ext, payload in (("jpg", jpeg), ("cls", str(int(label)).encode("ascii"))):
+                name = f"{key}.{ext}"
+                header = _member_header(name, len(payload))
+                data_offset = self._offset + len(header)
+                self._write(header)
+                self._write(payload)
+                self._write(bytes(-len(payload) % BLOCK))
+                parts.append(f"{ext} {data_offset} {len(payload)} {name}")
         self._index.append(" ".join(parts))
         self.counts[-1] += 1
 
@@ -76,12 +80,13 @@ class ShardWriter:
     def _finish_shard(self) -> None:
         if self._fp is None:
             return
-        self._write(bytes(2 * BLOCK))  # end-of-archive marker
-        self._fp.close()
+        with naming(self.dir / self.shards[-1]):
+            self._write(bytes(2 * BLOCK))  # end-of-archive marker
+            fp, self._fp = self._fp, None
+            fp.close()
         self.bytes_written += self._offset
-        self._fp = None
         idx = self.dir / self.shards[-1].replace(".tar", ".idx")
-        with open(idx, "w") as fh:
+        with naming(idx), open(idx, "w") as fh:
             fh.write(f"{INDEX_VERSION} {len(self._index)}\n")
             fh.write("\n".join(self._index) + "\n")
         self.bytes_written += idx.stat().st_size
@@ -92,6 +97,8 @@ class ShardWriter:
         return list(self.shards), list(self.counts)
 
     def abort(self) -> None:
+        """Close without finishing (the staging folder is deleted); a failing flush (full disk) is moot."""
         if self._fp is not None:
-            self._fp.close()
-            self._fp = None
+            fp, self._fp = self._fp, None
+            with contextlib.suppress(OSError):
+                fp.close()

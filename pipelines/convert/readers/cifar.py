@@ -68,9 +68,24 @@ def _folder(root: Path, name: str, probe: str) -> Path:
     raise SplitError(f"no CIFAR data under {root}: expected {root / name / probe}")
 
 
+def _labels(raw, path: Path, classes: int) -> np.ndarray:
+    """The labels of one pickle, checked: integers (not bools, floats or strings) in 0..classes-1."""
+    arr = np.asarray(raw)
+    if arr.ndim != 1 or arr.dtype.kind not in "iu":
+        bad = next(
+            (i for i, v in enumerate(raw) if isinstance(v, bool) or not isinstance(v, int | np.integer)), 0
+        )
+        raise SplitError(f"{path}[{bad}]: label {raw[bad]!r} is not an integer")
+    out = np.flatnonzero((arr < 0) | (arr >= classes))
+    if len(out):
+        more = f" (and {len(out) - 1} more)" if len(out) > 1 else ""
+        raise SplitError(f"{path}[{out[0]}]: label {arr[out[0]]} is out of range 0..{classes - 1}{more}")
+    return arr.astype(np.int64)
+
+
 def load_cifar(dataset: str, root: Path, split: str) -> tuple[np.ndarray, np.ndarray, Path, tuple | None]:
     """(images N x 32 x 32 x 3 uint8, labels, folder, class names) of the source split, in file order."""
-    folder_name, train_files, test_files, label_key, meta_file, names_key, _ = CIFAR[dataset]
+    folder_name, train_files, test_files, label_key, meta_file, names_key, classes = CIFAR[dataset]
     files = {"train": train_files, "test": test_files}.get(split)
     if files is None:
         raise SplitError(f"{dataset}: --split must be train or test, got {split!r}")
@@ -84,7 +99,7 @@ def load_cifar(dataset: str, root: Path, split: str) -> tuple[np.ndarray, np.nda
         if x.ndim != 2 or x.shape[1] != 3072 or len(x) != len(d[label_key]):
             raise SplitError(f"{folder / name}: 'data' must be N x 3072 with one label each, got {x.shape}")
         data.append(x)
-        labels.extend(int(v) for v in d[label_key])
+        labels.extend(_labels(d[label_key], folder / name, classes).tolist())
     images = np.ascontiguousarray(np.concatenate(data).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
     names = None
     if (folder / meta_file).is_file():

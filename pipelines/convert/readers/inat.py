@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..samples import SampleList, SplitError, SplitRequest
 from . import register
-from .lists import read_list_file, resolve_split_file, split_name
+from .lists import given_num_classes, read_list_file, resolve_split_file, split_name
 
 
 @register("inat2018")
@@ -49,11 +49,13 @@ def read_coco_json(request: SplitRequest, path: Path) -> SampleList:
     label_of: dict[int, int] = {}
     for k, ann in enumerate(annotations):
         try:
-            image_id, category = ann["image_id"], int(ann["category_id"])
-        except (KeyError, TypeError, ValueError):
+            image_id, category = ann["image_id"], ann["category_id"]
+        except (KeyError, TypeError):
             raise SplitError(
                 f"{path} annotations[{k}]: needs 'image_id' and 'category_id', got {ann!r}"
             ) from None
+        if type(category) is not int:  # not int(): "1_0" would become 10, 3.7 would become 3, true 1
+            raise SplitError(f"{path} annotations[{k}]: category_id {category!r} is not an integer")
         if image_id not in entry_of:
             raise SplitError(f"{path} annotations[{k}]: image_id {image_id} is not in 'images'")
         previous = label_of.setdefault(image_id, category)
@@ -71,9 +73,16 @@ def read_coco_json(request: SplitRequest, path: Path) -> SampleList:
             f"(id {images[i]['id']}, {images[i]['file_name']})"
         )
 
-    categories = doc.get("categories") or []
-    category_ids = [int(c["id"]) for c in categories if isinstance(c, dict) and "id" in c]
-    num_classes = request.num_classes or max([*category_ids, *label_of.values()]) + 1
+    # The class count is known from `categories` (or --num-classes): a category_id beyond it is an error that
+    # names its entry, never an extra class.
+    category_ids = []
+    for i, c in enumerate(doc.get("categories") or []):
+        cid = c.get("id") if isinstance(c, dict) else None
+        if type(cid) is not int:
+            raise SplitError(f"{path} categories[{i}]: id {cid!r} is not an integer")
+        category_ids.append(cid)
+    given = given_num_classes(request)
+    known = given or (max(category_ids) + 1 if category_ids else None)
     return SampleList(
         dataset=request.dataset,
         split=request.split or split_name(path.stem),
@@ -81,8 +90,9 @@ def read_coco_json(request: SplitRequest, path: Path) -> SampleList:
         origin=str(path),
         labels=[label_of[img["id"]] for img in images],
         lines=list(range(1, len(images) + 1)),
-        num_classes=num_classes,
+        num_classes=known or max(max(label_of.values()) + 1, 1),
         root=request.root,
         paths=[str(img["file_name"]) for img in images],
         line_kind="entry",
+        classes_known=known is not None,
     )

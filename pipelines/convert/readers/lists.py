@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from ..samples import SampleList, SplitError, SplitRequest
 from . import register
+
+# An optional minus and ASCII digits: int() would also take `1_0` (as 10), `+3`, `٣` and other typos.
+INTEGER = re.compile(r"-?[0-9]+")
 
 # Where `--split NAME` looks when no `--split-file` is given (relative to --root).
 DEFAULT_LISTS = {
@@ -59,21 +63,25 @@ def parse_list(path: Path) -> tuple[list[str], list[int], list[int]]:
         parts = text.rsplit(None, 1)
         if len(parts) != 2:
             raise SplitError(f"{path} line {lineno}: expected '<relative/path> <label>', got {text!r}")
-        try:
-            label = int(parts[1])
-        except ValueError:
-            raise SplitError(f"{path} line {lineno}: label {parts[1]!r} is not an integer") from None
+        if not INTEGER.fullmatch(parts[1]):
+            raise SplitError(f"{path} line {lineno}: label {parts[1]!r} is not an integer (digits only)")
         paths.append(parts[0])
-        labels.append(label)
+        labels.append(int(parts[1]))
         lines.append(lineno)
     if not paths:
         raise SplitError(f"split file {path} lists no image")
     return paths, labels, lines
 
 
+def given_num_classes(request: SplitRequest) -> int | None:
+    if request.num_classes is not None and request.num_classes < 1:
+        raise SplitError(f"--num-classes must be >= 1, got {request.num_classes}")
+    return request.num_classes
+
+
 def read_list_file(request: SplitRequest, path: Path) -> SampleList:
     paths, labels, lines = parse_list(path)
-    num_classes = request.num_classes or max(labels) + 1
+    given = given_num_classes(request)
     return SampleList(
         dataset=request.dataset,
         split=request.split or split_name(path.stem),
@@ -81,10 +89,11 @@ def read_list_file(request: SplitRequest, path: Path) -> SampleList:
         origin=str(path),
         labels=labels,
         lines=lines,
-        num_classes=num_classes,
+        num_classes=given or max(max(labels) + 1, 1),
         root=request.root,
         paths=paths,
         line_kind="line",
+        classes_known=given is not None,
     )
 
 
