@@ -13,6 +13,7 @@ the loss and the loaders receive (`set_epoch(epoch)`), as in the papers' code.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from pipelines.clock import duration
 from trainer import history, rundir
 from trainer.config import Config, OptimConfig
 from trainer.optim import SGD
@@ -76,7 +78,8 @@ def train_one_epoch(
 ) -> dict[str, Any]:
     """One pass over `loader` (epoch counted from 0). Returns the mean loss, the last learning rate, the
     training top-1 of view 0 and images per second over all processes (timed between host syncs).
-    `progress` shows a tqdm bar; `log_lines` prints a line at each log point instead (batch jobs' logs)."""
+    `progress` shows a tqdm bar; `log_lines` prints a plain line at each log point instead, with the time
+    left to the end of training (a batch job's log, where bar frames would pile up)."""
     steps = len(loader)  # type: ignore[arg-type]
     if steps == 0:
         raise ValueError(
@@ -120,8 +123,11 @@ def train_one_epoch(
             loss = f"{m['loss']:.4f}" if m["loss"] is not None else "-"
             bar.set_postfix(loss=loss, lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
             if log_lines and done < steps:
+                left = steps - done + (epochs - epoch - 1) * steps  # training steps to the end of the run
+                eta = duration(left * (now - start) / done)
                 print(
-                    f"  epoch {epoch + 1} step {done}/{steps}: loss {loss} lr {lr:.4g} {rate:.0f} img/s",
+                    f"  epoch {epoch + 1}/{epochs} step {done}/{steps}: loss {loss} lr {lr:.4g} "
+                    f"{rate:.0f} img/s, ETA {eta} (training)",
                     flush=True,
                 )
     bar.close()
@@ -187,6 +193,7 @@ def fit(
         rundir.write_metrics(run_dir, hist.records)  # drops lines written after the checkpoint
     if hist.epoch:
         accelerator.print(f"resuming {run_dir} after epoch {hist.epoch} of {epochs}", flush=True)
+    bar = main and run.progress and sys.stdout.isatty()  # a batch job's log gets plain lines instead
     for epoch in range(hist.epoch, epochs):
         start = time.perf_counter()
         parts.loss.set_epoch(epoch, epochs)
@@ -202,8 +209,8 @@ def fit(
                     optim=cfg.optim,
                     log_every=run.log_every,
                     global_batch=parts.global_batch,
-                    progress=run.progress and main,
-                    log_lines=main and not run.progress,
+                    progress=bar,
+                    log_lines=main and not bar,
                 )
             )
         except DivergedError as err:

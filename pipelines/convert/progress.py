@@ -12,14 +12,9 @@ from typing import TextIO
 
 from tqdm import tqdm
 
+from ..clock import duration
+
 DEFAULT_INTERVAL = 30.0  # seconds between two log lines: ~120 lines for an hour-long ImageNet conversion
-
-
-def _duration(seconds: float) -> str:
-    if seconds != seconds or seconds == float("inf"):
-        return "?"
-    s = int(round(seconds))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
 class LineProgress:
@@ -45,7 +40,7 @@ class LineProgress:
         pct = 100.0 * self.done / self.total if self.total else 100.0
         print(
             f"{self.desc}: {self.done}/{self.total} images ({pct:.0f}%), {rate:.0f} img/s, "
-            f"elapsed {_duration(elapsed)}, ETA {_duration(eta)}",
+            f"elapsed {duration(elapsed)}, ETA {duration(eta)}",
             file=self.stream,
             flush=True,
         )
