@@ -24,7 +24,7 @@ $(STAMP): setup.cfg pyproject.toml tools/setup_system.sh
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) tools/demo.py --out $(DEMO_DIR)
+	$(PY) -m tools.demo --out $(DEMO_DIR)
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not gpu" $(PYTEST_ARGS)
@@ -36,7 +36,7 @@ test-gpu: $(STAMP)
 	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(PY) tools/benchmark.py --out bench_out
+	$(PY) -m tools.benchmark --out bench_out
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_tiny_suite_writes_every_section(tmp_path):
     out = tmp_path / "bench"
     proc = subprocess.run(
-        [sys.executable, "tools/benchmark.py", "--tiny", "--device", "cpu", "--out", str(out)],
+        [sys.executable, "-m", "tools.benchmark", "--tiny", "--device", "cpu", "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -24,8 +25,12 @@ def test_tiny_suite_writes_every_section(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["sections"]) == {"loaders", "losses", "augment", "convert", "step", "e2e"}
-    assert summary["environment"]["torch"].startswith("2.14.1")
+    sections = {"loaders", "losses", "augment", "convert", "step", "e2e"}
+    assert set(summary["sections"]) == sections
+    assert summary["environment"]["versions"]["torch"].startswith("2.14.1")
+    for section in sections:  # every figure carries the one environment record, for the device it ran on
+        env = json.loads((out / f"{section}.json").read_text())["environment"]
+        assert env["device"] == "cpu" and env["versions"] == summary["environment"]["versions"], section
 
     loaders = json.loads((out / "loaders.json").read_text())["results"]
     for name in ("fastlt_ffcv", "raw_ffcv", "fastlt_dali", "raw_dali", "torchvision"):
@@ -41,10 +46,11 @@ def test_tiny_suite_writes_every_section(tmp_path):
     convert = json.loads((out / "convert.json").read_text())
     assert all(convert["images_per_s"][k] > 0 for k in ("bare", "ffcv", "both"))
 
-    (step,) = json.loads((out / "step.json").read_text())
-    assert step["img_per_s"] > 0 and step["vs_eager"] == 1.0
+    (step,) = json.loads((out / "step.json").read_text())["rows"]
+    assert (step["effective_mode"], step["batch"], step["resolution"]) == ("eager", 8, 32)
+    assert step["img_per_s"] > 0 and math.isfinite(step["loss"]) and step["loss"] > 0
 
-    e2e = json.loads((out / "e2e.json").read_text())
+    e2e = json.loads((out / "e2e.json").read_text())["rows"]
     assert [r.get("backend", "synthetic") for r in e2e] == ["synthetic", "ffcv", "dali"]
-    for row in e2e[1:]:
-        assert row["img_per_s"] > 0 and row["fraction_of_synthetic"] > 0
+    for row in e2e[1:]:  # trained on the loaders' converted images: a finite loss from real batches
+        assert row["img_per_s"] > 0 and row["fraction_of_synthetic"] > 0 and math.isfinite(row["loss"])

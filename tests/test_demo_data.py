@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tools.make_demo_data import CLASS_NAMES, long_tail_counts, main, make_demo_data, render
+from tools.longtail import long_tail_counts
+from tools.make_demo_data import CLASS_NAMES, main, make_demo_data, render
+from trainer.metrics import shot_group
 
 
 def _read_list(path):
@@ -26,9 +28,16 @@ def test_long_tail_profile_matches_cifar_lt_formula():
     assert sum(cifar) == 10_847 and cifar[:3] == [500, 477, 455] and cifar[-1] == 5
 
 
+def test_long_tail_profile_keeps_an_image_in_every_class():
+    # CIFAR-LT's own profile would leave 2 * 0.1 -> 0 images to the last class: a class the converter refuses.
+    assert long_tail_counts(3, 2, 100.0) == [2, 1, 1]
+    assert long_tail_counts(1, 7, 100.0) == [7]
+    with pytest.raises(ValueError, match="imbalance must be >= 1"):
+        long_tail_counts(4, 10, 0.5)
+
+
 def test_default_set_has_many_medium_and_few_classes():
-    counts = long_tail_counts(12, 300, 100.0)
-    groups = Counter("many" if n > 100 else "medium" if n >= 20 else "few" for n in counts)
+    groups = Counter(shot_group(n) for n in long_tail_counts(12, 300, 100.0))
     assert groups["many"] >= 2 and groups["medium"] >= 2 and groups["few"] >= 2
 
 

@@ -1,11 +1,11 @@
 """Batched AutoAugment (+ Cutout) against torchvision's per-image `transforms.v2.AutoAugment` loop.
 
-    python tools/bench_augment.py --device cpu --batch 64 --res 224
-    python tools/bench_augment.py --device cuda --batch 256 --res 224 --resnet50 --compile
+    python -m tools.bench_augment --device cpu --batch 64 --res 224
+    python -m tools.bench_augment --device cuda --batch 256 --res 224 --resnet50 --compile
 
-Both run in the same process on the same uint8 batch (channels_last, on `--device`). Timings exclude a
-warm-up; on CUDA they are taken with CUDA events and one synchronisation per measurement, never per
-image. With `--resnet50` it also times one bf16 channels_last ResNet-50 training step on the batch, to
+Both run in the same process on the same uint8 batch (channels_last, on `--device`). Timing is
+tools/timer.py: a warm-up off the clock; on CUDA, CUDA events and one synchronisation per measurement, never
+per image. With `--resnet50` it also times one bf16 channels_last ResNet-50 training step on the batch, to
 express the augmentation as a fraction of a step (the goal: AutoAugment + Cutout under 10% of it).
 """
 
@@ -13,48 +13,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipelines.augment import build_batch_augment  # noqa: E402
-
-
-def _timer(device: torch.device) -> Callable[[Callable[[], object], int], float]:
-    """Mean milliseconds per call of fn over `iters` calls (after the caller's warm-up)."""
-
-    def cpu(fn: Callable[[], object], iters: int) -> float:
-        start = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        return (time.perf_counter() - start) * 1000.0 / iters
-
-    def cuda(fn: Callable[[], object], iters: int) -> float:
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
-        for _ in range(iters):
-            fn()
-        end.record()
-        torch.cuda.synchronize()
-        return begin.elapsed_time(end) / iters
-
-    return cuda if device.type == "cuda" else cpu
+from pipelines.augment import Normalize, build_batch_augment
+from pipelines.config import IMAGENET_MEAN, IMAGENET_STD
+from tools.output import add_json_flag, record, write_json
+from tools.timer import Timer
 
 
 def _resnet50_step(batch: torch.Tensor) -> Callable[[], object]:
     """One SGD step of torchvision's ResNet-50, bf16 autocast, channels_last, on a normalised batch."""
     import torchvision
 
-    from pipelines.augment import Normalize
-
     model = torchvision.models.resnet50().to(batch.device, memory_format=torch.channels_last)
-    norm = Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)).to(batch.device)
+    norm = Normalize(IMAGENET_MEAN, IMAGENET_STD).to(batch.device)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     labels = torch.randint(1000, (batch.shape[0],), device=batch.device)
 
@@ -88,7 +62,7 @@ def run(
     g = torch.Generator(device=dev).manual_seed(0)
     images = torch.randint(0, 256, (batch, 3, res, res), dtype=torch.uint8, device=dev, generator=g)
     images = images.contiguous(memory_format=torch.channels_last)
-    time_it = _timer(dev)
+    timer = Timer(dev)
 
     policy_enum = {"imagenet": v2.AutoAugmentPolicy.IMAGENET, "cifar10": v2.AutoAugmentPolicy.CIFAR10}[policy]
     per_image = v2.AutoAugment(policy_enum, fill=128)
@@ -112,15 +86,11 @@ def run(
         cases["resnet50_step"] = _resnet50_step(images)
     ms = {}
     for name, fn in cases.items():
-        n = loop_iters if name.startswith("torchvision") else iters
-        for _ in range(warmup):
-            fn()
-        ms[name] = time_it(fn, n)
+        timer.warm_up(fn, warmup)
+        ms[name] = 1e3 * timer.per_call(fn, loop_iters if name.startswith("torchvision") else iters)
 
     out = {
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
         "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
         "batch": batch,
         "res": res,
         "policy": policy,
@@ -150,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--resnet50", action="store_true", help="also time a ResNet-50 training step on the batch")
     p.add_argument("--compile", action="store_true", help="also time the ops compiled (draws stay eager)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--out", type=Path, help="also write the JSON result here")
+    add_json_flag(p)
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -166,12 +136,8 @@ def main(argv: list[str] | None = None) -> None:
         resnet50=a.resnet50,
         compile=a.compile,
     )
-    result["command"] = "python tools/bench_augment.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(text + "\n")
+    print(json.dumps(result, indent=2))
+    write_json(a.json, record(result, a.device))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
 """Loader throughput: `make_loader` (ffcv, dali) against the raw libraries doing the same work, and a
 torchvision ImageFolder DataLoader, on the same images in one run.
 
-    python tools/bench_loaders.py --images 2400 --size 400x350 --res 224 --batch 64 --workers 2 --repeats 3
+    python -m tools.bench_loaders --images 2400 --size 400x350 --res 224 --batch 64 --workers 2 --repeats 3
 
-Training-mode work everywhere: RandomResizedCrop(scale 0.08-1, ratio 3/4-4/3) to --res, horizontal flip,
-uint8 NCHW output (labels too), no augmentation policy:
-- `fastlt_ffcv`  make_loader("ffcv", <stem>.beton)
+Training-mode work everywhere (the loaders are in tools/loader_adapters.py): RandomResizedCrop(scale
+0.08-1, ratio 3/4-4/3) to --res, horizontal flip, uint8 NCHW output (labels too), no augmentation policy:
+- `fastlt_ffcv`  make_loader with data.backend "ffcv" (<stem>.beton)
 - `raw_ffcv`     ffcv.loader.Loader, RANDOM order, os_cache, RRC decoder -> flip -> ToTensor -> ToTorchImage
-- `fastlt_dali`  make_loader("dali", <stem>.dali)
+- `fastlt_dali`  make_loader with data.backend "dali" (<stem>.dali)
 - `raw_dali`     readers.webdataset(random_shuffle) -> decoders.image_random_crop -> resize -> flip,
                  DALIGenericIterator(reader_name, DROP)
 - `torchvision`  ImageFolder + RandomResizedCrop + RandomHorizontalFlip + PILToTensor, DataLoader(num_workers)
@@ -17,8 +17,8 @@ median epoch gives img/s (the fastest one: best_img_per_s), divided by --workers
 `img_per_cpu_s` divides by the CPU time the loader actually used (this process's threads + worker
 processes): the work per image, which load from other processes distorts far less than wall time.
 With --device cuda the batches land on the GPU (DALI decodes with nvJPEG) and the clock stops after a
-synchronisation at the end of each epoch. Images come from tools/make_demo_data.py (12 equal classes)
-and tools/convert_datasets.py, kept in --data.
+synchronisation at the end of each epoch. Images come from tools/make_demo_data.py (12 equal classes),
+converted in process by `pipelines.convert` (what tools/convert_datasets.py runs), kept in --data.
 `run(...)` returns the figures as a dict for the benchmark suite.
 """
 
@@ -27,23 +27,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import torch
+
+from pipelines import data_path
+from pipelines.convert import ConvertOptions, SplitRequest, convert
+from pipelines.meta import META_SUFFIX
+from tools.loader_adapters import RawDali, TorchvisionFolder, fastlt, raw_ffcv
+from tools.make_demo_data import make_demo_data, parse_size
+from tools.output import add_json_flag, record, write_json
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from pipelines import make_loader  # noqa: E402
-from tools.make_demo_data import make_demo_data  # noqa: E402
-
-SCALE, RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
 NAMES = ("fastlt_ffcv", "raw_ffcv", "fastlt_dali", "raw_dali", "torchvision")
 # Not in the default set: DBM-BCL's three views of each image (issue #7), against the one-view loaders.
 VIEW_NAMES = ("fastlt_ffcv_3views", "fastlt_dali_3views")
@@ -64,149 +63,10 @@ def prepare_data(data: Path, n_images: int, size: tuple[int, int], workers: int)
             workers=workers,
         )
     converted = data / "converted"
-    if not (converted / "train.meta.json").is_file():
-        cmd = [
-            sys.executable,
-            str(ROOT / "tools" / "convert_datasets.py"),
-            "imagenet_lt",
-            "--root",
-            str(images),
-            "--split-file",
-            str(images / "train.txt"),
-            "--out",
-            str(converted),
-            "--workers",
-            str(workers),
-            "--no-progress",
-        ]
-        subprocess.run(cmd, check=True, cwd=ROOT)
+    if not (converted / f"train{META_SUFFIX}").is_file():
+        request = SplitRequest("imagenet_lt", images, split_file=images / "train.txt")
+        convert(request, converted, ConvertOptions(workers=workers, progress=False))
     return converted
-
-
-def _fastlt(
-    backend: str, path: Path, res: int, batch: int, workers: int, device: torch.device, views: int = 1
-):
-    return make_loader(
-        backend,
-        path,
-        train=True,
-        batch_size=batch,
-        resolution=res,
-        device=device,
-        num_workers=workers,
-        scale=SCALE,
-        ratio=RATIO,
-        views=views,
-    )
-
-
-def _raw_ffcv(path: Path, res: int, batch: int, workers: int, device: torch.device):
-    from ffcv.fields.basics import IntDecoder
-    from ffcv.fields.rgb_image import RandomResizedCropRGBImageDecoder
-    from ffcv.loader import Loader, OrderOption
-    from ffcv.transforms import RandomHorizontalFlip, ToDevice, ToTensor, ToTorchImage
-
-    to_dev = [ToDevice(device, non_blocking=True)] if device.type == "cuda" else []
-    image = [
-        RandomResizedCropRGBImageDecoder((res, res), scale=SCALE, ratio=RATIO),
-        RandomHorizontalFlip(),
-        ToTensor(),
-        *to_dev,
-        ToTorchImage(channels_last=True),
-    ]
-    label = [IntDecoder(), ToTensor(), *to_dev]
-    return Loader(
-        str(path),
-        batch_size=batch,
-        num_workers=workers,
-        os_cache=True,
-        order=OrderOption.RANDOM,
-        seed=0,
-        drop_last=True,
-        pipelines={"image": image, "label": label},
-    )
-
-
-class _RawDali:
-    """The plain DALI recipe on the same shards: the webdataset reader with its shuffle buffer."""
-
-    def __init__(self, folder: Path, res: int, batch: int, workers: int, device: torch.device):
-        from nvidia.dali import fn, pipeline_def, types
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
-
-        tars = sorted(folder.glob("*.tar"))
-        cuda = device.type == "cuda"
-
-        @pipeline_def(
-            batch_size=batch, num_threads=workers, device_id=(device.index or 0) if cuda else None, seed=0
-        )
-        def pipe():
-            jpegs, cls = fn.readers.webdataset(
-                paths=[str(t) for t in tars],
-                index_paths=[str(t.with_suffix(".idx")) for t in tars],
-                ext=["jpg", "cls"],
-                name="reader",
-                random_shuffle=True,
-                initial_fill=1024,
-            )
-            images = fn.decoders.image_random_crop(
-                jpegs,
-                device="mixed" if cuda else "cpu",
-                output_type=types.RGB,
-                random_area=list(SCALE),
-                random_aspect_ratio=list(RATIO),
-                num_attempts=10,
-            )
-            images = fn.resize(images, resize_x=res, resize_y=res, antialias=True)
-            images = fn.flip(images, horizontal=fn.random.coin_flip(probability=0.5))
-            labels = fn.pad(cls, axes=[0], shape=[8], fill_value=0)  # the text label, made dense
-            return images, (labels.gpu() if cuda else labels)
-
-        self.it = DALIGenericIterator(
-            pipe(),
-            ["images", "labels"],
-            reader_name="reader",
-            last_batch_policy=LastBatchPolicy.DROP,
-            auto_reset=True,
-        )
-
-    def __iter__(self) -> Iterable:
-        for out in self.it:
-            yield out[0]["images"].permute(0, 3, 1, 2), out[0]["labels"]
-
-
-class _TorchvisionFolder:
-    def __init__(self, images: Path, res: int, batch: int, workers: int, device: torch.device):
-        from torch.utils.data import DataLoader
-        from torchvision import datasets, transforms
-
-        tf = transforms.Compose(
-            [
-                transforms.RandomResizedCrop(res, scale=SCALE, ratio=RATIO),
-                transforms.RandomHorizontalFlip(),
-                transforms.PILToTensor(),
-            ]
-        )
-        ds = datasets.ImageFolder(str(images / "train"), transform=tf)
-        self.device = device
-        self.loader = DataLoader(
-            ds,
-            batch_size=batch,
-            shuffle=True,
-            num_workers=workers,
-            drop_last=True,
-            persistent_workers=True,
-            pin_memory=device.type == "cuda",
-        )
-
-    def __iter__(self) -> Iterable:
-        for x, y in self.loader:
-            x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            yield x, y.to(self.device, non_blocking=True)
-
-    def worker_pids(self) -> list[int]:
-        it = getattr(self.loader, "_iterator", None)
-        return [w.pid for w in getattr(it, "_workers", [])]
 
 
 def _cpu_seconds(loader) -> float:
@@ -246,15 +106,15 @@ def run(
 ) -> dict:
     dev = torch.device(device)
     converted = prepare_data(Path(data), n_images, size, workers)
-    beton, shards, images = converted / "train.beton", converted / "train.dali", Path(data) / "images"
+    beton, shards = data_path(converted, "train", "ffcv"), data_path(converted, "train", "dali")
     builders: dict[str, Callable[[], object]] = {
-        "fastlt_ffcv": lambda: _fastlt("ffcv", beton, res, batch, workers, dev),
-        "raw_ffcv": lambda: _raw_ffcv(beton, res, batch, workers, dev),
-        "fastlt_dali": lambda: _fastlt("dali", shards, res, batch, workers, dev),
-        "raw_dali": lambda: _RawDali(shards, res, batch, workers, dev),
-        "torchvision": lambda: _TorchvisionFolder(images, res, batch, workers, dev),
-        "fastlt_ffcv_3views": lambda: _fastlt("ffcv", beton, res, batch, workers, dev, views=3),
-        "fastlt_dali_3views": lambda: _fastlt("dali", shards, res, batch, workers, dev, views=3),
+        "fastlt_ffcv": lambda: fastlt("ffcv", converted, res, batch, workers, dev),
+        "raw_ffcv": lambda: raw_ffcv(beton, res, batch, workers, dev),
+        "fastlt_dali": lambda: fastlt("dali", converted, res, batch, workers, dev),
+        "raw_dali": lambda: RawDali(shards, res, batch, workers, dev),
+        "torchvision": lambda: TorchvisionFolder(Path(data) / "images", res, batch, workers, dev),
+        "fastlt_ffcv_3views": lambda: fastlt("ffcv", converted, res, batch, workers, dev, views=3),
+        "fastlt_dali_3views": lambda: fastlt("dali", converted, res, batch, workers, dev, views=3),
     }
     unknown = set(only) - set(builders)
     if unknown:
@@ -305,28 +165,16 @@ def run(
             repeats=repeats,
             device=str(dev),
         ),
-        "machine": dict(
-            cpu_count=os.cpu_count(),
-            platform=platform.platform(),
-            python=platform.python_version(),
-            torch=torch.__version__,
-            load_avg_1m=round(os.getloadavg()[0], 2),
-            gpu=torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
-        ),
+        "load_avg_1m": round(os.getloadavg()[0], 2),  # the machine's other load: wall times depend on it
         "results": results,
     }
-
-
-def _size(text: str) -> tuple[int, int]:
-    w, _, h = text.lower().partition("x")
-    return int(w), int(h or w)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=ROOT / "bench_out" / "loaders_data")
     p.add_argument("--images", type=int, default=2400, help="training images to generate (12 equal classes)")
-    p.add_argument("--size", type=_size, default=(400, 350), help="WIDTHxHEIGHT of the generated JPEGs")
+    p.add_argument("--size", type=parse_size, default=(400, 350), help="WIDTHxHEIGHT of the generated JPEGs")
     p.add_argument("--res", type=int, default=224)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument(
@@ -337,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--only", default=",".join(NAMES), help=f"comma-separated subset of {','.join(NAMES + VIEW_NAMES)}"
     )
-    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    add_json_flag(p)
     args = p.parse_args(argv)
     out = run(
         args.data,
@@ -351,9 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         [s for s in args.only.split(",") if s],
     )
     print(json.dumps(out, indent=1))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=1) + "\n")
+    write_json(args.json, record(out, args.device))
     return 0
 
 

@@ -1,11 +1,11 @@
 """fastlt's benchmark suite, one entry for every figure in docs/BENCHMARKS.md.
 
-    python tools/benchmark.py                      # full sizes (meant for a GPU machine), all sections
-    python tools/benchmark.py --tiny               # the CPU smoke run: tiny model, low resolution, few steps
-    python tools/benchmark.py --only step,e2e --device cuda
+    python -m tools.benchmark                      # full sizes (meant for a GPU machine), all sections
+    python -m tools.benchmark --tiny               # the CPU smoke run: tiny model, low resolution, few steps
+    python -m tools.benchmark --only step,e2e --device cuda
 
 Sections, each run in its own process (so one failure does not hide the others, and no section's threads
-or JIT state disturb another's timing) and written to <out>/<section>.json:
+or JIT state disturb another's timing) and written by its `--json` flag to <out>/<section>.json:
   loaders  a) images/s of make_loader (ffcv, dali) vs the raw libraries and a torchvision DataLoader
   losses   d) forward+backward of every loss vs plain cross-entropy, eager and compiled
   augment     batched AutoAugment + Cutout vs torchvision's per-image AutoAugment
@@ -18,13 +18,13 @@ Within a section every comparison runs side by side in one process; warm-up is n
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from tools.output import record, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("loaders", "losses", "augment", "convert", "step", "e2e")
@@ -36,18 +36,18 @@ def _flags(options: dict[str, object]) -> list[str]:
 
 
 def _commands(out: Path, device: str, tiny: bool) -> dict[str, list[str]]:
-    """The command line of each section: one script per section, with full or tiny (smoke-test) sizes."""
+    """The command line of each section: one module per section, with full or tiny (smoke-test) sizes."""
     py = sys.executable
     workers = max(1, os.cpu_count() or 1)
     loaders_data = out / "loaders_data"
     stem = loaders_data / "converted" / "train"  # images written by the loaders section, reused end to end
-    scripts = {
-        "loaders": ["tools/bench_loaders.py", "--data", str(loaders_data), "--device", device],
-        "losses": ["tools/bench_losses.py", "--device", device],
-        "augment": ["tools/bench_augment.py", "--device", device],
-        "convert": ["tools/bench_convert.py"],
-        "step": ["-m", "trainer.bench", "step", "--device", device],
-        "e2e": ["-m", "trainer.bench", "e2e", "--data", str(stem), "--device", device],
+    modules = {
+        "loaders": ["tools.bench_loaders", "--data", str(loaders_data), "--device", device],
+        "losses": ["tools.bench_losses", "--device", device],
+        "augment": ["tools.bench_augment", "--device", device],
+        "convert": ["tools.bench_convert"],
+        "step": ["tools.bench_step", "step", "--device", device],
+        "e2e": ["tools.bench_step", "e2e", "--data", str(stem), "--device", device],
     }
     if tiny:
         sizes = {
@@ -92,41 +92,8 @@ def _commands(out: Path, device: str, tiny: bool) -> dict[str, list[str]]:
             "e2e": {"arch": "resnet50", "resolution": 224, "batch": 256, "mode": "graph", "workers": workers},
         }
         if cuda:
-            scripts["augment"].append("--resnet50")
-    return {name: [py, *scripts[name], *_flags(sizes[name])] for name in SECTIONS}
-
-
-# Each tool names its JSON flag differently; the suite always asks for <out>/<section>.json.
-_JSON_FLAG = {
-    "loaders": "--json",
-    "losses": "--out",
-    "augment": "--out",
-    "convert": "--json",
-    "step": "--json",
-    "e2e": "--json",
-}
-
-
-def environment(device: str) -> dict:
-    import torch
-
-    env = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "machine": platform.machine(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "device": device,
-    }
-    if device == "cuda" and torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name()
-    for name in ("torchvision", "ffcv", "nvidia.dali", "numpy"):
-        try:
-            module = __import__(name, fromlist=["__version__"])
-            env[name] = getattr(module, "__version__", "?")
-        except ImportError:
-            env[name] = None
-    return env
+            modules["augment"].append("--resnet50")
+    return {name: [py, "-m", *modules[name], *_flags(sizes[name])] for name in SECTIONS}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,13 +117,14 @@ def main(argv: list[str] | None = None) -> int:
         only.insert(0, "loaders")  # e2e reads the images the loaders section generates and converts
     args.out.mkdir(parents=True, exist_ok=True)
     commands = _commands(args.out.resolve(), args.device, args.tiny)
-    summary = {"environment": environment(args.device), "tiny": args.tiny, "sections": {}}
+    summary = {"tiny": args.tiny, "sections": {}}
     failed = []
     for section in SECTIONS:
         if section not in only:
             continue
         json_path = args.out.resolve() / f"{section}.json"
-        cmd = [*commands[section], _JSON_FLAG[section], str(json_path)]
+        json_path.unlink(missing_ok=True)  # a figure from an earlier run must not pass for this one's
+        cmd = [*commands[section], "--json", str(json_path)]
         print(f"\n== {section}: {' '.join(cmd)}", flush=True)
         start = time.perf_counter()
         rc = subprocess.run(cmd, cwd=ROOT).returncode
@@ -169,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         if rc != 0 or not json_path.is_file():
             failed.append(section)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(args.out / "summary.json", record(summary, args.device))
     print(f"\nbenchmark: {len(summary['sections']) - len(failed)} section(s) done, results in {args.out}/")
     if failed:
         print(f"benchmark: FAILED: {', '.join(failed)}", file=sys.stderr)

@@ -1,7 +1,11 @@
 """`make demo`: generate the embedded long-tailed set, convert it, train with DBM and with plain CE, compare.
 
-Each stage is skipped when its output already exists, so a second run only trains. Training goes through
-`launch.py` exactly as a user would run it; this script only reads the run folders' results.json.
+    python -m tools.demo --out data/demo                       # what `make demo` runs
+    python -m tools.demo --out /tmp/demo --run.epochs=1        # any --section.key=value goes to every run
+
+Each stage is skipped when its output already exists, so a second run only trains. Conversion calls
+`pipelines.convert` in process (what tools/convert_datasets.py runs); training goes through `launch.py`
+exactly as a user would run it, and this script only reads the run folders' results.json.
 """
 
 from __future__ import annotations
@@ -13,11 +17,12 @@ import sys
 import time
 from pathlib import Path
 
+from pipelines.config import SUFFIXES, data_path
+from pipelines.convert import ConvertOptions, SplitRequest, convert, summary_line
+from pipelines.meta import META_SUFFIX, read_meta
+from tools.make_demo_data import make_demo_data
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tools.make_demo_data import make_demo_data  # noqa: E402
-
 GROUPS = ("many", "medium", "few", "top1")
 
 
@@ -31,26 +36,12 @@ def prepare(out: Path, backend: str) -> Path:
     if not (images / "test.txt").exists():
         totals = make_demo_data(images)
         print(f"demo: generated {totals['train']} train / {totals['test']} test images in {images}")
-    suffix = {"ffcv": ".beton", "dali": ".dali"}[backend]
     for split in ("train", "test"):
-        if (converted / f"{split}{suffix}").exists() and (converted / f"{split}.meta.json").exists():
+        if data_path(converted, split, backend).exists() and (converted / f"{split}{META_SUFFIX}").exists():
             continue
-        _run(
-            [
-                sys.executable,
-                "tools/convert_datasets.py",
-                "imagenet_lt",
-                "--root",
-                str(images),
-                "--split-file",
-                str(images / f"{split}.txt"),
-                "--out",
-                str(converted),
-                "--formats",
-                "ffcv,dali",
-                "--overwrite",
-            ]
-        )
+        request = SplitRequest("imagenet_lt", images, split_file=images / f"{split}.txt")
+        # Both formats from one decode, so another --backend finds its files; a partial split is replaced.
+        print(summary_line(convert(request, converted, ConvertOptions(overwrite=True))), flush=True)
     return converted
 
 
@@ -92,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("data/demo"))
     p.add_argument("--config", default="configs/demo.toml")
     p.add_argument("--losses", default="ce,dbm_ce", help="comma-separated loss names to compare")
-    p.add_argument("--backend", default="ffcv", choices=("ffcv", "dali"))
+    p.add_argument("--backend", default="ffcv", choices=tuple(SUFFIXES))
     p.add_argument("--runs", type=Path, default=Path("runs"))
     args, overrides = p.parse_known_args(argv)  # anything else: --section.key=value for every run
     start = time.perf_counter()
@@ -103,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print()
     print(table(results))
-    chance = 1 / json.loads((converted / "train.meta.json").read_text())["num_classes"]
+    chance = 1 / read_meta(converted / "train").num_classes
     print(
         f"\nchance level {100 * chance:.1f}%; demo finished in {time.perf_counter() - start:.0f} s; "
         f"run folders under {args.runs}/"

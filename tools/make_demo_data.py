@@ -2,10 +2,11 @@
 
 A class is a (shape, fill pattern) pair, so neither the outline nor the texture alone tells classes apart;
 colour, position, scale, rotation, background and clutter vary freely inside each class. Training counts
-follow the exponential long-tail profile n_c = floor(n_max * IF ** (-c / (C - 1))); the test split is
-balanced. Everything is a pure function of the seed, so tests and benchmarks can regenerate it at will.
+follow CIFAR-LT's exponential profile (tools/longtail.py): class c keeps n_max * IF ** (-c / (C - 1));
+the test split is balanced. Everything is a pure function of the seed, so tests and benchmarks can
+regenerate it at will.
 
-    python tools/make_demo_data.py --out data/demo/images
+    python -m tools.make_demo_data --out data/demo/images
 writes  <out>/train/<class>/<i>.jpg, <out>/test/<class>/<i>.jpg, <out>/train.txt, <out>/test.txt
 """
 
@@ -16,7 +17,6 @@ import colorsys
 import math
 import os
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -24,16 +24,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from pipelines.fileio import atomic_write_text
+from tools.longtail import long_tail_counts
+
 SHAPES = ("circle", "square", "triangle", "star", "cross", "hexagon")
 PATTERNS = ("solid", "stripes")
 CLASS_NAMES = tuple(f"{shape}_{pattern}" for pattern in PATTERNS for shape in SHAPES)
-
-
-def long_tail_counts(num_classes: int, n_max: int, imbalance: float) -> list[int]:
-    """The exponential profile used for CIFAR-LT: class 0 keeps n_max, the last keeps n_max / IF."""
-    if num_classes == 1:
-        return [n_max]
-    return [max(1, math.floor(n_max * imbalance ** (-c / (num_classes - 1)))) for c in range(num_classes)]
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
@@ -210,16 +206,14 @@ def make_demo_data(
     totals = {}
     for split in ("train", "test"):
         lines = [f"{rel} {label}\n" for s, rel, label, _ in items if s == split]
-        # Written under a temporary name and renamed: a list file exists only once all its images do.
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{split}.", suffix=".txt")
-        with os.fdopen(fd, "w") as fh:
-            fh.writelines(lines)
-        os.replace(tmp, out / f"{split}.txt")
+        # Written atomically: a list file exists only once all its images do.
+        atomic_write_text(out / f"{split}.txt", "".join(lines), fsync=False)
         totals[split] = len(lines)
     return totals
 
 
-def _size(text: str) -> tuple[int, int]:
+def parse_size(text: str) -> tuple[int, int]:
+    """`--size` of every tool that generates images: WIDTHxHEIGHT, or SIDE for a square."""
     try:
         w, _, h = text.lower().partition("x")
         return (int(w), int(h or w))
@@ -234,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-max", type=int, default=300, help="training images of the most frequent class")
     p.add_argument("--imbalance", type=float, default=100.0, help="n_max / n_min")
     p.add_argument("--test-per-class", type=int, default=30)
-    p.add_argument("--size", type=_size, default=(64, 64), help="WIDTHxHEIGHT of every image (default 64x64)")
+    p.add_argument(
+        "--size", type=parse_size, default=(64, 64), help="WIDTHxHEIGHT of every image (default 64x64)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quality", type=int, default=92, help="JPEG quality")
     p.add_argument("--workers", type=int, default=None)
