@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import SUFFIXES
 from .errors import DataError
 from .fileio import atomic_write_text
 
@@ -134,10 +135,10 @@ def meta_path_for(path: str | os.PathLike) -> Path:
     name = p.name.rstrip("/")
     if name.endswith(META_SUFFIX):
         return p
-    for suffix in (".beton", ".dali"):
+    for suffix in SUFFIXES.values():
         if name.endswith(suffix):
             return p.with_name(name[: -len(suffix)] + META_SUFFIX)
-    if p.suffix == ".tar" and p.parent.name.endswith(".dali"):  # a shard inside <stem>.dali/
+    if p.suffix == ".tar" and p.parent.name.endswith(SUFFIXES["dali"]):  # a shard inside <stem>.dali/
         return meta_path_for(p.parent)
     return p.with_name(name + META_SUFFIX)
 
