@@ -51,6 +51,28 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, overrides
 
 
+def launcher_precision(overrides: list[str]) -> list[str]:
+    """`accelerate launch --mixed_precision bf16` as `--step.precision=bf16` (the step runs its own autocast,
+    so Accelerate's would otherwise be ignored). Accelerate exports "no" when the flag is absent too, so "no"
+    cannot mean fp32 here: `--step.precision=fp32` says that. fp16 is refused: its loss scaler reads a
+    host-side flag every step, which a captured, sync-free step cannot do, and bf16 needs no scaler."""
+    flag = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    if flag in ("", "no"):
+        return overrides
+    if flag != "bf16":
+        raise ConfigError(
+            f"accelerate launch --mixed_precision {flag}: fastlt's step runs in bf16 or fp32 (fp16 needs a "
+            "gradient scaler that syncs with the host every step); use --mixed_precision bf16 or "
+            "--step.precision=fp32"
+        )
+    explicit = [o for o in overrides if o.lstrip("-").split("=", 1)[0] == "step.precision"]
+    if explicit and explicit[-1].split("=", 1)[1] != flag:
+        raise ConfigError(
+            f"accelerate launch --mixed_precision {flag} and {explicit[-1]} disagree: give only one of them"
+        )
+    return [*overrides, f"--step.precision={flag}"]
+
+
 class LaunchError(RuntimeError):
     """The processes of a job do not form the job the launcher started."""
 
@@ -142,7 +164,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     Everything that can fail on the user's input (the config and its overrides, the checkpoint a resume
     continues and whether the overrides fit it, the data) is checked before the run folder is written."""
     args, overrides = parse_args(sys.argv[1:] if argv is None else list(argv))
-    from trainer import checkpoint, history, rundir
+    overrides = launcher_precision(overrides)
+    from trainer import checkpoint, history, rundir, trackers
+    from trainer.config import to_dict
     from trainer.environment import environment
 
     state = None
@@ -159,6 +183,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not cfg.run.overwrite:
             rundir.check_fresh(run_dir)
 
+    trackers.check_installed(cfg.run)
+
     from trainer.loop import fit
 
     accelerator = make_accelerator(cfg)
@@ -173,10 +199,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rundir.start_run_dir(
                 run_dir, cfg, environment(accelerator=accelerator), resumed=bool(args.resume)
             )
+        trackers.start(accelerator, cfg.run, run_dir, to_dict(cfg))
         accelerator.wait_for_everyone()
         return fit(cfg, accelerator, parts, run_dir, hist)
     finally:
         parts.close()
+        accelerator.end_training()  # flushes and closes the trackers
 
 
 if __name__ == "__main__":

@@ -35,10 +35,17 @@ class RunConfig:
     eval_every: int = 1  # epochs (0: only at the end)
     checkpoint_every: int = 10  # epochs (0: only at the end); a checkpoint is always written at the end
     keep_checkpoints: int = 2  # the newest checkpoints kept: an older one to resume from if one is damaged
-    progress: bool = True
+    progress: bool = True  # a progress bar on a terminal (a batch job's log gets plain lines either way)
     overwrite: bool = False  # True: a new run replaces the outputs of an earlier run in the same folder
+    trackers: tuple[str, ...] = ()  # keys of trainer.trackers.TRACKERS: "tensorboard", "wandb"
+    wandb_mode: Literal["offline", "online"] = "offline"
+    wandb_project: str = "fastlt"
 
     def __post_init__(self) -> None:
+        from trainer.trackers import TRACKERS
+
+        for name in self.trackers:
+            check_choice("run.trackers", name, TRACKERS)
         check_ranges(
             "run",
             (

@@ -25,7 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pipelines.clock import duration
-from trainer import history, rundir
+from trainer import history, rundir, trackers
 from trainer.config import Config, OptimConfig
 from trainer.optim import SGD
 from trainer.schedule import lr_at
@@ -224,6 +224,8 @@ def fit(
             report = evaluate(parts.eval_step, parts.eval_loader)
             report["epoch"] = epoch + 1
             hist.last_eval = report
+            title = f"{run.name}: {cfg.loss.name}, {cfg.model.arch}, epoch {epoch + 1}"
+            trackers.log_per_class(accelerator, report["per_class"], parts.class_counts, epoch + 1, title)
             if history.better(report, hist.best):
                 hist.best = {"epoch": epoch + 1, **history.groups(report)}
             rec.update(history.groups(report), eval_samples=report["samples"], eval_time=report["eval_time"])
@@ -234,6 +236,7 @@ def fit(
         hist.records.append(rec)
         if main:
             rundir.append_metrics(run_dir, rec)
+        trackers.log_epoch(accelerator, rec, epoch + 1)
         accelerator.print(_summary(rec), flush=True)
         if last or (run.checkpoint_every > 0 and (epoch + 1) % run.checkpoint_every == 0):
             history.save(cfg, accelerator, parts, run_dir, hist)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from pipelines.fileio import atomic_write_bytes
 from trainer.metrics import shot_group
@@ -12,14 +15,10 @@ from trainer.metrics import shot_group
 _BANDS = (("many", "#4c72b0"), ("medium", "#dd8452"), ("few", "#c44e52"))
 
 
-def plot_per_class_accuracy(
-    path: Path, accuracy: Sequence[float], class_counts: Sequence[int], title: str = ""
-) -> None:
+def per_class_figure(accuracy: Sequence[float], class_counts: Sequence[int], title: str = "") -> Any:
     """Bars: per-class accuracy, classes sorted by training count (head on the left); line: the count on a
-    log axis; shaded bands: the many / medium / few groups. Written atomically as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
+    log axis; shaded bands: the many / medium / few groups. A matplotlib Figure on the Agg canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure  # no pyplot: no global figure state, no GUI backend
 
     if len(accuracy) != len(class_counts):
@@ -30,6 +29,7 @@ def plot_per_class_accuracy(
     xs = range(len(order))
 
     fig = Figure(figsize=(max(6.0, min(18.0, 0.06 * len(order) + 5)), 4.0), dpi=110)
+    FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     groups = [shot_group(n) for n in counts]
     for name, colour in _BANDS:
@@ -56,6 +56,19 @@ def plot_per_class_accuracy(
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
+    return fig
+
+
+def figure_array(fig: Any) -> np.ndarray:
+    """The figure's pixels, uint8 H x W x 3 (what trackers take as an image)."""
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+
+
+def plot_per_class_accuracy(
+    path: Path, accuracy: Sequence[float], class_counts: Sequence[int], title: str = ""
+) -> None:
+    """`per_class_figure`, written atomically as a PNG."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    per_class_figure(accuracy, class_counts, title).savefig(buf, format="png")
     atomic_write_bytes(Path(path), buf.getvalue())
