@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rundir.start_run_dir(
                 run_dir, cfg, environment(accelerator=accelerator), resumed=bool(args.resume)
             )
+        rundir.check_shared(run_dir, accelerator)
         trackers.start(accelerator, cfg.run, run_dir, to_dict(cfg))
         accelerator.wait_for_everyone()
         return fit(cfg, accelerator, parts, run_dir, hist)

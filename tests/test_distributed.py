@@ -96,28 +96,22 @@ def test_processes_that_do_not_form_one_job_are_refused(tmp_path):
     assert "ACCELERATE_USE_CPU=1" in proc.stderr
 
 
-def test_two_nodes_on_loopback(demo_converted, tmp_path):
+def _two_nodes(argv: list[str], tmp_path: Path, cwds=(ROOT, ROOT)) -> list[str]:
+    """Two single-process `torchrun` nodes on loopback; returns each node's exit code and log."""
     port = str(free_port())
-    argv = tiny_argv(demo_converted, tmp_path, "two_nodes", "--loss.name=fbl")
     procs = []
     for node in (0, 1):
-        cmd = (
-            _torchrun(
-                "--nnodes",
-                "2",
-                "--node_rank",
-                str(node),
-                "--nproc_per_node",
-                "1",
-                "--master_addr",
-                "127.0.0.1",
-                "--master_port",
-                port,
-            )
-            + argv
-        )
+        cmd = _torchrun("--nnodes", "2", "--node_rank", str(node), "--nproc_per_node", "1")
+        cmd[-1:-1] = ["--master_addr", "127.0.0.1", "--master_port", port]  # before the script
         log = open(tmp_path / f"node{node}.log", "w")  # noqa: SIM115 - closed below
-        procs.append((subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=log, stderr=subprocess.STDOUT), log))
+        procs.append(
+            (
+                subprocess.Popen(
+                    cmd + argv, cwd=cwds[node], env=_env(), stdout=log, stderr=subprocess.STDOUT
+                ),
+                log,
+            )
+        )
     try:
         for proc, _ in procs:
             proc.wait(timeout=TIMEOUT)
@@ -126,8 +120,15 @@ def test_two_nodes_on_loopback(demo_converted, tmp_path):
             if proc.poll() is None:
                 proc.kill()
             log.close()
-    for node, (proc, _) in enumerate(procs):
-        _check(proc, (tmp_path / f"node{node}.log").read_text())
+    return [
+        (proc.returncode, (tmp_path / f"node{node}.log").read_text()) for node, (proc, _) in enumerate(procs)
+    ]
+
+
+def test_two_nodes_on_loopback(demo_converted, tmp_path):
+    argv = tiny_argv(demo_converted, tmp_path, "two_nodes", "--loss.name=fbl")
+    for code, log in _two_nodes(argv, tmp_path):
+        assert code == 0, log[-6000:]
     run = tmp_path / "two_nodes"
     env = json.loads((run / "env.json").read_text())
     assert env["world_size"] == 2 and env["local_world_size"] == 1
@@ -135,3 +136,21 @@ def test_two_nodes_on_loopback(demo_converted, tmp_path):
     meta = json.loads((demo_converted / "test.meta.json").read_text())
     assert results["eval_samples"] == meta["num_samples"]
     assert rundir.read_metrics(run)[0]["loss"] > 0
+
+
+def test_a_run_folder_the_other_node_cannot_see_is_refused(demo_converted, tmp_path):
+    """Each node resolves a relative run.out_dir in its own working folder: two filesystems, as on a cluster
+    whose run folder is on a node-local disk."""
+    argv = tiny_argv(demo_converted, tmp_path, "local", "--run.out_dir=runs")
+    cwds = [tmp_path / "node_a", tmp_path / "node_b"]
+    for cwd in cwds:
+        cwd.mkdir()
+    results = _two_nodes(argv, tmp_path, cwds)
+    for code, log in results:
+        assert code != 0, log[-3000:]
+        assert "is not shared between the nodes" in log and "put run.out_dir" in log, log[-3000:]
+    assert (
+        not rundir.read_metrics(cwds[0] / "runs" / "local")
+        if (cwds[0] / "runs/local/metrics.jsonl").exists()
+        else True
+    )

@@ -90,6 +90,39 @@ def clean_stale(run_dir: Path) -> list[tuple[Path, int]]:
     return removed
 
 
+def check_shared(run_dir: Path, accelerator: Any) -> None:
+    """On several nodes, every process must see the run folder rank 0 writes (checkpoints, metrics, and the
+    checkpoint a resume reads): rank 0 writes a token there, every process reads it back. A collective:
+    every rank calls it, and every rank raises when any one cannot see the token."""
+    import os
+    import socket
+
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    if int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes)) == accelerator.num_processes:
+        return  # one node: one filesystem
+    token = [os.urandom(8).hex() if accelerator.is_main_process else None]
+    broadcast_object_list(token)
+    path = run_dir / ".shared-check"
+    if accelerator.is_main_process:
+        atomic_write_text(path, token[0])
+    accelerator.wait_for_everyone()
+    try:
+        seen = path.read_text() == token[0]
+    except OSError:
+        seen = False
+    blind = [host for host, ok in gather_object([(socket.gethostname(), seen)]) if not ok]
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        path.unlink(missing_ok=True)
+    if blind:
+        hosts = ", ".join(sorted(set(blind)))
+        raise RunDirError(
+            f"run folder {run_dir} is not shared between the nodes: {hosts} cannot see what rank 0 writes "
+            "there; put run.out_dir (and data.dir) on a filesystem every node mounts"
+        )
+
+
 def start_run_dir(run_dir: Path, cfg: Config, env: dict[str, Any], *, resumed: bool = False) -> None:
     """Create the folder and write config.toml and env.json. On resume the config is rewritten (overrides
     such as a moved data.dir apply from now on) and the new environment is appended to env.json's
