@@ -41,11 +41,11 @@ def gather_rows(x: Tensor, group: dist.ProcessGroup) -> Tensor:
     """
     from torch.distributed import _functional_collectives as fc
 
-    return fc.all_gather_tensor_autograd(x.contiguous(), gather_dim=0, group=group)
+    return fc.all_gather_single_autograd(x.contiguous(), gather_dim=0, group=group)
 
 
 def gather_labels(x: Tensor, group: dist.ProcessGroup) -> Tensor:
     """`gather_rows` for tensors without gradient (labels): every rank's `x` along dim 0, in rank order."""
     from torch.distributed import _functional_collectives as fc
 
-    return fc.wait_tensor(fc.all_gather_tensor(x.contiguous(), gather_dim=0, group=group))
+    return fc.wait_tensor(fc.all_gather_single(x.contiguous(), gather_dim=0, group=group))
