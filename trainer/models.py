@@ -81,6 +81,9 @@ class LongTailClassifier(nn.Module):
             hidden, embed = bcl
             self.head = _mlp(d, hidden or d, embed)  # on the features of all 3 views
             self.head_fc = _mlp(d, hidden or d, embed)  # on the raw class vectors -> class centres
+            # Every rank computes the centres from the same (replicated) weights: its BatchNorm1d has
+            # nothing to synchronise, and `trainer.sync_bn.convert_sync_bn` leaves it alone.
+            self.head_fc.sync_bn = False
 
     def class_vectors(self) -> Tensor:
         """The raw (un-normalised) class vectors as rows, [C, d]: BCL's `W^T`."""
