@@ -101,6 +101,34 @@ def make_accelerator(cfg: Config) -> Any:
     return accelerator
 
 
+def log_margins(loss: Any, cfg: Config, counts: tuple[int, ...]) -> None:
+    """A DBM run logs its class-margin range, and warns when the released code's normaliser (the last label's
+    count) and the paper's (the rarest class's) would give margins that differ by more than 1%."""
+    from losses import margin_norm_gap
+    from losses.logit_maps import DBMargin
+
+    logit_map = getattr(loss, "logit_map", None)
+    if not isinstance(logit_map, DBMargin):
+        return
+    margins = logit_map.margins
+    log.info(
+        "DBM class margins (loss.margin_norm=%s): %.4f .. %.4f",
+        cfg.loss.margin_norm,
+        float(margins.min()),
+        float(margins.max()),
+    )
+    gap = margin_norm_gap(counts, cfg.loss.tau)
+    if gap > 0.01:
+        log.warning(
+            "loss.margin_norm: 'last' (the released code) gives every class a margin %.1f%% larger than "
+            "'min' (the paper): the last label has %d images, the rarest class %d; this run uses %r",
+            100 * gap,
+            counts[-1],
+            min(counts),
+            cfg.loss.margin_norm,
+        )
+
+
 def build(cfg: Config, accelerator: Any) -> Any:
     """Every part of a run, for this process."""
     import torch
@@ -130,10 +158,15 @@ def build(cfg: Config, accelerator: Any) -> Any:
         torch.backends.cudnn.benchmark = True
 
     loss = losses.build_loss(cfg.loss, meta.class_counts).to(device)
+    log_margins(loss, cfg, meta.class_counts)
     set_seed(cfg.run.seed)  # the same initial weights on every process
     model = build_model(
         cfg.model, meta.num_classes, loss.head, mean=cfg.data.mean, std=cfg.data.std, views=views
     ).to(device)
+    if cfg.model.sync_bn:
+        from trainer.sync_bn import convert_sync_bn
+
+        model = convert_sync_bn(model)  # before the optimizer: it keeps the parameters, swaps the modules
     optimizer = build_optimizer(model, cfg.optim)
     # Only the model goes through Accelerate (placement, DDP): the step drives the optimizer itself.
     if device.type == "cuda" and accelerator.num_processes > 1 and cfg.step.mode == "graph":

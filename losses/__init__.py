@@ -15,6 +15,7 @@ from losses.functional import (
     fbl_strengths,
     ldam_margins,
     log_prior,
+    margin_norm_gap,
 )
 from losses.heads import CosineClassifier
 from losses.modules import Loss
@@ -39,6 +40,7 @@ __all__ = [
     "fbl_strengths",
     "ldam_margins",
     "log_prior",
+    "margin_norm_gap",
     "loss_class",
     "loss_names",
 ]

@@ -1,5 +1,9 @@
 """Balanced Contrastive Learning (spec/losses.md §4.4): BalSCL on views 1-2 plus the class centres.
 
+Under several processes BalSCL contrasts over the global batch (`losses.distributed`), as the released
+code's single loss on DataParallel's gathered outputs; the classification term stays per rank (a mean
+over the local rows, which DDP's gradient averaging turns into the global mean).
+
 `bcl` and `dbm_bcl` take 3 views of each image: `output.logits` holds view 0's raw cosines [B, C] (the
 classification branch: LogitAdjust CE on s*cos or on DBM logits), `output.embeddings` the L2-normalised
 contrastive embeddings of views 1 then 2 [2B, e], `output.centers` the normalised class centres [C, e].
@@ -9,9 +13,11 @@ Total: bcl_alpha * L_CE + bcl_beta * L_SCL.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from losses.config import LossConfig
+from losses.distributed import batch_group, gather_labels, gather_rows, group_rank
 from losses.functional import at_least_float32
 from losses.logit_maps import DBMargin, ScaledCosine
 from losses.modules import Loss
@@ -20,24 +26,47 @@ from losses.output import ModelOutput
 from losses.parts import Part, require
 
 
-def balanced_contrastive(embeddings: Tensor, centers: Tensor, target: Tensor, temperature: float) -> Tensor:
+def balanced_contrastive(
+    embeddings: Tensor,
+    centers: Tensor,
+    target: Tensor,
+    temperature: float,
+    group: dist.ProcessGroup | None = None,
+) -> Tensor:
     """BalSCL: supervised contrast of the 2B anchors against [anchors; centres], class-averaged denominator.
 
     For anchor i of class k: positives P(i) = every other anchor of class k and centre k; the denominator
     D_i = sum_{j != i} exp(S_ij) / (cnt[label j] - [label j == k]), with cnt = anchors per class in the
     batch + 1 (the centre). Loss = mean_i [log D_i - mean_{j in P(i)} S_ij], S = A Q^T / T minus its
     detached row max (the loss does not depend on that shift; it only keeps exp in range).
+
+    `group`: the process group the batch is split over (None: this process holds the whole batch). Then
+    this rank's 2b anchors (`embeddings`, its view-1 rows then its view-2 rows) are contrasted against
+    every rank's anchors (gathered with gradient) plus the centres, and `cnt` counts the global batch, as
+    the released code's one loss on DataParallel's gathered outputs. Each rank returns the mean over its
+    own anchors, so the mean of the ranks' values is the one-process loss on the whole batch (equal local
+    batch sizes, as the samplers guarantee). BalSCL does not depend on the order of the anchors, so the
+    gathered rank-major order [rank 0 v1; rank 0 v2; rank 1 v1; ...] gives the same loss as [v1; v2].
+    In a CUDA-graph-captured step the gather sits inside the graph, between the model's forward and the
+    loss (and its reduce-scatter in the backward): NCCL collectives are capturable and rerun on each replay.
     """
     num_classes, two_b = centers.shape[0], embeddings.shape[0]
     anchors = at_least_float32(embeddings)
     anchor_labels = target.repeat(2)
-    labels = torch.cat([anchor_labels, torch.arange(num_classes, device=target.device)])
-    count = anchors.new_ones(num_classes).index_add(0, anchor_labels, anchors.new_ones(two_b))
+    if group is None:
+        keys, key_labels, first = anchors, anchor_labels, 0
+    else:
+        keys = gather_rows(anchors, group)
+        key_labels = gather_labels(anchor_labels, group)
+        first = group_rank(group) * two_b  # this rank's anchors are keys[first : first + 2b]
+    labels = torch.cat([key_labels, torch.arange(num_classes, device=target.device)])
+    count = anchors.new_ones(num_classes).index_add(0, key_labels, anchors.new_ones(key_labels.shape[0]))
     with torch.autocast(anchors.device.type, enabled=False):  # similarities / T in full precision
-        sim = anchors @ torch.cat([anchors, centers.to(anchors.dtype)]).T / temperature  # [2B, 2B + C]
+        sim = anchors @ torch.cat([keys, centers.to(anchors.dtype)]).T / temperature  # [2b, K + C]
     sim = sim - sim.amax(dim=1, keepdim=True).detach()
     columns = torch.arange(sim.shape[1], device=sim.device)
-    not_self = columns.unsqueeze(0) != torch.arange(two_b, device=sim.device).unsqueeze(1)
+    own = torch.arange(first, first + two_b, device=sim.device)
+    not_self = columns.unsqueeze(0) != own.unsqueeze(1)
     positive = (anchor_labels.unsqueeze(1) == labels.unsqueeze(0)) & not_self
     per_class = count[labels].unsqueeze(0) - positive.to(anchors.dtype)
     denominator = torch.where(not_self, sim.exp() / per_class, 0.0).sum(dim=1)
@@ -71,7 +100,8 @@ class BalancedContrastive(Part):
             f"bcl: centers must be [C, e] = [{self.num_classes}, {embeddings.shape[1]}], "
             f"got {tuple(centers.shape)}",
         )
-        scl = balanced_contrastive(embeddings, centers, target, self.bcl_temperature)
+        # Under DDP the contrast spans the global batch (all ranks' anchors and class counts).
+        scl = balanced_contrastive(embeddings, centers, target, self.bcl_temperature, batch_group())
         return self.bcl_alpha * ce + self.bcl_beta * scl
 
 

@@ -51,6 +51,14 @@ def class_margins(
     return (max_margin * (ref / n) ** tau).float()
 
 
+def margin_norm_gap(class_counts: Sequence[int] | Tensor, tau: float = 1.0) -> float:
+    """How much larger every DBM margin is under margin_norm="last" than under "min": the two normalisers
+    differ by the single factor (n_last / n_min) ** tau, returned minus one (0 when the last label is the
+    rarest class, as in CIFAR-LT's frequency-sorted labels)."""
+    n = as_counts(class_counts)
+    return float((n[-1] / n.min()) ** tau) - 1.0
+
+
 def is_hard(cos: Tensor, target: Tensor) -> Tensor:
     """`argmax(cos) != target`, ties going to the first maximal index (as `argmax` and the released code
     do): does a column before y reach cos_y, or one after it exceed cos_y? A boolean row reduction that the

@@ -63,8 +63,14 @@ class DataConfig:
     magnitude_std: float = 0.0
     augment_fill: tuple[int, ...] = (128, 128, 128)  # fill of AutoAugment / RandAugment's geometric ops
     cutout: int = 0  # side of the Cutout square in pixels, 0 = off
+    # ColorJitter (brightness, contrast, saturation, hue) with p = 1 on view 0 before the policy (the papers'
+    # large-scale recipes: 0.4, 0.4, 0.4, 0); empty: off
+    jitter: tuple[float, ...] = ()
     sampler: str = "uniform"  # a key of pipelines.samplers.SAMPLERS
     epoch_samples: int = 0  # samples per resampled epoch, 0: the natural epoch length
+    drop_last: bool = (
+        True  # training drops its last partial batch (static shapes); false keeps it, as released
+    )
     crop: str = "resized"  # one of CROPS
     crop_padding: int = 4
     crop_scale: tuple[float, ...] = (0.08, 1.0)  # RandomResizedCrop area range
@@ -103,6 +109,12 @@ class DataConfig:
                 ("crop_padding", 1 <= self.crop_padding <= res, f"in 1..resolution ({res})"),
                 ("eval_crop_ratio", 0 < self.eval_crop_ratio <= 1, "in (0, 1]"),
                 ("augment_fill", len(self.augment_fill) == 3, "3 values (R, G, B)"),
+                (
+                    "jitter",
+                    not self.jitter
+                    or (len(self.jitter) == 4 and min(self.jitter) >= 0 and self.jitter[3] <= 0.5),
+                    "empty or 4 values >= 0 (brightness, contrast, saturation, hue <= 0.5)",
+                ),
                 ("mean", len(self.mean) == 3, "3 values"),
                 ("std", len(self.std) == 3 and all(s > 0 for s in self.std), "3 positive values"),
             ),

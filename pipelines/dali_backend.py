@@ -56,7 +56,7 @@ class DaliBackend:
         meta.check_labels(self.shards.labels, path)
         self.meta = meta  # what the losses and metrics count: without the samples left out
         self.order = spec.epoch_order(self.shards.labels)
-        self.num_batches = self.order.num_batches(spec.batch_size)
+        self.num_batches = self.order.num_batches(spec.batch_size, spec.drops_last)
         self.cuda = spec.device.type == "cuda"
         self._batches: list[np.ndarray] = []  # the current epoch's batches, read by the source callback
         self._iterator = None

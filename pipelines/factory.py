@@ -114,6 +114,7 @@ def make_loader(
         crop=cfg.crop if train else "resized",
         crop_padding=cfg.crop_padding,
         skip_corrupt=cfg.skip_corrupt,
+        drop_last=cfg.drop_last,
     )
     augment = view_augment = None
     if train:
@@ -127,6 +128,7 @@ def make_loader(
             magnitude_std=cfg.magnitude_std,
             fill=tuple(cfg.augment_fill),
             randaugment_style=cfg.randaugment_style,
+            jitter=tuple(cfg.jitter),
         )
         if spec.views > 1:
             from .augment.views import contrastive_view_augment

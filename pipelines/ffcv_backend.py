@@ -78,7 +78,7 @@ class FfcvBackend:
         meta.check_labels(labels, path)
         self.meta = meta
         self.order = spec.epoch_order(labels)
-        self.num_batches = self.order.num_batches(spec.batch_size)
+        self.num_batches = self.order.num_batches(spec.batch_size, spec.drops_last)
         self._active = None
         self._loader = None
         if len(self.order) == 0:
@@ -90,7 +90,7 @@ class FfcvBackend:
                 num_workers=spec.threads,
                 os_cache=True,
                 order=_order_type()(self.order),
-                drop_last=spec.train,
+                drop_last=spec.drops_last,
                 pipelines=self._pipelines(),
                 seed=spec.seed,
             )

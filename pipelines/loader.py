@@ -49,6 +49,12 @@ class LoaderSpec:
     crop: str = "resized"  # training crop of view 0: "resized" (RandomResizedCrop) or "padded"
     crop_padding: int = 4
     skip_corrupt: bool = False  # dali: leave out samples whose JPEG bytes are damaged (training only)
+    drop_last: bool = True  # training: drop the last partial batch (evaluation always keeps it)
+
+    @property
+    def drops_last(self) -> bool:
+        """Whether this loader's last partial batch is dropped: training's default, never evaluation."""
+        return self.train and self.drop_last
 
     def epoch_order(self, labels: np.ndarray) -> EpochOrder:
         """The sample order both backends follow: the sampler's rank slice, or the exact evaluation share."""

@@ -166,6 +166,8 @@ class EpochOrder:
             return self._eval
         return self.sampler.rank_order(epoch, self.seed, self.rank, self.world_size)
 
-    def num_batches(self, batch_size: int) -> int:
-        """Training drops the last partial batch (static shapes); evaluation keeps it (every sample once)."""
-        return len(self) // batch_size if self.train else -(-len(self) // batch_size)
+    def num_batches(self, batch_size: int, drop_last: bool | None = None) -> int:
+        """Training drops the last partial batch by default (static shapes); evaluation keeps it (every sample
+        once), and so does training with `drop_last=False` (the official codes' DataLoaders keep it)."""
+        drop = self.train if drop_last is None else drop_last
+        return len(self) // batch_size if drop else -(-len(self) // batch_size)

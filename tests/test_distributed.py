@@ -154,3 +154,33 @@ def test_a_run_folder_the_other_node_cannot_see_is_refused(demo_converted, tmp_p
         if (cwds[0] / "runs/local/metrics.jsonl").exists()
         else True
     )
+
+
+@pytest.mark.parametrize("mode", ["eager", "compile"])
+def test_two_processes_dbm_bcl_with_sync_bn(demo_converted, tmp_path, mode):
+    """The large-scale DBM-BCL recipe's machinery on 2 processes: BalSCL over the global batch, SyncBN,
+    view-0 colour jitter, the last partial batch kept."""
+    argv = tiny_argv(
+        demo_converted,
+        tmp_path,
+        f"bcl_{mode}",
+        "--loss.name=dbm_bcl",
+        "--loss.scale=16",
+        "--model.sync_bn=true",
+        f"--step.mode={mode}",
+        "--step.compile_backend=aot_eager",
+        "--data.jitter=[0.4, 0.4, 0.4, 0.0]",
+        "--data.drop_last=false",
+        "--data.batch_size=20",
+    )
+    proc = subprocess.run(
+        _torchrun("--nproc_per_node", "2", "--master_port", str(free_port())) + argv,
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    _check(proc, proc.stdout + proc.stderr)
+    (record,) = rundir.read_metrics(tmp_path / f"bcl_{mode}")
+    assert record["steps"] == 15 and record["loss"] > 0 and record["top1"] is not None

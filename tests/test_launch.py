@@ -148,3 +148,37 @@ def test_the_slurm_script_resolves_one_accelerate_launch_per_node(tmp_path):
         ["bash", "tools/slurm/train.sbatch"], cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert failed.returncode != 0 and "not inside a SLURM job: set MASTER_ADDR" in failed.stderr
+
+
+def test_a_dbm_run_logs_its_margins_and_warns_when_the_normalisers_differ(caplog):
+    from losses import build_loss
+
+    counts = (10, 5, 2, 4)  # the last label is not the rarest class: "last" doubles every margin
+    cfg = load_config(None, ["--loss.name=dbm_ce"])
+    with caplog.at_level("INFO", logger="launch"):
+        launch.log_margins(build_loss(cfg.loss, counts), cfg, counts)
+    assert "DBM class margins (loss.margin_norm=min): 0.0200 .. 0.1000" in caplog.text
+    assert "'last' (the released code) gives every class a margin 100.0% larger" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="launch"):
+        launch.log_margins(build_loss(cfg.loss, (10, 5, 4, 2)), cfg, (10, 5, 4, 2))
+        launch.log_margins(build_loss("ce", counts), cfg, counts)  # no margins: nothing to say
+    assert "margin_norm=min" in caplog.text and "larger" not in caplog.text
+    assert caplog.text.count("DBM class margins") == 1
+
+
+def test_keeping_the_last_partial_batch(demo_converted, tmp_path):
+    """data.drop_last = false: 288 images at batch 20 make 15 steps, the last of 8 images (the official
+    codes' DataLoaders keep it); the compiled step takes the short shape too."""
+    argv = tiny_argv(
+        demo_converted,
+        tmp_path,
+        "keep",
+        "--data.drop_last=false",
+        "--data.batch_size=20",
+        "--step.mode=compile",
+        "--step.compile_backend=aot_eager",
+    )
+    launch.main(argv)
+    (record,) = rundir.read_metrics(tmp_path / "keep")
+    assert record["steps"] == 15 and record["loss"] > 0

@@ -219,3 +219,12 @@ def test_meta_is_exposed(demo_converted):
         assert len(loader) == 72 // BS + 1
         keys, labels, shapes = run_epoch(loader)
         assert shapes[-1] == 72 % BS and Counter(labels.tolist()) == Counter({c: 6 for c in range(12)})
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_training_can_keep_its_last_partial_batch(backend, demo_converted):
+    cfg = config(demo_converted, backend, batch_size=40, drop_last=False, **WHOLE_IMAGE)
+    with make_loader(cfg, "train", seed=2) as loader:
+        keys, labels, shapes = run_epoch(loader)
+    assert len(loader) == 8 and shapes == [40] * 7 + [8]  # 288 = 7 x 40 + 8
+    assert len(set(keys)) == 288 and np.bincount(labels).tolist() == list(loader.meta.class_counts)

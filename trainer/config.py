@@ -69,6 +69,7 @@ class ModelConfig:
     head_fp32: bool = True  # classifier and BCL heads in fp32 under bf16 autocast (raw cosines feed arccos)
     bcl_hidden: int = 0  # BCL projection MLP width; 0: the arch's default (CIFAR 512, large: feature dim)
     bcl_embed: int = 0  # BCL embedding size; 0: the arch's default (CIFAR 128, large 1024)
+    sync_bn: bool = False  # BatchNorm statistics over every process's batch under DDP (trainer/sync_bn.py)
 
     def __post_init__(self) -> None:
         from trainer.models import ARCHS

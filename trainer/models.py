@@ -81,41 +81,44 @@ class LongTailClassifier(nn.Module):
         self.bcl = bcl is not None
         if bcl is not None:
             hidden, embed = bcl
-            self.head = _mlp(d, hidden or d, embed)  # on the features of views 1-2
+            self.head = _mlp(d, hidden or d, embed)  # on the features of all 3 views
             self.head_fc = _mlp(d, hidden or d, embed)  # on the raw class vectors -> class centres
+            # Every rank computes the centres from the same (replicated) weights: its BatchNorm1d has
+            # nothing to synchronise, and `trainer.sync_bn.convert_sync_bn` leaves it alone.
+            self.head_fc.sync_bn = False
 
     def class_vectors(self) -> Tensor:
         """The raw (un-normalised) class vectors as rows, [C, d]: BCL's `W^T`."""
         w = self.classifier.weight
         return w.t() if isinstance(self.classifier, CosineClassifier) else w
 
-    def _heads(self, f: Tensor, bcl_features: Tensor | None) -> ModelOutput:
-        logits = self.classifier(f)
-        if bcl_features is None:
-            return ModelOutput(f.float(), logits.float())
-        embeddings = F.normalize(self.head(bcl_features).float(), dim=1)
+    def _heads(self, f: Tensor, contrast: bool) -> ModelOutput:
+        if not contrast:
+            return ModelOutput(f.float(), self.classifier(f).float())
+        # A BCL training batch stacks [v0; v1; v2] (one encoder pass, BN statistics shared across views):
+        # classify view 0, contrast the others. The projection MLP runs on all 3B rows, so its BatchNorm1d
+        # statistics include view 0 (and view 0's features get the gradient that flows through them), and
+        # view 0's embeddings are dropped afterwards, as the released code does.
+        b = f.shape[0] // self.views
+        logits = self.classifier(f[:b])
+        embeddings = F.normalize(self.head(f)[b:].float(), dim=1)
         centers = F.normalize(self.head_fc(self.class_vectors()).float(), dim=1)
-        return ModelOutput(f.float(), logits.float(), embeddings, centers)
+        return ModelOutput(f[:b].float(), logits.float(), embeddings, centers)
 
     def forward(self, images: Tensor) -> ModelOutput:
         if self.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)  # no-op for the loaders' batches
         f = self.body(self.normalize(images))
-        bcl_features = None
-        if self.bcl and self.training:
-            # One encoder pass over [v0; v1; v2] (BN statistics shared across views): classify view 0,
-            # contrast the others. In eval mode there is one view and only the logits are computed.
-            if f.shape[0] % self.views:
-                raise ValueError(
-                    f"BCL model: a training batch stacks {self.views} views, got {f.shape[0]} images"
-                )
-            b = f.shape[0] // self.views
-            f, bcl_features = f[:b], f[b:]
+        contrast = self.bcl and self.training  # in eval mode there is one view and only the logits
+        if contrast and f.shape[0] % self.views:
+            raise ValueError(
+                f"BCL model: a training batch stacks {self.views} views, got {f.shape[0]} images"
+            )
         if self.head_fp32:
             # Raw cosines feed an arccos (DBM) and a scale of ~30: keep the (small) heads out of bf16.
             with torch.autocast(f.device.type, enabled=False):
-                return self._heads(f.float(), None if bcl_features is None else bcl_features.float())
-        return self._heads(f, bcl_features)
+                return self._heads(f.float(), contrast)
+        return self._heads(f, contrast)
 
 
 def build_model(

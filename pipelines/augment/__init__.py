@@ -7,7 +7,9 @@ randomness from an optional `torch.Generator`, no host syncs (they can run insid
 
 Inside a compiled step call them without `generator` (dynamo cannot trace a Generator argument); they then
 draw from the global RNG, seeded like the rest of the run. Contrastive views (BCL): `ColorJitter`,
-`RandomGrayscale`, `GaussianBlur`.
+`RandomGrayscale`, `GaussianBlur`. `build_batch_augment(..., jitter=(b, c, s, h))` puts a p = 1 ColorJitter
+before the policy (the large-scale BCL recipes' view 0); policy "cifar10_dbm" is the released DBM CIFAR
+AutoAugment with PIL's arithmetic (torchvision's "cifar10" stays).
 """
 
 from .autoaugment import BatchAutoAugment

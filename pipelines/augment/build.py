@@ -7,6 +7,7 @@ from torch import nn
 
 from .autoaugment import BatchAutoAugment
 from .cutout import Cutout
+from .jitter import ColorJitter
 from .policies import AUTOAUGMENT_POLICIES, POLICIES
 from .randaugment import BatchRandAugment
 
@@ -48,13 +49,22 @@ def build_batch_augment(
     magnitude_std: float = 0.0,
     fill=(128, 128, 128),
     randaugment_style: str = "torchvision",
+    jitter: tuple[float, ...] = (),
 ) -> BatchAugment | None:
-    """AutoAugment ("imagenet", "cifar10") or RandAugment ("randaugment"), then Cutout; None if neither.
+    """[ColorJitter,] AutoAugment ("imagenet", "cifar10", "cifar10_dbm") or RandAugment ("randaugment"),
+    then Cutout; None if none of them.
 
     `randaugment_m` is a bin of torchvision's 31 (style "torchvision"), or timm's 0..10 level
     (style "timm": the papers' "rand-n2-m10-mstd0.5" is n=2, m=10, magnitude_std=0.5).
+    `jitter` = (brightness, contrast, saturation, hue): a per-sample ColorJitter applied to every image
+    (p = 1) before the policy, as the released large-scale BCL code's view 0 (`RandomApply([ColorJitter(0.4,
+    0.4, 0.4, 0)], p=1.0)` before RandAugment); empty: off.
     """
     stages: list[nn.Module] = []
+    if jitter:
+        if len(jitter) != 4:
+            raise ValueError(f"jitter takes (brightness, contrast, saturation, hue), got {tuple(jitter)}")
+        stages.append(ColorJitter(*(float(v) for v in jitter), p=1.0))
     if policy:
         if policy not in POLICIES:
             raise ValueError(f"unknown augmentation policy {policy!r}; choose from {list(POLICIES)} or None")

@@ -3,6 +3,9 @@
 `ColorJitter` (brightness, contrast, saturation, hue in a random order per sample, the whole jitter applied
 with probability p), `RandomGrayscale` and `GaussianBlur`, each following torchvision's
 `transforms.v2` op on uint8 images (float32 arithmetic, the same truncation), one pass over the batch.
+`ColorJitter(b, c, s, 0, p=1)` is also the large-scale recipes' view-0 jitter before RandAugment
+(`build_batch_augment(..., jitter=(b, c, s, h))`); without hue it equals torchvision's `ColorJitter` to the
+bit for the same drawn factors and order.
 """
 
 from __future__ import annotations
@@ -108,8 +111,9 @@ class ColorJitter(nn.Module):
         self.active = (brightness > 0, contrast > 0, saturation > 0, hue > 0)
         self.p = float(p)
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        n, device = x.shape[0], x.device
+    def draw(self, n: int, device, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Per-sample parameters: `factors` (N x 4: brightness, contrast, saturation, hue), `order` (N x 4, a
+        permutation of 0..3, torchvision's `fn_idx`) and `apply` (N, bool)."""
         factors = torch.stack([_uniform(n, lo, hi, device, generator) for lo, hi in self.ranges], dim=1)
         order = torch.rand(n, 4, device=device, generator=generator).argsort(dim=1)
         apply = (
@@ -117,7 +121,14 @@ class ColorJitter(nn.Module):
             if self.p < 1
             else torch.ones(n, dtype=torch.bool, device=device)
         )
-        return color_jitter(x, factors, order, apply, self.active)
+        return {"factors": factors, "order": order, "apply": apply}
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        p = self.draw(x.shape[0], x.device, generator)
+        return color_jitter(x, p["factors"], p["order"], p["apply"], self.active)
+
+    def extra_repr(self) -> str:
+        return f"ranges={self.ranges}, p={self.p}"
 
 
 class RandomGrayscale(nn.Module):

@@ -12,15 +12,20 @@ Every batched kernel receives one physical argument per sample (`arg`):
     Brightness, Color, Contrast, Sharpness    enhancement factor minus one (0 = identity; torchvision's
                          signed magnitude, kept as such because its blends weigh the degenerate image by -m)
     Posterize            bits kept (0..8)
-    Solarize             threshold in 0..255 units (pixels >= arg are inverted)
+    Solarize             threshold in 0..256 units (pixels >= arg are inverted)
     SolarizeAdd          amount added to pixels below 128
     Identity, AutoContrast, Equalize, Invert  (ignored)
 
-The functions below map a policy's magnitude (a bin index, or timm's 0..10 level) to that argument.
+The functions below map a policy's magnitude (a bin index, or timm's 0..10 level) to that argument. The
+"cifar10_dbm" policy runs PIL's kernels (`geometric.pil_affine_ops`, `pil_colour`), whose arguments differ
+for the geometric ops: ShearX/Y is PIL's coefficient (x_in = x + arg * y, sampled bicubically),
+TranslateX/Y a fractional shift in pixels (input = output + arg), Rotate degrees counter-clockwise about
+the centre (nearest), all three in PIL's conventions.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 OPS: tuple[str, ...] = (
@@ -43,7 +48,7 @@ OPS: tuple[str, ...] = (
 )
 OP_ID: dict[str, int] = {name: i for i, name in enumerate(OPS)}
 
-POLICIES: tuple[str, ...] = ("imagenet", "cifar10", "randaugment")
+POLICIES: tuple[str, ...] = ("imagenet", "cifar10", "cifar10_dbm", "randaugment")
 RANDAUGMENT_STYLES: tuple[str, ...] = ("torchvision", "timm")
 
 SubPolicy = tuple[tuple[str, float, int | None], tuple[str, float, int | None]]
@@ -103,6 +108,17 @@ AUTOAUGMENT_POLICIES: dict[str, tuple[SubPolicy, ...]] = {
         (("Equalize", 0.8, None), ("Invert", 0.1, None)),
         (("TranslateY", 0.7, 9), ("AutoContrast", 0.9, None)),
     ),
+}
+
+# The released DBM CIFAR runs (dbm_ltr cifar/aug/autoaug.py, DeepVoltaire's PIL port) use the same 25
+# sub-policies with PIL's kernels and their own magnitude tables (`pil_magnitudes`).
+AUTOAUGMENT_POLICIES["cifar10_dbm"] = AUTOAUGMENT_POLICIES["cifar10"]
+
+# Which kernels run each AutoAugment policy: torchvision's tensor ops, or PIL's arithmetic.
+AUTOAUGMENT_KERNELS: dict[str, str] = {
+    "imagenet": "torchvision",
+    "cifar10": "torchvision",
+    "cifar10_dbm": "pil",
 }
 
 AUTOAUGMENT_BINS = 10
@@ -184,9 +200,48 @@ def magnitude_table(num_bins: int, height: int, width: int, device) -> torch.Ten
     return torch.stack([space.get(name, zeros) for name in OPS])
 
 
-def signed_mask() -> torch.Tensor:
-    """Whether each op of OPS gets a random sign (torchvision), as a bool tensor to keep as a buffer."""
-    return torch.tensor([name in TORCHVISION_SIGNED for name in OPS])
+def signed_mask(signed: frozenset[str] = TORCHVISION_SIGNED) -> torch.Tensor:
+    """Whether each op of OPS gets a random sign (torchvision's set by default), as a bool tensor."""
+    return torch.tensor([name in signed for name in OPS])
+
+
+# The release's SubPolicy: a random sign on shear, translate and the four enhance ops; Rotate is unsigned
+# (always counter-clockwise), as are Posterize and Solarize.
+PIL_SIGNED = frozenset(
+    {"ShearX", "ShearY", "TranslateX", "TranslateY", "Brightness", "Color", "Contrast", "Sharpness"}
+)
+
+
+def pil_magnitudes(num_bins: int = AUTOAUGMENT_BINS) -> torch.Tensor:
+    """The release's `ranges` (np.linspace, float64, so a bin picks exactly its value) as one
+    (len(OPS) x bins) float64 table; zero rows for ops without a magnitude. Translate is a fraction of the
+    image size (150 / 331 at the top bin), multiplied by the size when drawn (`pil_arg`); Solarize's
+    thresholds run from 256 down to 0; Posterize keeps round(linspace(8, 4)) bits."""
+    space = {
+        "ShearX": np.linspace(0, 0.3, num_bins),
+        "ShearY": np.linspace(0, 0.3, num_bins),
+        "TranslateX": np.linspace(0, 150 / 331, num_bins),
+        "TranslateY": np.linspace(0, 150 / 331, num_bins),
+        "Rotate": np.linspace(0, 30, num_bins),
+        "Color": np.linspace(0.0, 0.9, num_bins),
+        "Posterize": np.round(np.linspace(8, 4, num_bins), 0).astype(np.int32),
+        "Solarize": np.linspace(256, 0, num_bins),
+        "Contrast": np.linspace(0.0, 0.9, num_bins),
+        "Sharpness": np.linspace(0.0, 0.9, num_bins),
+        "Brightness": np.linspace(0.0, 0.9, num_bins),
+    }
+    zeros = np.zeros(num_bins)
+    return torch.tensor(np.stack([space.get(name, zeros).astype(np.float64) for name in OPS]))
+
+
+def pil_arg(name: str, value: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The release's (signed) magnitude -> the PIL kernel argument: translate in pixels (`magnitude * size`,
+    fractional), the enhance ops' factor minus one, everything else as is."""
+    if name == "TranslateX":
+        return value * width
+    if name == "TranslateY":
+        return value * height
+    return value
 
 
 def torchvision_arg(name: str, value: torch.Tensor) -> torch.Tensor:

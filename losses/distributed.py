@@ -1,0 +1,51 @@
+"""The collectives a loss needs when its batch is split over processes (DDP): gathers that keep autograd.
+
+A loss whose value couples the samples of a batch (BCL's BalSCL: every anchor is contrasted against every
+other anchor, and the class counts are the batch's) must see the global batch to compute the objective a
+single process would. `batch_group()` says whether the batch is split (and over which group); `gather_rows`
+stacks every rank's rows in rank order with a gradient that flows back to the rank that owns them.
+
+Built on `torch.distributed._functional_collectives`, the traceable collectives: dynamo compiles them into
+the loss graph (no graph break), and they run on whatever backend the process group has (gloo on CPUs,
+NCCL on GPUs, where the collectives are recorded into a CUDA-graph capture like any kernel).
+"""
+
+from __future__ import annotations
+
+import torch.distributed as dist
+from torch import Tensor
+
+
+def batch_group() -> dist.ProcessGroup | None:
+    """The default group when torch.distributed is initialised with more than one process, else None.
+
+    None means one process holds the whole batch: callers then run no collective at all. Under
+    torch.compile these calls are evaluated at trace time (they are constants of a run).
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return None
+    return dist.group.WORLD
+
+
+def group_rank(group: dist.ProcessGroup) -> int:
+    return dist.get_rank(group)
+
+
+def gather_rows(x: Tensor, group: dist.ProcessGroup) -> Tensor:
+    """Every rank's `x` (the same shape on every rank) concatenated along dim 0 in rank order.
+
+    Differentiable: the backward is a reduce-scatter (sum), so the gradient reaching rank r's `x` is the sum
+    over all ranks of the gradients of their copies of it. With each rank's loss being its share of a
+    global mean, that sum is world_size x the gradient of the global mean, and DDP's averaging of the
+    parameter gradients then gives exactly the one-process gradient.
+    """
+    from torch.distributed import _functional_collectives as fc
+
+    return fc.all_gather_single_autograd(x.contiguous(), gather_dim=0, group=group)
+
+
+def gather_labels(x: Tensor, group: dist.ProcessGroup) -> Tensor:
+    """`gather_rows` for tensors without gradient (labels): every rank's `x` along dim 0, in rank order."""
+    from torch.distributed import _functional_collectives as fc
+
+    return fc.wait_tensor(fc.all_gather_single(x.contiguous(), gather_dim=0, group=group))

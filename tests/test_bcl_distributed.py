@@ -1,0 +1,122 @@
+"""BCL over the global batch: two gloo processes, each holding half of a fixed batch, compute together what
+one process computes on the whole batch (losses/bcl.py, losses/distributed.py)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from losses import ModelOutput, balanced_contrastive, build_loss, log_prior
+from losses.distributed import batch_group
+
+pytestmark = pytest.mark.slow
+
+WORLD = 2
+COUNTS = [40, 20, 10, 5, 2, 1]  # class 5 never appears in the batch: it is seen only through its centre
+LOSSES = ("dbm_bcl", "bcl")
+MODES = ("eager", "compile")
+
+
+def whole_batch():
+    """A fixed batch of B = 8 images: view-0 cosines [B, C], view-1 and view-2 embeddings, centres, labels."""
+    g = torch.Generator().manual_seed(0)
+    b, c, e = 8, len(COUNTS), 5
+    cosines = torch.rand(b, c, generator=g) * 2 - 1
+    view1 = F.normalize(torch.randn(b, e, generator=g), dim=1)
+    view2 = F.normalize(torch.randn(b, e, generator=g), dim=1)
+    centers = F.normalize(torch.randn(c, e, generator=g), dim=1)
+    target = torch.tensor([0, 0, 1, 0, 2, 1, 3, 4])
+    return cosines, view1, view2, centers, target
+
+
+def leaves(*tensors):
+    return [t.clone().requires_grad_() for t in tensors]
+
+
+def rank_rows(rank: int, world: int) -> slice:
+    b = whole_batch()[0].shape[0] // world
+    return slice(rank * b, (rank + 1) * b)
+
+
+def run_loss(name: str, mode: str, cosines, view1, view2, centers, target):
+    """The loss and the gradients of (cosines, view-1 rows, view-2 rows, centres) for the given rows."""
+    cosines, view1, view2, centers = leaves(cosines, view1, view2, centers)
+    loss_fn = build_loss(name, COUNTS)
+    if mode == "compile":
+        loss_fn = torch.compile(loss_fn, backend="aot_eager", dynamic=False)
+    features = torch.zeros(cosines.shape[0], 3)
+    # embeddings: this process's view-1 rows, then its view-2 rows (what the model hands over)
+    value = loss_fn(ModelOutput(features, cosines, torch.cat([view1, view2]), centers), target)
+    value.backward()
+    return value.detach(), cosines.grad, view1.grad, view2.grad, centers.grad
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        cosines, view1, view2, centers, target = whole_batch()
+        rows = rank_rows(rank, world)
+        results = {}
+        for name in LOSSES:
+            for mode in MODES:
+                results[name, mode] = run_loss(
+                    name, mode, cosines[rows], view1[rows], view2[rows], centers, target[rows]
+                )
+        torch.save(results, os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def rank_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bcl_ranks")
+    mp.spawn(_worker, args=(WORLD, _free_port(), str(out)), nprocs=WORLD, join=True)
+    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+
+
+def close(actual, expected):
+    # 1e-5 relative, with an absolute floor at 1e-5 of the largest entry for entries that are ~0
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", LOSSES)
+def test_two_ranks_equal_one_process_on_the_whole_batch(rank_results, name, mode):
+    assert batch_group() is None  # this process: no process group, the one-process path
+    value, d_cos, d_v1, d_v2, d_centers = run_loss(name, "eager", *whole_batch())
+    ranks = [r[name, mode] for r in rank_results]
+    # the losses differ per rank (each averages its own anchors) and their mean is the whole-batch loss
+    assert not torch.allclose(ranks[0][0], ranks[1][0])
+    close(sum(r[0] for r in ranks) / WORLD, value)
+    for rank, (_, r_cos, r_v1, r_v2, _) in enumerate(ranks):
+        rows = rank_rows(rank, WORLD)
+        # each rank's gradients / world size = the one-process gradients of its rows
+        close(r_cos / WORLD, d_cos[rows])
+        close(r_v1 / WORLD, d_v1[rows])
+        close(r_v2 / WORLD, d_v2[rows])
+    # the centres are replicated (every rank computes them from the same weights): DDP averages their
+    # gradients, and that average is the one-process gradient
+    close(sum(r[4] for r in ranks) / WORLD, d_centers)
+
+
+def test_per_rank_contrast_would_differ(rank_results):
+    """The check has teeth: a rank contrasting only its own anchors gives a different loss."""
+    cosines, view1, view2, centers, target = whole_batch()
+    rows = rank_rows(0, WORLD)
+    local = balanced_contrastive(torch.cat([view1[rows], view2[rows]]), centers, target[rows], 0.1)
+    total_local = 2.0 * F.cross_entropy(30 * cosines[rows] + log_prior(COUNTS), target[rows]) + 0.6 * local
+    assert not torch.allclose(total_local, rank_results[0]["bcl", "eager"][0], rtol=1e-3)
