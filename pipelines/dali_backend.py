@@ -44,11 +44,12 @@ from .shards import ShardError, open_shards
 PREFETCH = 4
 
 # Share of the JPEGs sent to the hardware JPEG decoder (the NVJPG engines of A100 / H100 / H200, which use no
-# SM time); the rest take nvJPEG's hybrid path, Huffman decoding on DALI's CPU threads and the IDCT on the
-# SMs the training step needs. DALI's default is 0.65 (0.9 for its nvImageCodec decoder); NVIDIA's MLPerf
-# ResNet-50 configs set 0.7-0.99 where the GPU, not the decoders, is the bottleneck, as in a fastlt run.
-# DALI's docs say the best value "should be found empirically": measure on the GPU (`make gpu-check` cannot,
-# the check machine has no DALI).
+# SM time); the rest take nvJPEG's hybrid path: Huffman decoding on DALI's CPU threads, the IDCT on the SMs
+# the training step needs. 0.9 is DALI's own default for its nvImageCodec decoder (0.65 for this one).
+# NVIDIA's MLPerf ResNet-50 configs span 0 (one DGX-A100 node, 408 images per GPU and step: every image on
+# the CUDA path) to 0.7-0.99 (many nodes, 35-40 images per GPU); fastlt's images are <= 512 px
+# and its GPUs are busy training, which favours the engines. DALI's docs say the value "should be found
+# empirically": measure it on the GPU (`make gpu-check` cannot: the check machine has no DALI).
 HW_DECODER_LOAD = 0.9
 
 # nvJPEG's buffer paddings as NVIDIA's ResNet-50 DALI pipelines set them (DALI's example and

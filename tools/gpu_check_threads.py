@@ -3,8 +3,9 @@
 * `dali`: allocates and frees device memory (cudaMalloc / cudaFree) and pinned host memory
   (cudaHostAlloc / cudaFreeHost) in a loop, as DALI's decoders do while their buffers grow during the first
   epoch. cudaFree and cudaFreeHost also synchronise the device.
-* `ffcv`: after a set-up, only asynchronous host-to-device copies from pinned buffers on its own stream and
-  event record / synchronise, as FFCV's loader thread does in steady state.
+* `ffcv`: after a set-up, only asynchronous host-to-device copies from pinned buffers on its own stream,
+  event records and stream waits on events (no host wait), as FFCV 1.0.2's loader thread does in steady
+  state.
 
 The raw runtime calls go through the process's own libcudart (the one torch loaded, found in
 /proc/self/maps), so they bypass PyTorch's caching allocator exactly like a C++ library would; without it
@@ -117,7 +118,7 @@ class LoaderThread(threading.Thread):
         i = 0
         while not self._stop.is_set():
             slot = i % 3
-            done[slot].synchronize()  # the slot's previous copy has run
+            stream.wait_event(done[slot])  # as FFCV: the copy stream waits for the slot, the host does not
             host[slot].fill_(i % 251)  # the CPU writes the next batch into the pinned slot
             with torch.cuda.stream(stream):
                 dev[slot].copy_(host[slot], non_blocking=True)

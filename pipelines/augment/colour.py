@@ -92,14 +92,13 @@ def _lut(name: str, x: torch.Tensor, index: torch.Tensor, arg: torch.Tensor, v: 
 def flat_index(x: torch.Tensor) -> torch.Tensor:
     """For every pixel, its position in the flattened N x C x 256 table of its (sample, channel):
     `(i * C + ch) * 256 + value`, int32 (N*C*256 < 2^31 for any batch a GPU holds), laid out in `x`'s memory
-    order. One int32 copy of the batch serves the histogram and the lookup; the int64 index that `gather`
-    and `scatter_add_` need would move twice the bytes (and under torch.compile the whole index fuses
-    into the lookup kernel and is never materialised)."""
+    order, made by one kernel (uint8 in, int32 out). It serves both the histogram and the lookup; the int64
+    index that `gather` and `scatter_add_` need costs twice the bytes, written and read (under torch.compile
+    the index fuses into the lookup kernel and is never materialised at all)."""
     n, c = x.shape[:2]
     view, dim = _by_channel(x)
     offsets = torch.arange(0, n * c * 256, 256, dtype=torch.int32, device=x.device).view(n, c, 1)
-    index = view.to(torch.int32)
-    return index.add_(offsets if dim == 2 else offsets.transpose(1, 2))
+    return view + (offsets if dim == 2 else offsets.transpose(1, 2))  # uint8 + int32: one int32 pass
 
 
 def histograms(index: torch.Tensor, n: int, c: int) -> torch.Tensor:
