@@ -11,12 +11,14 @@ from pipelines.augment import build_batch_augment
 from pipelines.augment.colour import LUT_OPS, flat_index, histograms, lookup, lut_ops
 from pipelines.augment.ops import generator_as_default
 from pipelines.augment.policies import OP_ID
+from pipelines.augment_views import contrastive_view_augment
 
-POLICIES = {
-    "autoaugment_cifar10_cutout": dict(policy="cifar10", cutout=8),
-    "randaugment_timm_cutout": dict(
-        policy="randaugment", randaugment_m=10, magnitude_std=0.5, randaugment_style="timm", cutout=4
+AUGMENTS = {
+    "autoaugment_cifar10_cutout": lambda: build_batch_augment("cifar10", cutout=8),
+    "randaugment_timm_cutout": lambda: build_batch_augment(
+        "randaugment", 4, randaugment_m=10, magnitude_std=0.5, randaugment_style="timm"
     ),
+    "contrastive_views_jitter_gray_blur": lambda: contrastive_view_augment(blur=True),
 }
 
 
@@ -79,9 +81,9 @@ def test_lookup_of_a_non_contiguous_batch():
     assert torch.equal(lookup(lut, flat_index(x), x), reference)
 
 
-@pytest.mark.parametrize("name", sorted(POLICIES))
+@pytest.mark.parametrize("name", sorted(AUGMENTS))
 def test_generator_as_default_continues_the_generator(name):
-    aug = build_batch_augment(**POLICIES[name])
+    aug = AUGMENTS[name]()
     x = _batch()
     g_eager, g_lent = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     before = torch.default_generator.get_state()
@@ -94,9 +96,9 @@ def test_generator_as_default_continues_the_generator(name):
 
 
 @pytest.mark.slow  # a whole-policy trace: ~10-45 s on a loaded 2-core box
-@pytest.mark.parametrize("name", sorted(POLICIES))
+@pytest.mark.parametrize("name", sorted(AUGMENTS))
 def test_compiled_augmentation_equals_eager_for_the_same_generator_state(name):
-    aug = build_batch_augment(**POLICIES[name])
+    aug = AUGMENTS[name]()
     x = _batch()
     compiled = torch.compile(aug, backend="aot_eager", fullgraph=True, dynamic=False)
     for seed in (0, 1):  # the second call reuses the compiled graph
@@ -110,9 +112,9 @@ def test_compiled_augmentation_equals_eager_for_the_same_generator_state(name):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", sorted(POLICIES))
+@pytest.mark.parametrize("name", sorted(AUGMENTS))
 def test_inductor_augmentation_matches_eager_on_cuda(name):
-    aug = build_batch_augment(**POLICIES[name]).cuda()
+    aug = AUGMENTS[name]().cuda()
     x = _batch(n=16, size=32).cuda()
     with torch._inductor.config.patch(fallback_random=True):  # inductor draws with eager's RNG kernels
         compiled = torch.compile(aug, fullgraph=True, dynamic=False)
