@@ -44,6 +44,9 @@ def timed_mode(
     """Build the trainer's step for `mode`, run it until it is compiled/captured (timed), then time `iters`
     steps on one device-resident batch. Returns the record and the step (reused by later cases)."""
     dev = ctx.device
+    # Fresh Dynamo caches: a second model in this process would otherwise count as recompiles of the
+    # first one's frames (Inductor's on-disk caches stay warm, so a later mode compiles faster: noted).
+    torch._dynamo.reset()
     t = build_step(arch, classes, mode, dev, precision="bf16", compile_backend=compile_backend)
     x, y = images_batch(batch, res, dev, num_classes=classes)
     setup_calls = 5 if mode == "graph" else 2  # graph: 3 warm-ups, the capturing call, one replay
