@@ -3,7 +3,7 @@
 Every op that maps a pixel value through a per-(sample, channel) function of that value alone (brightness,
 contrast, posterize, solarize, solarize-add, autocontrast, equalize, invert) is expressed as a 256-entry
 lookup table: the tables are tiny (N x C x 256), so building one per op and choosing per sample with
-`torch.where` costs nothing, and the image is read once by a single gather whatever the ops. Colour
+`torch.where` costs nothing, and the image is read once by a single lookup whatever the ops. Colour
 (saturation) and sharpness depend on neighbouring channels or pixels and are blended instead.
 
 The arithmetic copies torchvision's `transforms.v2.functional` kernels (float32, truncation to uint8) so a
