@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.fastlt-installed
 DEMO_DIR ?= data/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps demo test test-fast test-gpu bench lint clean-venv
+.PHONY: setup system-deps demo test test-fast test-gpu gpu-check bench lint clean-venv
 
 setup: $(STAMP)
 
@@ -34,6 +34,12 @@ test-fast: $(STAMP)
 
 test-gpu: $(STAMP)
 	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
+
+# The GPU machine's check (tools/gpu_check.py): runs with the machine's own python3 and torch, so it does
+# not depend on the venv; `GPU_CHECK_ARGS=--dry-run` tries it on a CPU.
+GPU_CHECK_ARGS ?= --out bench_out/gpu_check.jsonl
+gpu-check:
+	PYTHONPATH=. $(PYTHON) tools/gpu_check.py $(GPU_CHECK_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m tools.benchmark --out bench_out

@@ -13,14 +13,23 @@ Graph: training decodes with `decoders.image_random_crop` (fused RandomResizedCr
 the codec allows) -> `resize` to the resolution -> `flip(horizontal=coin_flip)`; evaluation decodes the whole
 image -> `resize(resize_shorter=res / ratio)` -> centre `crop`. Output uint8 HWC, turned into an NCHW
 channels_last view. Extra views decode once and branch into independent `random_resized_crop` + flip.
+
+Feeding and decoding at GPU rates (issue 12, gpu-review.md §4.1): the external source hands DALI the mapped
+JPEG bytes without a copy (`no_copy`, lifetime argument at `_source`), DALI prepares `PREFETCH` batches
+ahead, the `mixed` decoders get NVIDIA's hardware-decoder share and nvJPEG buffer paddings sized up front
+(`decoder_args`), so steady-state decoding stops allocating device and pinned memory (an allocation while
+the training step is being captured as a CUDA graph would break the capture), and DALI's CPU threads are
+pinned to the GPU's socket (`set_affinity`).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +40,46 @@ from .shards import CorruptSampleError, ShardError, open_shards
 
 log = logging.getLogger(__name__)
 
-PREFETCH = 2  # batches DALI prepares ahead of the one handed out
+# Batches DALI prepares ahead of the one handed out. 4 = the 2 steps the training loop may run ahead of the
+# GPU (its bounded host lead) + the batch in the consumer's hands + 1 spare that absorbs a hiccup (a log-point
+# sync, a GC pause, the first steps after an evaluation). DALI's default is 2; NVIDIA's MLPerf ResNet-50
+# configs use 3 to 5. Each extra batch costs only its decoded images (256 x 224 x 224 x 3 B = 39 MB a view).
+PREFETCH = 4
+
+# Share of the JPEGs sent to the hardware JPEG decoder (the NVJPG engines of A100 / H100 / H200, which use no
+# SM time); the rest take nvJPEG's hybrid path: Huffman decoding on DALI's CPU threads, the IDCT on the SMs
+# the training step needs. 0.9 is DALI's own default for its nvImageCodec decoder (0.65 for this one).
+# NVIDIA's MLPerf ResNet-50 configs span 0 (one DGX-A100 node, 408 images per GPU and step: every image on
+# the CUDA path) to 0.7-0.99 (many nodes, 35-40 images per GPU); fastlt's images are <= 512 px
+# and its GPUs are busy training, which favours the engines. DALI's docs say the value "should be found
+# empirically": measure it on the GPU (`make gpu-check` cannot: the check machine has no DALI).
+HW_DECODER_LOAD = 0.9
+
+# nvJPEG's buffer paddings as NVIDIA's ResNet-50 DALI pipelines set them (DALI's example and
+# DeepLearningExamples: device 211025920 B, host 140544512 B, "to handle all images from full-sized ImageNet
+# without additional reallocations"; its largest image is 5980 x 6430 px, so about 5.5 and 3.7 bytes per
+# pixel), scaled to the largest side this data set was converted with, never below DALI's defaults.
+NVIDIA_DEVICE_PADDING, NVIDIA_HOST_PADDING, IMAGENET_MAX_PIXELS = 211025920, 140544512, 5980 * 6430
+DALI_DEVICE_PADDING, DALI_HOST_PADDING = 16 << 20, 8 << 20
+
+
+def decoder_args(max_resolution: int) -> dict[str, Any]:
+    """The `mixed` decoders' tuning for images whose longest side is `max_resolution` (0: unbounded)."""
+    if max_resolution <= 0:
+        return dict(
+            hw_decoder_load=HW_DECODER_LOAD,
+            device_memory_padding=NVIDIA_DEVICE_PADDING,
+            host_memory_padding=NVIDIA_HOST_PADDING,
+        )
+    share = max_resolution * max_resolution / IMAGENET_MAX_PIXELS
+    return dict(
+        hw_decoder_load=HW_DECODER_LOAD,
+        device_memory_padding=max(DALI_DEVICE_PADDING, int(NVIDIA_DEVICE_PADDING * share)),
+        host_memory_padding=max(DALI_HOST_PADDING, int(NVIDIA_HOST_PADDING * share)),
+        # the hardware decoder's own buffers, allocated at build instead of while the first epoch runs
+        preallocate_width_hint=max_resolution,
+        preallocate_height_hint=max_resolution,
+    )
 
 
 def _dali():
@@ -59,6 +107,9 @@ class DaliBackend:
         self.num_batches = self.order.num_batches(spec.batch_size, spec.drops_last)
         self.cuda = spec.device.type == "cuda"
         self._batches: list[np.ndarray] = []  # the current epoch's batches, read by the source callback
+        self._decoder_args = decoder_args(meta.max_resolution) if self.cuda else {}
+        # What the source handed DALI without a copy, kept alive until DALI is done with it (see `_source`).
+        self._fed: collections.deque = collections.deque(maxlen=PREFETCH + 2)
         self._iterator = None
         self._pipe = None
         self._in_epoch = False  # an epoch was started and not run to its end
@@ -67,23 +118,37 @@ class DaliBackend:
 
     # --- the external source: called by DALI (ahead of consumption) with the batch index in the epoch ---
     def _source(self, info):
+        """The batch's JPEG bytes and labels, handed over without a copy (`no_copy=True`). Safe because:
+        * the JPEG slices are views into the shards' read-only maps (`mmap.ACCESS_READ`): nothing can
+          modify them, and a map is never unmapped while a view of it exists (`ShardSet.close` leaves an
+          exported map to be released with its last view);
+        * DALI needs a buffer only until the iteration it was fed for has been consumed, which its docs put
+          at `prefetch_queue_depth` iterations after the feed; DALI asks for iteration i at most `PREFETCH`
+          iterations before handing it out, and `self._fed` keeps the last `PREFETCH + 2` batches (views and
+          the fresh labels array) referenced, so none can be freed early, whatever DALI keeps itself."""
         i = info.iteration
         if i >= len(self._batches):
             raise StopIteration
         idx = self._batches[i]
-        return self.shards.jpegs(idx), self.shards.labels[idx]
+        batch = (self.shards.jpegs(idx), self.shards.labels[idx])
+        self._fed.append(batch)
+        return batch
 
     def _build(self):
         fn, pipeline, types, Iterator = _dali()
         s = self.spec
         device_id = (s.device.index or 0) if self.cuda else None  # None: no CUDA at all (CPU-only hosts)
         decoder = "mixed" if self.cuda else "cpu"
+        dec = self._decoder_args  # `mixed` only: hardware share, nvJPEG paddings, preallocation
         pipe = pipeline.Pipeline(
             batch_size=s.batch_size,
             num_threads=s.threads,
             device_id=device_id,
             seed=derive_seed(s.seed, s.rank, 0xDA11),
             prefetch_queue_depth=PREFETCH,
+            # Pin DALI's CPU threads to the cores of the GPU's socket (NVML's affinity, intersected with the
+            # cores this process may use): no cross-socket hops for the JPEG bytes or the Huffman decoding.
+            set_affinity=self.cuda,
         )
         res = s.resolution
         with pipe:
@@ -93,13 +158,14 @@ class DaliBackend:
                 batch=True,
                 batch_info=True,
                 dtype=[types.UINT8, types.INT64],
+                no_copy=True,
             )
             if not s.train:
-                images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB)
+                images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB, **dec)
                 images = fn.resize(images, resize_shorter=res / s.center_crop_ratio, antialias=True)
                 outputs = [fn.crop(images, crop=(res, res), out_of_bounds_policy="pad")]
             elif s.views == 1 and s.crop == "padded":
-                images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB)
+                images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB, **dec)
                 outputs = [self._padded_crop(fn, images)]
             elif s.views == 1:
                 images = fn.decoders.image_random_crop(
@@ -109,11 +175,12 @@ class DaliBackend:
                     random_area=list(s.scale),
                     random_aspect_ratio=list(s.ratio),
                     num_attempts=10,
+                    **dec,
                 )
                 images = fn.resize(images, resize_x=res, resize_y=res, antialias=True)
                 outputs = [self._flip(fn, images) if s.hflip else images]
             else:  # decode once, branch into independent crops
-                full = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB)
+                full = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB, **dec)
                 outputs = [self._padded_crop(fn, full)] if s.crop == "padded" else []
                 for v in range(len(outputs), s.views):
                     crop = fn.random_resized_crop(
@@ -218,6 +285,7 @@ class DaliBackend:
     def close(self) -> None:
         self._discard()
         self._batches = []
+        self._fed.clear()  # drop our views first, so the shards' maps can close now
         self.shards.close()
 
 

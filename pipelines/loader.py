@@ -70,8 +70,9 @@ class LoaderSpec:
 
     @property
     def threads(self) -> int:
-        """Decoding threads: `num_workers`, but never more than this machine's cores."""
-        return max(1, min(self.num_workers, os.cpu_count() or 1))
+        """Decoding threads: `num_workers`, at most the CPUs this process may run on (cgroup and taskset
+        limits included, which `os.cpu_count()` ignores)."""
+        return max(1, min(self.num_workers, len(os.sched_getaffinity(0))))
 
 
 class Backend(Protocol):

@@ -3,7 +3,7 @@
 Every op that maps a pixel value through a per-(sample, channel) function of that value alone (brightness,
 contrast, posterize, solarize, solarize-add, autocontrast, equalize, invert) is expressed as a 256-entry
 lookup table: the tables are tiny (N x C x 256), so building one per op and choosing per sample with
-`torch.where` costs nothing, and the image is read once by a single gather whatever the ops. Colour
+`torch.where` costs nothing, and the image is read once by a single lookup whatever the ops. Colour
 (saturation) and sharpness depend on neighbouring channels or pixels and are blended instead.
 
 The arithmetic copies torchvision's `transforms.v2.functional` kernels (float32, truncation to uint8) so a
@@ -31,9 +31,9 @@ def grayscale(x: torch.Tensor) -> torch.Tensor:
 
 def _by_channel(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """A free view of the pixels as N x C x L (contiguous input) or N x L x C (channels_last), and the pixel
-    dim, so lookups and histograms run along memory order with no index arithmetic."""
+    dim, so lookups and histograms run along memory order."""
     n, c = x.shape[:2]
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+    if _is_channels_last(x):
         return x.permute(0, 2, 3, 1).reshape(n, -1, c), 1
     return x.reshape(n, c, -1), 2
 
@@ -59,11 +59,9 @@ def blend(image: torch.Tensor, degenerate: torch.Tensor, m: torch.Tensor) -> tor
     return torch.addcmul(image * (1.0 + m), degenerate, -m).clamp(0, 255)
 
 
-def _lut(
-    name: str, x: torch.Tensor, pixels: torch.Tensor, dim: int, arg: torch.Tensor, v: torch.Tensor
-) -> torch.Tensor:
-    """The float32 table (N x C x 256, or broadcastable to it) of one op; `arg` is N x 1 x 1; `pixels`
-    (int64) and `dim` are `_by_channel`'s view of `x`."""
+def _lut(name: str, x: torch.Tensor, index: torch.Tensor, arg: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The float32 table (N x C x 256, or broadcastable to it) of one op; `arg` is N x 1 x 1; `index` is
+    `flat_index(x)`."""
     n, c = x.shape[:2]
     if name == "Brightness":
         return (v * (1.0 + arg)).clamp(0, 255).trunc()
@@ -78,34 +76,64 @@ def _lut(
     if name == "SolarizeAdd":
         return torch.where(v < 128, (v + arg).clamp(max=255), v)
     if name == "AutoContrast":
-        lo = x.amin(dim=(2, 3)).view(n, c, 1).float()
-        hi = x.amax(dim=(2, 3)).view(n, c, 1).float()
+        view, dim = _by_channel(x)
+        # Reduced as int16: Inductor's CPU code for a uint8 min-reduction returns 0 on contiguous input
+        # (torch 2.14.1, aminmax included); compiled, the widening fuses into the one reduction pass.
+        lo, hi = torch.aminmax(view.to(torch.int16), dim=dim)
+        lo, hi = lo.view(n, c, 1).float(), hi.view(n, c, 1).float()
         flat = hi == lo
         inv_scale = torch.where(flat, 1.0, (hi - lo) * (1.0 / 255.0))
         return ((v - torch.where(flat, 0.0, lo)) / inv_scale).clamp(0, 255).trunc()
     if name == "Equalize":
-        hist = torch.zeros((n, c, 256) if dim == 2 else (n, 256, c), dtype=torch.int64, device=x.device)
-        hist.scatter_add_(dim, pixels, torch.ones((), dtype=torch.int64, device=x.device).expand_as(pixels))
-        return _equalize_lut(hist if dim == 2 else hist.transpose(1, 2))
+        return _equalize_lut(histograms(index, n, c).long())
     if name == "Invert":
         return 255.0 - v
     raise ValueError(f"{name!r} is not a lookup-table op; choose from {sorted(LUT_OPS)}")
 
 
+def flat_index(x: torch.Tensor) -> torch.Tensor:
+    """For every pixel, its position in the flattened N x C x 256 table of its (sample, channel):
+    `(i * C + ch) * 256 + value`, int32 (N*C*256 < 2^31 for any batch a GPU holds), laid out in `x`'s memory
+    order, made by one kernel (uint8 in, int32 out). It serves both the histogram and the lookup; the int64
+    index that `gather` and `scatter_add_` need costs twice the bytes, written and read (under torch.compile
+    the index fuses into the lookup kernel and is never materialised at all)."""
+    n, c = x.shape[:2]
+    view, dim = _by_channel(x)
+    offsets = torch.arange(0, n * c * 256, 256, dtype=torch.int32, device=x.device).view(n, c, 1)
+    return view + (offsets if dim == 2 else offsets.transpose(1, 2))  # uint8 + int32: one int32 pass
+
+
+def histograms(index: torch.Tensor, n: int, c: int) -> torch.Tensor:
+    """Per-(sample, channel) histograms of the pixel values (N x C x 256, int32) from `flat_index`."""
+    flat = index.reshape(-1)
+    hist = torch.zeros(n * c * 256, dtype=torch.int32, device=index.device)
+    ones = torch.ones((), dtype=torch.int32, device=index.device).expand_as(flat)
+    return hist.index_add_(0, flat, ones).view(n, c, 256)
+
+
+def lookup(lut: torch.Tensor, index: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """`lut` (N x C x 256 uint8) applied to every pixel of `x` through `flat_index(x)`; same layout as x."""
+    n, c, h, w = x.shape
+    out = lut.reshape(-1).index_select(0, index.reshape(-1))  # int32 index: no int64 copy of the batch
+    if _is_channels_last(x):
+        return out.view(n, h, w, c).permute(0, 3, 1, 2)
+    return out.view(n, c, h, w)
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 def lut_ops(x: torch.Tensor, op: torch.Tensor, arg: torch.Tensor, present: frozenset[str]) -> torch.Tensor:
     """Apply, per sample, the lookup-table op `op[i]` with argument `arg[i]`; other samples pass unchanged."""
-    n, c, h, w = x.shape
-    view, dim = _by_channel(x)
-    pixels = view.long()
+    n, c = x.shape[:2]
+    index = flat_index(x)
     v = torch.arange(256, dtype=torch.float32, device=x.device).view(1, 1, 256)
     op, arg = op.view(n, 1, 1), arg.view(n, 1, 1).float()
     lut = v.expand(n, c, 256)
     for name in sorted(present & LUT_OPS):
-        lut = torch.where(op == OP_ID[name], _lut(name, x, pixels, dim, arg, v), lut)
-    lut = lut.to(torch.uint8)
-    if dim == 2:
-        return torch.gather(lut, 2, pixels).view(n, c, h, w)
-    return torch.gather(lut.transpose(1, 2), 1, pixels).view(n, h, w, c).permute(0, 3, 1, 2)
+        lut = torch.where(op == OP_ID[name], _lut(name, x, index, arg, v), lut)
+    return lookup(lut.to(torch.uint8), index, x)
 
 
 def blend_ops(x: torch.Tensor, op: torch.Tensor, arg: torch.Tensor, present: frozenset[str]) -> torch.Tensor:

@@ -11,11 +11,20 @@ batch and each the identity for samples whose op belongs to another family:
 `present` is the static set of op names a stage can draw; families with no op in it are skipped entirely,
 so e.g. a stage that only draws colour ops never resamples the image. Nothing here reads a tensor value on
 the host, so the pass can live inside a compiled or CUDA-graph-captured step.
+
+A compiled augmentation cannot take a `torch.Generator` argument (Dynamo does not trace one); it draws from
+the default generator instead. `generator_as_default(g)` lends `g`'s state to the default generator for
+one call and takes the advanced state back, so a compiled module keeps the loader's per-epoch stream:
+
+    compiled = torch.compile(aug, fullgraph=True, dynamic=False)
+    with generator_as_default(g):
+        images = compiled(images)
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 
 import torch
 
@@ -67,3 +76,32 @@ def fill_tensor(fill: float | Iterable[float], channels: int = 3) -> torch.Tenso
 def coin(shape: tuple[int, ...], p: float | torch.Tensor, device, generator) -> torch.Tensor:
     """Bernoulli(p) draws, True w.p. p, with torchvision's comparison (`rand <= p`)."""
     return torch.rand(shape, device=device, generator=generator) <= p
+
+
+def _default_generator(device: torch.device) -> torch.Generator:
+    if device.type == "cuda":
+        return torch.cuda.default_generators[
+            device.index if device.index is not None else torch.cuda.current_device()
+        ]
+    if device.type == "cpu":
+        return torch.default_generator
+    raise ValueError(f"generator_as_default: no default generator known for {device}")
+
+
+@contextlib.contextmanager
+def generator_as_default(generator: torch.Generator | None) -> Iterator[None]:
+    """Within the block the default generator of `generator`'s device continues `generator`'s stream;
+    afterwards `generator` holds the advanced state and the default generator its own again. Draws in the
+    block are those `generator` would have made (eager), and as reproducible (compiled). State reads are
+    host-side (seed and offset on CUDA): no device sync. None: a no-op."""
+    if generator is None:
+        yield
+        return
+    default = _default_generator(generator.device)
+    saved = default.get_state()
+    default.set_state(generator.get_state())
+    try:
+        yield
+    finally:
+        generator.set_state(default.get_state())
+        default.set_state(saved)

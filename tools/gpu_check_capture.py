@@ -1,0 +1,217 @@
+"""Stages `capture` and `ddp`: CUDA-graph capture while a loader-like thread is live, and DDP + capture.
+
+`capture` (gpu-review.md §1.3, §6 stages 2 and 7) answers: does a capture survive a thread that allocates
+(DALI-like) or only copies (FFCV-like) during the capture window, in the default global mode and in
+thread-local mode; and does capturing before the thread starts (what "capture before the loaders" does)
+keep every later replay correct while the thread runs? Each case is 1.0 when the capture succeeded and
+the replays reproduced an eager run of the same steps, 0.0 otherwise (`note` has the error). Cases that may
+leave the CUDA context unusable run last.
+
+`ddp` (§6 stage 3): the trainer's graph step on a DDP-wrapped model (NCCL, one process, world size 1: one
+GPU per box here), with a DRW switch between replays, against the eager step without DDP; the figure is
+the largest parameter difference relative to the parameters' scale.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from tools.gpu_check_core import Context, images_batch, record, skipped
+from tools.gpu_check_threads import LoaderThread
+from tools.gpu_check_trainer import build_step
+
+OK = "ok=1"
+
+
+class RawStep:
+    """A plain-torch training step with static buffers (a 24-layer MLP: ~150 kernels, so the capture
+    window lasts long enough for the thread to land in it)."""
+
+    def __init__(self, device: torch.device, seed: int = 0) -> None:
+        torch.manual_seed(seed)
+        layers: list[nn.Module] = []
+        for _ in range(24):
+            layers += [nn.Linear(256, 256), nn.ReLU()]
+        self.net = nn.Sequential(*layers, nn.Linear(256, 10)).to(device)
+        self.x = torch.randn(512, 256, device=device)
+        self.y = torch.randint(0, 10, (512,), device=device)
+        self.params = list(self.net.parameters())
+
+    def __call__(self) -> None:
+        loss = nn.functional.cross_entropy(self.net(self.x), self.y)
+        loss.backward()
+        with torch.no_grad():
+            torch._foreach_add_(self.params, [p.grad for p in self.params], alpha=-0.01)
+            torch._foreach_zero_([p.grad for p in self.params])
+
+    def flat(self) -> torch.Tensor:
+        return torch.cat([p.detach().flatten() for p in self.params])
+
+
+def _eager_reference(device: torch.device, steps: int) -> torch.Tensor:
+    ref = RawStep(device)
+    for _ in range(steps):
+        ref()
+    return ref.flat()
+
+
+def _raw_case(ctx: Context, thread_kind: str | None, mode: str, thread_first: bool) -> dict[str, Any]:
+    """Warm up, capture in `mode` (thread running during the capture if `thread_first`), replay 5 times
+    with the thread running, compare with 8 eager steps."""
+    dev = ctx.device
+    step = RawStep(dev)
+    side = torch.cuda.Stream(dev)
+    side.wait_stream(torch.cuda.current_stream(dev))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream(dev).wait_stream(side)
+    thread = LoaderThread(thread_kind, dev) if thread_kind else None
+    graph = torch.cuda.CUDAGraph()
+    error = ""
+    try:
+        if thread is not None and thread_first:
+            thread.start()
+            thread.started_work.wait(10)
+        with torch.cuda.graph(graph, capture_error_mode=mode):
+            step()
+        if thread is not None and not thread_first:
+            thread.start()
+            thread.started_work.wait(10)
+        for _ in range(5):
+            graph.replay()
+        torch.cuda.synchronize(dev)
+    except RuntimeError as exc:
+        error = str(exc).splitlines()[0][:300]
+    stats = thread.stop() if thread is not None and thread.ident is not None else {}
+    if error:
+        return {"value": 0.0, "note": f"capture or replay failed: {error}", **stats}
+    same = torch.allclose(step.flat(), _eager_reference(dev, 8), rtol=1e-5, atol=1e-6)
+    return {"value": 1.0 if same else 0.0, "note": "" if same else "replays differ from eager", **stats}
+
+
+def _trainer_case(ctx: Context, capture_first: bool) -> dict[str, Any]:
+    """The trainer's own graph step (tiny ResNet, fp32): its capture happens at step `graph_warmup + 1`.
+    `capture_first`: warm up and capture before the DALI-like thread starts (the fix); otherwise the
+    thread runs from the start, as a DALI loader does today during the first epoch."""
+    dev = ctx.device
+    batches = [images_batch(32, 32, dev, seed=s, num_classes=10) for s in range(8)]
+    kw: dict[str, Any] = dict(precision="fp32", compile_backend="aot_eager", graph_warmup=2)
+    graph = build_step("resnet_tiny", 10, "graph", dev, **kw)
+    eager = build_step("resnet_tiny", 10, "eager", dev, precision="fp32")
+    thread = LoaderThread("dali", dev)
+    error = ""
+    try:
+        for i, (x, y) in enumerate(batches):
+            if i == (3 if capture_first else 0):
+                thread.start()
+                thread.started_work.wait(10)
+            graph(x, y)
+        torch.cuda.synchronize(dev)
+    except RuntimeError as exc:
+        error = str(exc).splitlines()[0][:300]
+    stats = thread.stop() if thread.ident is not None else {}
+    if error:
+        return {"value": 0.0, "note": f"trainer step failed: {error}", **stats}
+    for x, y in batches:
+        eager(x, y)
+    a, b = graph.parameters(), eager.parameters()
+    same = all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-4) for k in a)
+    note = "" if same else "parameters differ from the eager run"
+    return {
+        "value": 1.0 if same and graph.captured() else 0.0,
+        "note": note,
+        "graphs": graph.captured(),
+        **stats,
+    }
+
+
+# (case, what the review expects, how to run it); ordered so that cases which may break the context run last
+CAPTURE_CASES: list[tuple[str, str, Callable[[Context], dict[str, Any]]]] = [
+    ("capture_then_dali_thread", "pass", lambda c: _raw_case(c, "dali", "global", thread_first=False)),
+    ("ffcv_thread_global", "pass", lambda c: _raw_case(c, "ffcv", "global", thread_first=True)),
+    ("trainer_capture_first", "pass", lambda c: _trainer_case(c, capture_first=True)),
+    (
+        "dali_thread_thread_local",
+        "unknown",
+        lambda c: _raw_case(c, "dali", "thread_local", thread_first=True),
+    ),
+    ("dali_thread_global", "fail", lambda c: _raw_case(c, "dali", "global", thread_first=True)),
+    ("trainer_mid_run_dali_thread", "fail", lambda c: _trainer_case(c, capture_first=False)),
+]
+
+
+def stage_capture(ctx: Context) -> Iterator[dict[str, Any]]:
+    torch.backends.cudnn.allow_tf32 = False  # graph and eager runs are compared in fp32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    for case, expected, run in CAPTURE_CASES:
+        if ctx.left() < 10:
+            yield skipped("capture", case, f"stage time cap reached ({ctx.left():.0f} s left)")
+            continue
+        try:
+            out = run(ctx)
+        except Exception as exc:
+            yield record("capture", case, status="error", note=f"{type(exc).__name__}: {exc}"[:300])
+            continue
+        value, note = out.pop("value"), out.pop("note")
+        yield record("capture", case, value, OK, note=note, expected=expected, **out)
+
+
+# --- DDP ---
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stage_ddp(ctx: Context) -> Iterator[dict[str, Any]]:
+    dev = ctx.device
+    backend = "nccl" if ctx.cuda else "gloo"
+    os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "0")  # before the group: captured NCCL
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    prev = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # fp32 on both sides, so they can agree closely
+    try:
+        arch, res, batch, n = ("resnet_tiny", 16, 8, 4) if ctx.dry_run else ("resnet20", 32, 64, 16)
+        switch = n - 2  # DRW turns on between the last replays (DDP warms up 11 steps, captures the 12th)
+        batches = [images_batch(batch, res, dev, seed=s, num_classes=10) for s in range(n)]
+        kw: dict[str, Any] = dict(loss="dbm_drw", precision="fp32", compile_backend="aot_eager")
+        if ctx.dry_run:
+            kw["compile_backend"] = "eager"
+        ddp = build_step(arch, 10, "graph", dev, ddp=True, **kw)
+        eager = build_step(arch, 10, "eager", dev, loss="dbm_drw", precision="fp32")
+        for i, (x, y) in enumerate(batches):
+            for t in (ddp, eager):
+                t.set_epoch(0 if i < switch else 160, 200)
+                t.set_lr(0.05 + 0.01 * i)
+                t(x, y)
+        a, b = ddp.parameters(), eager.parameters()
+        scale = max(float(v.abs().max()) for v in b.values())
+        diff = max(float((a[k] - b[k]).abs().max()) for k in a) / max(scale, 1e-12)
+        note = (
+            f"one process, world size 1 ({backend}); {ddp.mode} mode with DDP vs eager without, "
+            f"{n} steps, DRW from step {switch}"
+        )
+        yield record(
+            "ddp",
+            "graph_ddp_vs_eager" if ctx.cuda else "compile_ddp_vs_eager",
+            diff,
+            "max |dp| / max |p|",
+            note=note,
+            within_1e_3=diff < 1e-3,
+            graphs=ddp.captured(),
+            mode=ddp.mode,
+            world_size=dist.get_world_size(),
+        )
+    finally:
+        torch.backends.cudnn.allow_tf32 = prev
+        dist.destroy_process_group()
