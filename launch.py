@@ -91,7 +91,17 @@ def make_accelerator(cfg: Config) -> Any:
         os.environ.setdefault("ACCELERATE_USE_CPU", "1")
     # The step runs its own bf16 autocast (cache disabled, capturable); Accelerate only places the model,
     # wraps it in DDP and gives ranks.
-    accelerator = Accelerator(mixed_precision="no", step_scheduler_with_optimizer=False)
+    from accelerate.utils import DDPCommunicationHookType, DistributedDataParallelKwargs
+
+    hook = DDPCommunicationHookType.BF16 if cfg.step.ddp_bf16_grads else DDPCommunicationHookType.NO
+    accelerator = Accelerator(
+        mixed_precision="no",
+        step_scheduler_with_optimizer=False,
+        # The step compiles (and captures) itself: an accelerate config's dynamo setting must not wrap the
+        # model a second time.
+        dynamo_backend="no",
+        kwargs_handlers=[DistributedDataParallelKwargs(comm_hook=hook)],
+    )
     if accelerator.num_processes != launched:
         raise LaunchError(
             f"the launcher started {launched} processes (WORLD_SIZE) but Accelerate sees "

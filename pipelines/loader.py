@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .augment.ops import generator_as_default
 from .meta import DatasetMeta
 from .samplers import EpochOrder
 
@@ -82,10 +83,15 @@ class Backend(Protocol):
 
     num_batches: int
     meta: DatasetMeta
+    order: EpochOrder  # this rank's samples per epoch, in order
 
     def epoch(self, epoch: int) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]: ...
 
     def close(self) -> None: ...
+
+
+def _compiled(module: nn.Module | None):
+    return None if module is None else torch.compile(module, fullgraph=True, dynamic=False)
 
 
 def derive_seed(*parts: int) -> int:
@@ -117,6 +123,13 @@ class Loader:
         self.spec = spec
         self.augment = augment.to(spec.device) if augment is not None else None
         self.view_augment = view_augment.to(spec.device) if view_augment is not None else None
+        # On a GPU the augmentations run compiled (a few fused kernels instead of hundreds of eager launches
+        # on the main thread per batch); they draw from the epoch's generator lent as the default one, so
+        # the draws, and a resumed run's, are the same as eager. Training batches have one shape (two with
+        # drop_last off): a compile each.
+        self._compiled = spec.device.type == "cuda"
+        self._augment_fn = _compiled(self.augment) if self._compiled else self.augment
+        self._view_augment_fn = _compiled(self.view_augment) if self._compiled else self.view_augment
         self._epoch = 0
         self._closed = False
 
@@ -131,6 +144,27 @@ class Loader:
 
     def __len__(self) -> int:
         return self.backend.num_batches
+
+    def synthetic_batches(self, num_classes: int) -> list[Batch]:
+        """Batches of every shape this loader yields in training (the full one, and the short last one when
+        `drop_last` is off), with its dtype, layout and device but made-up content: what the step compiles
+        and captures on before the loader's threads start (`TrainStep.prepare`)."""
+        s = self.spec
+        rows = [s.batch_size]
+        short = len(self.backend.order) % s.batch_size  # samples this rank draws per epoch
+        if not s.drops_last and short:
+            rows.append(short)
+        g = torch.Generator().manual_seed(0)
+        out = []
+        for n in rows:
+            images = torch.randint(
+                0, 256, (s.views * n, 3, s.resolution, s.resolution), dtype=torch.uint8, generator=g
+            )
+            labels = torch.arange(n) % num_classes
+            out.append(
+                (images.to(s.device).contiguous(memory_format=torch.channels_last), labels.to(s.device))
+            )
+        return out
 
     def set_epoch(self, epoch: int) -> None:
         if epoch < 0:
@@ -155,14 +189,20 @@ class Loader:
         for views, labels in self.backend.epoch(epoch):
             # Labels are tiny: hand out our own copy, so keeping them (metrics) never sees a recycled buffer.
             labels = labels.clone()
-            first = self.augment(views[0], generator=g) if self.augment is not None else views[0]
+            first = self._apply(self._augment_fn, views[0], g)
             if len(views) == 1:
                 yield first, labels
                 continue
-            rest = torch.cat(views[1:])
-            if self.view_augment is not None:
-                rest = self.view_augment(rest, generator=g)
+            rest = self._apply(self._view_augment_fn, torch.cat(views[1:]), g)
             yield torch.cat([first, rest]), labels
+
+    def _apply(self, fn, images: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
+        if fn is None:
+            return images
+        if not self._compiled:
+            return fn(images, generator=g)
+        with generator_as_default(g):  # a compiled module cannot take a Generator argument
+            return fn(images)
 
     def close(self) -> None:
         """Stop the backend's threads and release its files; the loader cannot be iterated afterwards."""

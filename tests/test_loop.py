@@ -64,3 +64,40 @@ def test_an_empty_loader_says_to_lower_the_batch():
 def test_a_loader_that_yields_fewer_batches_than_its_len_is_named():
     with pytest.raises(RuntimeError, match="gave 2 batches in epoch 1; len\\(\\) said 3"):
         _run(ListLoader(_batches(2), length=3))
+
+
+class SlowCudaStep:
+    """A step with TrainStep's interface whose device work takes ~2 ms (torch.cuda._sleep): a fast loader
+    in front of it lets the host run ahead unless the loop bounds it. It measures the lead after each step."""
+
+    def __init__(self):
+        from tools.gpu_check_lead import LeadMeter
+
+        self.device = torch.device("cuda")
+        self.meter = LeadMeter()
+        self.acc = torch.zeros((), device="cuda")
+
+    def set_lr(self, value):
+        pass
+
+    def __call__(self, images, labels):
+        torch.cuda._sleep(2_000_000)
+        self.acc.add_(images.float().mean())
+        self.meter.mark()
+
+    def read_metrics(self):
+        return {"loss": float(self.acc), "steps": 1, "samples": 4, "top1": None}
+
+
+@pytest.mark.gpu
+def test_the_host_never_leads_the_gpu_by_more_than_two_steps():
+    batches = [(torch.zeros(4, 3, 8, 8, device="cuda"), torch.zeros(4, dtype=torch.long, device="cuda"))] * 40
+    step = SlowCudaStep()
+    train_one_epoch(
+        step, ListLoader(batches), 0, epochs=1, optim=OptimConfig(), log_every=1000, global_batch=4
+    )
+    assert step.meter.max <= 2  # the step just enqueued and at most one before it still running
+    unbounded = SlowCudaStep()  # the same steps without the loop's ring: the host runs far ahead
+    for images, labels in batches:
+        unbounded(images, labels)
+    assert unbounded.meter.max > 5

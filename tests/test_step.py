@@ -278,3 +278,59 @@ def test_graph_step_never_syncs_bf16():
         torch.cuda.set_sync_debug_mode("default")
     r = step.read_metrics()
     assert r["steps"] == len(batches) and r["loss"] == r["loss"]
+
+
+@pytest.mark.parametrize("loss_name", ["dbm_drw", "dbm_bcl"])
+def test_prepare_leaves_the_run_unchanged(loss_name):
+    """CPU twin of capture-before-loaders: compiling on a synthetic batch first, then restoring every tensor
+    (parameters, BatchNorm statistics, momentum, metric accumulators, generators) trains the same model as a
+    run without it."""
+    views = 3 if loss_name == "dbm_bcl" else 1
+    batches = _batches(len(SCHEDULE), views=views)
+    cfg = StepConfig(mode="compile", compile_backend="aot_eager")
+    model, loss = _parts(loss_name)
+    reference, ref_loss = copy.deepcopy(model), copy.deepcopy(loss)
+    optimizer = build_optimizer(model, OptimConfig(weight_decay=5e-4, decay_norm_and_bias=False))
+    step = TrainStep(model, loss, optimizer, cfg)
+    synthetic = torch.randint(0, 256, batches[0][0].shape, dtype=torch.uint8).contiguous(
+        memory_format=torch.channels_last
+    )
+    before = [t.clone() for t in step.state_tensors()]
+    step.prepare(synthetic, torch.arange(8) % C)
+    assert all(torch.equal(a, b) for a, b in zip(before, step.state_tensors(), strict=True))
+    assert step.read_metrics()["steps"] == 0  # the warm-up step's loss was not counted
+    reads = []
+    for (x, y), (lr, epoch) in zip(batches, SCHEDULE, strict=True):
+        step.set_lr(lr)
+        loss.set_epoch(epoch, 200)
+        with torch._dynamo.config.patch(error_on_recompile=True):  # prepare compiled everything already
+            step(x, y)
+        reads.append(step.read_metrics(per_class=True))
+    _, _, ref_reads = _train(reference, ref_loss, cfg, batches)
+    _assert_same_params(model, reference, rtol=0, atol=0)
+    assert reads == ref_reads
+
+
+@pytest.mark.gpu
+def test_graph_prepared_before_the_loaders_equals_eager(monkeypatch):
+    """prepare() warms up and captures on a synthetic batch; the real batches only replay, and the model
+    trains as the eager step does."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    batches = _batches(len(SCHEDULE), batch=16, size=32, device="cuda")
+    model, loss = _parts(device="cuda")
+    reference, ref_loss = copy.deepcopy(model), copy.deepcopy(loss)
+    optimizer = build_optimizer(model, OptimConfig(weight_decay=5e-4, decay_norm_and_bias=False))
+    step = TrainStep(
+        model, loss, optimizer, StepConfig(mode="graph", precision="fp32", compile_mode="default")
+    )
+    synthetic = torch.randint(0, 256, batches[0][0].shape, dtype=torch.uint8, device="cuda")
+    step.prepare(synthetic.contiguous(memory_format=torch.channels_last), torch.arange(16, device="cuda") % C)
+    (captured,) = step.runner.graphs.values()
+    assert captured.graph is not None  # captured before any real batch
+    for (x, y), (lr, epoch) in zip(batches, SCHEDULE, strict=True):
+        step.set_lr(lr)
+        loss.set_epoch(epoch, 200)
+        step(x, y)
+    _train(reference, ref_loss, StepConfig(mode="eager", precision="fp32"), batches, device="cuda")
+    _assert_same_params(model, reference, rtol=1e-3, atol=1e-4)

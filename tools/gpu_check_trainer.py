@@ -1,8 +1,8 @@
-"""The only module of the GPU check that calls into the trainer (trainer/*, losses/*).
+"""The module of the GPU check that builds and drives the trainer's step (trainer/*, losses/*).
 
 Every stage builds its steps through `build_step` and drives them through the returned `Trainer` handle,
-so when the trainer's API changes this file is the one place to adapt. Nothing else in tools/gpu_check*.py
-imports trainer or losses.
+so when the trainer's API changes this file is the one place to adapt (gpu_check_lead.py takes the loop's
+host-lead ring, `trainer.lead`, as it is).
 """
 
 from __future__ import annotations

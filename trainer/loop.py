@@ -27,6 +27,7 @@ from tqdm import tqdm
 from pipelines.clock import duration
 from trainer import history, rundir, trackers
 from trainer.config import Config, OptimConfig
+from trainer.lead import HostLead, NoLead
 from trainer.optim import SGD
 from trainer.schedule import lr_at
 from trainer.step import EvalStep, TrainStep, unwrap
@@ -97,13 +98,16 @@ def train_one_epoch(
     loss_sum = correct = 0.0
     loss_steps = samples = 0
     lr = optim.lr
+    lead = HostLead(max_lead=2) if step.device.type == "cuda" else NoLead()  # see trainer/lead.py
     start = last_time = time.perf_counter()
     last_step = 0
     done = 0
     for i, (images, labels) in enumerate(loader):
+        lead.wait()  # at most 2 steps queued on the GPU: no loader buffer is reused before its copy ran
         lr = lr_at(optim, epoch, i, steps, epochs)
         step.set_lr(lr)  # an in-place device write: no sync, no recompile, no recapture
         step(images, labels)
+        lead.record()
         done = i + 1
         bar.update(1)
         if done % log_every == 0 or done == steps:
@@ -194,6 +198,8 @@ def fit(
     if hist.epoch:
         accelerator.print(f"resuming {run_dir} after epoch {hist.epoch} of {epochs}", flush=True)
     bar = main and run.progress and sys.stdout.isatty()  # a batch job's log gets plain lines instead
+    for images, labels in parts.train_loader.synthetic_batches(len(parts.class_counts)):
+        parts.train_step.prepare(images, labels)  # compile / capture before the loaders' threads start
     for epoch in range(hist.epoch, epochs):
         start = time.perf_counter()
         parts.loss.set_epoch(epoch, epochs)

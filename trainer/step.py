@@ -2,15 +2,21 @@
 
 Modes (`StepConfig.mode`, registry `RUNNERS`):
 * `eager`: plain PyTorch.
-* `compile`: the model is compiled in place (`nn.Module.compile`, so a DDP wrapper around it keeps working
-  and state_dict keys stay clean), the loss + metric update and the optimizer update are compiled
-  functions; backward runs the compiled backward graph. Everything uses `dynamic=False`.
+* `compile`: the model is compiled in place (`nn.Module.compile`, so state_dict keys stay clean; under DDP
+  the DDP wrapper is what gets compiled, so Dynamo's DDP optimizer splits the graph at bucket boundaries and
+  the gradient all-reduce overlaps the backward), the loss + metric update and the optimizer update are
+  compiled functions (fullgraph); backward runs the compiled backward graph. Everything uses `dynamic=False`.
 * `graph`: `compile`, then the whole step is captured as one CUDA graph per input shape (spec/pipelines.md
-  §5.3): static uint8 image and label buffers, `graph_warmup` real steps on a side stream first (compiles,
-  autotunes, allocates grads and cuBLAS workspaces; >= 11 under DDP), gradients zeroed in place inside the
-  graph (they live outside the graph pool, so graphs for several shapes can share one pool), then replay.
-  A CUDA-graph compile mode inside a manual capture is not allowed, so `reduce-overhead` / `max-autotune`
-  become their no-cudagraph variants. Without CUDA, `graph` falls back to `compile` (logged).
+  §5.3): static uint8 image and label buffers, `graph_warmup` steps on a side stream first (compiles,
+  allocates grads and cuBLAS workspaces; >= 11 under DDP), gradients zeroed in place inside the graph (they
+  live outside the graph pool, so graphs for several shapes can share one pool), then replay. A CUDA-graph
+  compile mode inside a manual capture is not allowed, so `reduce-overhead` / `max-autotune` become their
+  no-cudagraph variants. Without CUDA, `graph` falls back to `compile` (logged).
+
+`TrainStep.prepare(images, labels)` does the compiling, warm-up and capture on a synthetic batch of the
+training shape before any loader thread exists (a DALI or nvJPEG allocation on another thread during a
+capture invalidates it), then puts every tensor it touched back: the run is unchanged and its first real
+step is already a replay.
 
 Nothing in the step reads a tensor on the host: the learning rate is the optimizer's 0-dim tensor (the loop
 calls `lr.fill_(v)`), the loss's epoch state lives in its buffers, and the loss sum and per-class counts
@@ -29,8 +35,6 @@ class counts it was built with.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,57 +46,34 @@ from losses import ModelOutput
 from trainer.config import StepConfig
 from trainer.metrics import ClassAccumulator, accuracy_report
 from trainer.optim import SGD
+from trainer.runners import (
+    RUNNERS,
+    CompiledRunner,
+    EagerRunner,
+    GraphRunner,
+    autocast,
+    autocast_dtype,
+    compile_kwargs,
+    is_compiled,
+    module_compile_mode,
+    resolve_mode,
+)
 
-log = logging.getLogger(__name__)
-
-# Compile modes that use CUDA graphs themselves, and what they become inside a manual capture.
-_NO_CUDAGRAPHS = {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}
+__all__ = [
+    "RUNNERS",
+    "CompiledRunner",
+    "EagerRunner",
+    "EvalStep",
+    "GraphRunner",
+    "TrainStep",
+    "autocast_dtype",
+    "unwrap",
+]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside a DDP (or DataParallel) wrapper."""
     return model.module if isinstance(model, DistributedDataParallel | nn.DataParallel) else model
-
-
-def resolve_mode(mode: str, device: torch.device) -> str:
-    if mode == "graph" and device.type != "cuda":
-        log.info("step.mode=graph needs a CUDA device; falling back to compile on %s", device)
-        return "compile"
-    return mode
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 on CUDA and fp32 on a CPU for "auto" (`StepConfig.precision`); None means no autocast."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
-    # cache_enabled=False: the weight-cast cache is not allowed under graph capture (and ResNets use each
-    # weight once per forward, so it saves nothing).
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype, cache_enabled=False)
-
-
-def module_compile_mode(cfg: StepConfig, mode: str) -> str:
-    """The torch.compile mode for a step mode: no CUDA-graph compile mode inside a manual capture."""
-    return _NO_CUDAGRAPHS.get(cfg.compile_mode, cfg.compile_mode) if mode == "graph" else cfg.compile_mode
-
-
-def compile_kwargs(cfg: StepConfig, mode: str) -> dict[str, Any]:
-    """torch.compile arguments: static shapes; `mode` applies to Inductor only."""
-    kwargs: dict[str, Any] = {"backend": cfg.compile_backend, "dynamic": False}
-    if cfg.compile_backend == "inductor":
-        kwargs["mode"] = mode
-    return kwargs
-
-
-def compile_module(module: nn.Module, cfg: StepConfig, mode: str) -> None:
-    """Compile `module` in place once (shared by the train and eval steps)."""
-    if getattr(module, "_compiled_call_impl", None) is None:
-        module.compile(**compile_kwargs(cfg, mode))
 
 
 class TrainStep:
@@ -127,6 +108,40 @@ class TrainStep:
     def set_lr(self, value: float) -> None:
         self.optimizer.lr.fill_(value)  # an async device write: no sync, no recompile, no recapture
 
+    def state_tensors(self) -> list[Tensor]:
+        """Every tensor a step writes: parameters, buffers (BatchNorm statistics, queues), the loss's epoch
+        buffers, the optimizer's state and learning rate."""
+        optimizer_state = (v for s in self.optimizer.state.values() for v in s.values() if torch.is_tensor(v))
+        every = (
+            *self.module.parameters(),
+            *self.module.buffers(),
+            *self.loss_fn.buffers(),
+            *optimizer_state,
+            self.optimizer.lr,
+        )
+        return list({id(t): t for t in every}.values())
+
+    def prepare(self, images: Tensor, labels: Tensor) -> None:
+        """Compile (compile) or warm up and capture (graph) on a batch of the training shape, then put every
+        tensor back in place, with the random generators: the run is unchanged. Call it before the loaders
+        start their threads (and again after nothing: a checkpoint load copies into the same tensors). A
+        collective under DDP: every rank calls it."""
+        if self.mode == "eager":
+            return
+        saved = [(t, t.detach().clone()) for t in self.state_tensors()]
+        cpu_rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None
+        if not self.module.training:
+            self.model.train()
+        self.runner.warm_up(images, labels)
+        with torch.no_grad():
+            for tensor, value in saved:
+                tensor.copy_(value)
+        torch.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+        self.metrics.reset()
+
     def read_metrics(self, per_class: bool = False) -> dict[str, Any]:
         """Host sync (a collective under DDP: call on every rank): loss mean over the steps since the last
         read, samples, steps and train top-1 of view 0; `class_counts` per class if asked. Resets."""
@@ -144,107 +159,6 @@ class TrainStep:
         return out
 
 
-class EagerRunner:
-    """Plain PyTorch; the compiled runners swap in compiled versions of the two callables it holds."""
-
-    def __init__(self, step: TrainStep, cfg: StepConfig) -> None:
-        self.step = step
-        self.loss_and_metrics = step.loss_and_metrics
-        self.optimizer_step = step.optimizer.step
-
-    def forward_loss(self, images: Tensor, labels: Tensor) -> Tensor:
-        with autocast(self.step.device, self.step.dtype):
-            output = self.step.model(images)
-        return self.loss_and_metrics(output, labels)  # outside autocast: the model hands over fp32
-
-    def run(self, images: Tensor, labels: Tensor) -> None:
-        self.step.optimizer.zero_grad(set_to_none=True)
-        self.forward_loss(images, labels).backward()
-        self.optimizer_step()
-
-
-class CompiledRunner(EagerRunner):
-    def __init__(self, step: TrainStep, cfg: StepConfig, compile_mode: str | None = None) -> None:
-        super().__init__(step, cfg)
-        mode = compile_mode or cfg.compile_mode
-        compile_module(step.module, cfg, mode)
-        self.loss_and_metrics = torch.compile(step.loss_and_metrics, **compile_kwargs(cfg, mode))
-        # The optimizer's foreach update fuses into a few kernels; lr is a tensor input, never a constant.
-        self.optimizer_step = torch.compile(step.optimizer.step, **compile_kwargs(cfg, "default"))
-
-
-class _Captured:
-    """Static input buffers and, once warmed up, the graph of one input shape."""
-
-    def __init__(self, images: Tensor, labels: Tensor) -> None:
-        self.images = torch.empty_like(images, memory_format=torch.preserve_format)
-        self.labels = torch.empty_like(labels)
-        self.warm = 0
-        self.graph: torch.cuda.CUDAGraph | None = None
-
-
-class GraphRunner(CompiledRunner):
-    def __init__(self, step: TrainStep, cfg: StepConfig) -> None:
-        mode = module_compile_mode(cfg, "graph")
-        if mode != cfg.compile_mode:
-            log.warning(
-                "step.compile_mode=%s uses CUDA graphs, which cannot nest in the step's capture; using %s",
-                cfg.compile_mode,
-                mode,
-            )
-        super().__init__(step, cfg, compile_mode=mode)
-        ddp = isinstance(step.model, DistributedDataParallel)
-        # DDP needs at least 11 eager iterations before capture (PyTorch's CUDA-graph notes, "Usage with
-        # DistributedDataParallel"): its buckets are rebuilt after the first ones.
-        self.warmup = max(1, cfg.graph_warmup, 11 if ddp else 0)
-        self.graphs: dict[tuple[Any, ...], _Captured] = {}
-        self.pool: Any = None
-
-    def body(self, images: Tensor, labels: Tensor) -> None:
-        self.step.optimizer.zero_grad_()  # in place: grads keep their (non-pool) memory
-        self.forward_loss(images, labels).backward()
-        self.optimizer_step()
-
-    def run(self, images: Tensor, labels: Tensor) -> None:
-        key = (tuple(images.shape), images.dtype, images.stride(), tuple(labels.shape), labels.dtype)
-        cap = self.graphs.get(key)
-        if cap is None:
-            cap = self.graphs[key] = _Captured(images, labels)
-        cap.images.copy_(images, non_blocking=True)
-        cap.labels.copy_(labels, non_blocking=True)
-        if cap.graph is not None:
-            cap.graph.replay()
-        elif cap.warm < self.warmup:
-            self._warm(cap)
-        else:
-            self._capture(cap)
-            cap.graph.replay()  # capturing ran nothing: this batch's step
-
-    def _warm(self, cap: _Captured) -> None:
-        side = torch.cuda.Stream(self.step.device)
-        side.wait_stream(torch.cuda.current_stream(self.step.device))
-        with torch.cuda.stream(side):
-            self.body(cap.images, cap.labels)
-        torch.cuda.current_stream(self.step.device).wait_stream(side)
-        cap.warm += 1
-
-    def _capture(self, cap: _Captured) -> None:
-        log.info("capturing the training step as a CUDA graph for images %s", tuple(cap.images.shape))
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            self.body(cap.images, cap.labels)
-        if self.pool is None:
-            self.pool = graph.pool()
-        cap.graph = graph
-
-
-RUNNERS: dict[str, type[EagerRunner]] = {
-    "eager": EagerRunner,
-    "compile": CompiledRunner,
-    "graph": GraphRunner,
-}
-
-
 class EvalStep:
     """Accumulates argmax(logits) against labels per class; `read_metrics()` reports and resets."""
 
@@ -254,8 +168,13 @@ class EvalStep:
         self.device = next(self.module.parameters()).device
         self.dtype = autocast_dtype(cfg.precision, self.device)
         self.mode = resolve_mode(cfg.mode, self.device)
-        if self.mode != "eager":
-            compile_module(self.module, cfg, module_compile_mode(cfg, self.mode))
+        self.forward: nn.Module | Any = self.module
+        if self.mode != "eager" and not is_compiled(self.module):
+            # Under DDP the training step compiled the wrapper: evaluation compiles the module on its own
+            # (never captured; its shapes compile once each, cached across epochs).
+            self.forward = torch.compile(
+                self.module, **compile_kwargs(cfg, module_compile_mode(cfg, self.mode))
+            )
         self.metrics = ClassAccumulator(len(self.class_counts), self.device)
 
     @torch.no_grad()
@@ -263,7 +182,7 @@ class EvalStep:
         if self.module.training:
             self.module.eval()
         with autocast(self.device, self.dtype):
-            output = self.module(images)
+            output = self.forward(images)
         self.metrics.update(output.logits, labels)
 
     def read_metrics(self) -> dict[str, Any]:
