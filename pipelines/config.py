@@ -37,16 +37,24 @@ def check_ranges(section: str, checks: Iterable[tuple[str, bool, str]], obj: obj
 
 
 def data_path(directory: str | Path, stem: str, backend: str) -> Path:
-    """`directory/stem` plus the backend's suffix; a name that has a suffix of its own is taken as it is."""
-    name = Path(stem)
-    return Path(directory) / (name if name.suffix else f"{stem}{SUFFIXES[backend]}")
+    """Where `backend` reads the split named `stem` in `directory`.
+
+    `directory/stem` as it is when it exists and suits the backend (a file for ffcv, a folder holding `*.tar`
+    shards for dali): a `.beton` or WebDataset folder made elsewhere is rarely named `<stem>.dali`. Otherwise
+    the backend's suffix is appended, unless the name has a suffix of its own (then it is taken as it is, and
+    the backend says what is wrong with it)."""
+    given = Path(directory) / stem
+    if given.is_file() if backend == "ffcv" else (given.is_dir() and next(given.glob("*.tar"), None)):
+        return given
+    return given if Path(stem).suffix else Path(directory) / f"{stem}{SUFFIXES[backend]}"
 
 
 @dataclass(frozen=True)
 class DataConfig:
     backend: str = "ffcv"  # a key of SUFFIXES (and of pipelines.factory.BACKENDS)
     dir: str = "data"  # folder with <stem>.beton, <stem>.dali/, <stem>.meta.json
-    train: str = "train"  # split stem (or a file name with its suffix) inside `dir`
+    # split stem (or a file name with its suffix, or a folder of WebDataset shards) inside `dir`
+    train: str = "train"
     eval: str = "test"
     resolution: int = 224
     eval_resolution: int = 0  # 0: same as resolution
@@ -80,6 +88,16 @@ class DataConfig:
     skip_corrupt: bool = False  # dali: leave out (and list) training samples whose JPEG bytes are damaged
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
+    # Data fastlt did not convert (a .beton from FFCV's own writer, a folder of WebDataset shards): the
+    # .beton's image and label fields (fastlt's own are "image" and "label")...
+    image_field: str = "image"
+    label_field: str = "label"
+    # ... its number of classes; 0: the largest label + 1. Set it when a split may lack the last classes (an
+    # evaluation split without any image of class 999 would otherwise count 999 classes, not 1000).
+    num_classes: int = 0
+    # where label counts and DALI index files of such data are cached (never beside the data, which may be
+    # read-only); empty: $XDG_CACHE_HOME/fastlt, else ~/.cache/fastlt
+    cache_dir: str = ""
 
     def __post_init__(self) -> None:
         from .augment.policies import POLICIES, RANDAUGMENT_STYLES
@@ -117,6 +135,13 @@ class DataConfig:
                 ),
                 ("mean", len(self.mean) == 3, "3 values"),
                 ("std", len(self.std) == 3 and all(s > 0 for s in self.std), "3 positive values"),
+                ("num_classes", self.num_classes >= 0, ">= 0 (0: the largest label + 1)"),
+                ("image_field", bool(self.image_field), "a field name"),
+                (
+                    "label_field",
+                    self.label_field not in ("", self.image_field),
+                    "a name other than image_field",
+                ),
             ),
             self,
         )
@@ -128,7 +153,7 @@ class DataConfig:
             _range("view_crop_scale", self.view_crop_scale, 0.0, 1.0)
 
     def path(self, split: Split) -> Path:
-        """The file (`.beton`) or folder (`.dali`) the configured backend reads for `split`."""
+        """The file (`.beton`) or folder (`.dali`, or of WebDataset shards) the backend reads for `split`."""
         return data_path(self.dir, self.train if split == "train" else self.eval, self.backend)
 
 

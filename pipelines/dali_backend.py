@@ -36,7 +36,7 @@ import torch
 
 from .loader import LoaderSpec, derive_seed
 from .meta import DatasetMeta
-from .shards import CorruptSampleError, ShardError, open_shards
+from .shards import CorruptSampleError, check_shard_folder, open_shards
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +95,10 @@ class DaliBackend:
     def __init__(self, spec: LoaderSpec, meta: DatasetMeta):
         self.spec = spec
         path = spec.path
-        if not path.is_dir():
-            what = "missing" if not path.exists() else "a file"
-            raise ShardError(f"{path}: the dali backend reads a <stem>.dali folder of shards ({what})")
-        self.shards = open_shards(path, meta, skip_corrupt=spec.train and spec.skip_corrupt)
+        check_shard_folder(path)
+        self.shards = open_shards(
+            path, meta, skip_corrupt=spec.train and spec.skip_corrupt, index_dir=spec.index_dir
+        )
         if self.shards.dropped:
             meta = _without(meta, self.shards.dropped, path)
         meta.check_labels(self.shards.labels, path)

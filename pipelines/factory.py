@@ -21,8 +21,9 @@ import torch
 from .config import SUFFIXES, DataConfig, Split
 from .dali_backend import DaliBackend
 from .ffcv_backend import FfcvBackend
+from .foreign import dataset_meta
 from .loader import Backend, Loader, LoaderSpec
-from .meta import DatasetMeta, read_meta
+from .meta import DatasetMeta
 from .samplers import check_rank
 
 BACKENDS: dict[str, Callable[[LoaderSpec, DatasetMeta], Backend]] = {
@@ -93,6 +94,7 @@ def make_loader(
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such dataset file or folder (data.backend={cfg.backend!r})")
     train = split == "train"
+    meta, index_dir = dataset_meta(cfg, path, split)  # its meta file, or counted from its labels (foreign)
     spec = LoaderSpec(
         path=path,
         train=train,
@@ -115,6 +117,9 @@ def make_loader(
         crop_padding=cfg.crop_padding,
         skip_corrupt=cfg.skip_corrupt,
         drop_last=cfg.drop_last,
+        image_field=cfg.image_field,
+        label_field=cfg.label_field,
+        index_dir=index_dir,
     )
     augment = view_augment = None
     if train:
@@ -134,5 +139,5 @@ def make_loader(
             from .augment.views import contrastive_view_augment
 
             view_augment = contrastive_view_augment(blur=spec.resolution < 64)
-    backend = BACKENDS[cfg.backend](spec, read_meta(path))
+    backend = BACKENDS[cfg.backend](spec, meta)
     return Loader(backend, backend.meta, spec, augment=augment, view_augment=view_augment)

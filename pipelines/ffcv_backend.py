@@ -13,7 +13,9 @@ Pipelines, per the FFCV traps in spec/pipelines.md:
   only as a callable instance (`order(loader)`), hence `_Order.__call__`.
 - An abandoned epoch's iterator thread is stopped and joined (FFCV leaks it otherwise, ffcv#345).
 
-Extra views (`views=3`) map two more pipelines onto the same `image` field; each decodes the JPEG again.
+Fields: the image and label fields are named by `data.image_field` / `data.label_field` ("image" and
+"label", as fastlt's converter and ffcv-imagenet write them); any other field of a foreign `.beton` is left
+undecoded. Extra views (`views=3`) map two more pipelines onto the same image field; each decodes it again.
 Note FFCV sets torch's CPU thread count to `num_workers` whenever it builds or iterates a loader.
 """
 
@@ -29,7 +31,7 @@ from .loader import LoaderSpec
 from .meta import DatasetMeta
 from .samplers import EpochOrder
 
-IMAGE_FIELD = "image"
+IMAGE_FIELD = "image"  # the defaults of data.image_field / data.label_field
 LABEL_FIELD = "label"
 
 
@@ -50,8 +52,19 @@ def _ffcv():
     return ffcv
 
 
-def read_beton(path) -> tuple[object, np.ndarray]:
-    """(ffcv Reader, labels) of a `.beton`; labels come from the metadata table (no image is decoded)."""
+def check_path(path) -> None:
+    """Refuse what cannot be a `.beton` before anything reads it (a folder, a meta file)."""
+    if not path.is_file() or path.suffix not in (".beton", ""):
+        what = "a folder" if path.is_dir() else ("missing" if not path.exists() else "not a .beton")
+        raise BetonError(f"{path}: the ffcv backend reads a <stem>.beton file ({what})")
+
+
+def read_beton(
+    path, image_field: str = IMAGE_FIELD, label_field: str = LABEL_FIELD
+) -> tuple[object, np.ndarray]:
+    """(ffcv Reader, labels) of a `.beton`; labels come from the metadata table (no image is decoded). The
+    image field must be an RGB image field and the label field an int field; an error lists what it has."""
+    from ffcv.fields import IntField, RGBImageField
     from ffcv.reader import Reader
 
     try:
@@ -59,9 +72,18 @@ def read_beton(path) -> tuple[object, np.ndarray]:
     except Exception as exc:
         raise BetonError(f"{path}: not a readable FFCV .beton file ({type(exc).__name__}: {exc})") from None
     fields = list(reader.handlers)
-    if IMAGE_FIELD not in fields or LABEL_FIELD not in fields:
-        raise BetonError(f"{path}: needs fields {IMAGE_FIELD!r} and {LABEL_FIELD!r}, it has {fields}")
-    ix = fields.index(LABEL_FIELD)
+    has = ", ".join(f"{name!r} ({type(h).__name__})" for name, h in reader.handlers.items())
+    for key, name, kind in (
+        ("image_field", image_field, RGBImageField),
+        ("label_field", label_field, IntField),
+    ):
+        if name not in fields:
+            raise BetonError(f"{path}: no field {name!r} (data.{key}); its fields: {has}")
+        if not isinstance(reader.handlers[name], kind):
+            raise BetonError(
+                f"{path}: field {name!r} (data.{key}) is not an {kind.__name__}; its fields: {has}"
+            )
+    ix = fields.index(label_field)
     labels = np.asarray(reader.metadata[f"f{ix}"], dtype=np.int64).reshape(-1)
     return reader, labels
 
@@ -71,10 +93,9 @@ class FfcvBackend:
         ffcv = _ffcv()
         self.spec = spec
         path = spec.path
-        if not path.is_file() or path.suffix != ".beton":
-            what = "a folder" if path.is_dir() else ("missing" if not path.exists() else "not a .beton")
-            raise BetonError(f"{path}: the ffcv backend reads a <stem>.beton file ({what})")
-        _, labels = read_beton(path)
+        check_path(path)
+        reader, labels = read_beton(path, spec.image_field, spec.label_field)
+        self._unused = [name for name in reader.handlers if name not in (spec.image_field, spec.label_field)]
         meta.check_labels(labels, path)
         self.meta = meta
         self.order = spec.epoch_order(labels)
@@ -133,14 +154,15 @@ class FfcvBackend:
         label = [IntDecoder(), ToTensor()]
         if s.device.type != "cpu":
             label.append(ToDevice(s.device, non_blocking=True))
-        pipes = {IMAGE_FIELD: image, LABEL_FIELD: label}
+        pipes = {name: None for name in self._unused}  # None: FFCV leaves the field out
+        pipes.update({s.image_field: image, s.label_field: label})
         if s.train:
             for v in range(1, s.views):
                 ops = self._image_ops(
                     RandomResizedCropRGBImageDecoder(size, scale=s.view_scale, ratio=s.ratio), True
                 )
-                pipes[f"{IMAGE_FIELD}_view{v}"] = PipelineSpec(
-                    IMAGE_FIELD, decoder=ops[0], transforms=ops[1:]
+                pipes[f"{s.image_field}_view{v}"] = PipelineSpec(
+                    s.image_field, decoder=ops[0], transforms=ops[1:]
                 )
         return pipes
 
@@ -151,11 +173,9 @@ class FfcvBackend:
         self._loader.next_epoch = epoch
         it = iter(self._loader)
         self._active = it
-        names = self._outputs
-        views = [names.index(IMAGE_FIELD)] + [
-            i for i, n in enumerate(names) if n.startswith(f"{IMAGE_FIELD}_view")
-        ]
-        label = names.index(LABEL_FIELD)
+        names, image = self._outputs, self.spec.image_field
+        views = [names.index(image)] + [i for i, n in enumerate(names) if n.startswith(f"{image}_view")]
+        label = names.index(self.spec.label_field)
         try:
             for out in it:
                 yield [out[i] for i in views], out[label].reshape(-1)

@@ -51,6 +51,9 @@ class LoaderSpec:
     crop_padding: int = 4
     skip_corrupt: bool = False  # dali: leave out samples whose JPEG bytes are damaged (training only)
     drop_last: bool = True  # training: drop the last partial batch (evaluation always keeps it)
+    image_field: str = "image"  # ffcv: the .beton's fields
+    label_field: str = "label"
+    index_dir: Path | None = None  # dali: where the shards' index files are (None: beside each shard)
 
     @property
     def drops_last(self) -> bool:

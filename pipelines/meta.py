@@ -11,6 +11,10 @@ meta file itself, the `.beton`, or the `.dali` folder. The JSON shape is a contr
 
 plus optional `class_names`, `source`, `imb_ratio` and `format_version`; readers ignore keys they do not
 know. Names in `formats` are relative to the meta file's folder.
+
+Data fastlt did not convert has no meta file: `counted_meta` makes one in memory from its labels' class
+counts (`pipelines.foreign`, which caches the counts), with `dataset = "foreign"` and the cache file named
+in `formats["foreign"]["counts"]`.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from .fileio import atomic_write_text
 
 META_SUFFIX = ".meta.json"
 FORMAT_VERSION = 1
+FOREIGN = "foreign"  # `dataset` (and `formats` key) of a meta counted from the labels of unconverted data
 
 
 class MetaError(DataError):
@@ -66,6 +71,14 @@ class DatasetMeta:
                 f"class_names has {len(self.class_names)} entries, num_classes is {self.num_classes}"
             )
 
+    def origin(self, path: str | os.PathLike) -> tuple[Path, str]:
+        """Where these counts come from for the data at `path` (its meta file, or the cache of the counted
+        labels of foreign data) and what renews them: for error messages."""
+        cached = self.formats.get(FOREIGN, {}).get("counts")
+        if cached:
+            return Path(cached), f"delete {cached} to count again"
+        return meta_path_for(path), "convert the split again"
+
     def check_labels(self, labels: Any, path: str | os.PathLike) -> None:
         """The labels a loader holds for `path` against this meta file: the same number of samples, every
         label a class index, and per class exactly the counts the losses and metrics will use (a meta file
@@ -73,15 +86,16 @@ class DatasetMeta:
         groups)."""
         import numpy as np
 
-        where = meta_path_for(path)
+        where, again = self.origin(path)
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)
         if len(labels) != self.num_samples:
             raise MetaError(
-                f"{path}: holds {len(labels)} samples, its meta file {where} says {self.num_samples}"
+                f"{path}: holds {len(labels)} samples, its meta file {where} says {self.num_samples}; {again}"
             )
         if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
             raise MetaError(
-                f"{path}: labels span {labels.min()}..{labels.max()}, {where} has {self.num_classes} classes"
+                f"{path}: labels span {labels.min()}..{labels.max()}, {where} has {self.num_classes} "
+                f"classes; {again}"
             )
         counts = np.bincount(labels, minlength=self.num_classes)
         differ = np.flatnonzero(counts != np.asarray(self.class_counts))
@@ -90,7 +104,7 @@ class DatasetMeta:
             raise MetaError(
                 f"{where}: class_counts[{c}] = {self.class_counts[c]} but {path} holds {counts[c]} images of "
                 f"class {c} ({len(differ)} classes differ); the meta file does not describe this data: "
-                "convert the split again"
+                f"{again}"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -127,6 +141,28 @@ class DatasetMeta:
             raise MetaError(f"{source}: {exc}") from None
         except (TypeError, ValueError) as exc:
             raise MetaError(f"{source}: malformed meta: {exc}") from None
+
+
+def counted_meta(
+    counts, *, split: str, stem: str, source: str, formats: dict[str, dict[str, Any]]
+) -> DatasetMeta:
+    """The meta of data that came without a meta file, from its per-class label counts (one entry a class,
+    so `num_classes = len(counts)`). What a conversion would record and such data cannot tell (the largest
+    image side, the JPEG quality, a seed) is 0: unknown."""
+    counts = tuple(int(c) for c in counts)
+    return DatasetMeta(
+        dataset=FOREIGN,
+        split=split,
+        stem=stem,
+        num_classes=len(counts),
+        num_samples=sum(counts),
+        class_counts=counts,
+        max_resolution=0,
+        jpeg_quality=0,
+        seed=0,
+        formats=formats,
+        source=source,
+    )
 
 
 def meta_path_for(path: str | os.PathLike) -> Path:

@@ -1,7 +1,7 @@
 """The DALI index of one WebDataset shard (`wds2idx`'s `v1.x` format), parsed and checked against its tar.
 
-Split from `shards.py`, which opens whole `.dali` folders on top of it. Every error names the index file and
-its line, or the tar and the member offset.
+Split from `shards.py`, which opens whole shard folders on top of it. Every error names the index file and
+its line, or the tar and the member offset, or the tar and the sample's key.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import DataError
 
-IMAGE_EXTS = ("jpg", "jpeg")
+IMAGE_EXTS = ("jpg", "jpeg", "png")  # a member's extension, compared in lower case
 LABEL_EXT = "cls"
 TAR_BLOCK = 512
 
@@ -53,12 +53,10 @@ def parse_index(idx: Path, tar: Path) -> ShardIndex:
             ext, off, size = row[k], row[k + 1], row[k + 2]
             if not (off.isdigit() and size.isdigit()):
                 raise ShardError(f"{idx}:{n}: offset/size of .{ext} are not integers: {off!r} {size!r}")
-            comps[ext] = (int(off), int(size), row[k + 3] if width == 4 else "")
+            comps[ext.lower()] = (int(off), int(size), row[k + 3] if width == 4 else "")
         image = next((comps[e] for e in IMAGE_EXTS if e in comps), None)
         if image is None or LABEL_EXT not in comps:
-            raise ShardError(
-                f"{idx}:{n}: a sample needs a .jpg and a .{LABEL_EXT} component, found {sorted(comps)}"
-            )
+            raise ShardError(_missing_member(idx, n, tar, comps, image is None))
         img_off.append(image[0])
         img_size.append(image[1])
         lab_off.append(comps[LABEL_EXT][0])
@@ -66,6 +64,20 @@ def parse_index(idx: Path, tar: Path) -> ShardIndex:
         names.append(image[2] or f"sample {n - 2}")
     as64 = lambda v: np.asarray(v, dtype=np.int64)  # noqa: E731
     return ShardIndex(as64(img_off), as64(img_size), as64(lab_off), as64(lab_size), names)
+
+
+def member_key(name: str) -> str:
+    """A WebDataset sample's key: the member's name up to the first dot of its base name (as `wds2idx`)."""
+    dot = name.find(".", name.rfind("/") + 1)
+    return name if dot < 0 else name[:dot]
+
+
+def _missing_member(idx: Path, n: int, tar: Path, comps: dict, no_image: bool) -> str:
+    """Name the shard, the sample's key (from its members' names where the index has them) and what lacks."""
+    names = [c[2] for c in comps.values() if c[2]]
+    key = member_key(names[0]) if names else f"sample {n - 2}"
+    what = f"image member (.{', .'.join(IMAGE_EXTS)})" if no_image else f".{LABEL_EXT} label member"
+    return f"{tar}: sample {key!r} has no {what}; its members: {names or sorted(comps)} (index {idx}:{n})"
 
 
 def check_header(buf: np.ndarray, tar: Path, offset: int, name: str) -> None:

@@ -1,17 +1,19 @@
-"""Random access to the WebDataset shards of a `.dali` folder through their DALI index files.
+"""Random access to the WebDataset shards of a `.dali` folder (or any folder of shards) through DALI indexes.
 
-Each `shard-NNNNN.tar` has a `shard-NNNNN.idx` beside it (DALI's `wds2idx` format: a `v1.x <samples>` line,
-then one line per sample of `<ext> <data offset> <size> [<member name>]` per component). The index gives
-every sample's JPEG bytes as a slice of the memory-mapped tar, so the DALI loader can feed any order it
-draws (samplers, rank slices) through `fn.external_source` without reading the archives sequentially.
+Each `shard-NNNNN.tar` has a `shard-NNNNN.idx` beside it, or in `index_dir` for data that came without
+them (`pipelines.foreign` makes them there). The index (DALI's `wds2idx` format: a `v1.x <samples>` line,
+then one line per sample of `<ext> <data offset> <size> [<member name>]` per component) gives every
+sample's image bytes as a slice of the memory-mapped tar, so the DALI loader can feed any order it draws
+(samplers, rank slices) through `fn.external_source` without reading the archives sequentially.
 Opening validates everything it can cheaply: a missing index, an index that does not parse, offsets past
 the end of the tar, tar headers that are not where the index says, sample counts that disagree with the
 meta file, labels that are not integers in range. Every error names the shard (and the sample) at fault.
 
-Sample bytes are checked as they are handed out (`jpegs`): each must start with a JPEG start-of-image marker
-and end with its end-of-image marker. Five bytes a sample, on pages the decoder reads anyway, so it is cheap
-enough for every batch; it catches the zero-filled, overwritten and truncated samples on which a DALI
-decoder can crash the whole process (a segmentation fault with no message) before they reach it.
+Sample bytes are checked as they are handed out (`jpegs`): each must start and end as a whole JPEG (or
+PNG, which foreign shards may hold) does (`image_bytes.image_problem`). A few bytes a sample, on pages the
+decoder reads anyway, so it is cheap enough for every batch; it catches the zero-filled, overwritten and
+truncated samples on which a DALI decoder can crash the whole process (a segmentation fault with no
+message) before they reach it.
 `corrupt_samples()` lists them all and `open_shards(..., skip_corrupt=True)` drops them (`data.skip_corrupt`).
 """
 
@@ -25,15 +27,20 @@ from pathlib import Path
 
 import numpy as np
 
+from .image_bytes import image_problem, jpeg_problem, looks_whole
 from .meta import DatasetMeta
-from .shard_index import ShardError, check_header, parse_index
+from .shard_index import ShardError, check_header, member_key, parse_index
 
-__all__ = ["CorruptSampleError", "ShardError", "ShardSet", "jpeg_problem", "open_shards", "shard_paths"]
-
-JPEG_SOI = b"\xff\xd8\xff"  # start of image, then the first segment's marker
-JPEG_EOI = b"\xff\xd9"  # end of image: the converter writes nothing after it
-_S0, _S1, _S2 = JPEG_SOI
-_E0, _E1 = JPEG_EOI
+__all__ = [
+    "CorruptSampleError",
+    "ShardError",
+    "ShardSet",
+    "check_shard_folder",
+    "image_problem",
+    "jpeg_problem",
+    "open_shards",
+    "shard_paths",
+]
 
 
 class CorruptSampleError(ShardError, RuntimeError):
@@ -41,27 +48,15 @@ class CorruptSampleError(ShardError, RuntimeError):
     an epoch runs, so it is also the RuntimeError an epoch's loader failures are."""
 
 
-def jpeg_problem(data: bytes | np.ndarray) -> str | None:
-    """Why `data` is not a whole JPEG judged by its first and last bytes (None: it looks like one)."""
-    if len(data) < len(JPEG_SOI) + len(JPEG_EOI):
-        return f"{len(data)} bytes, too short for a JPEG"
-    head, tail = bytes(data[: len(JPEG_SOI)]), bytes(data[-len(JPEG_EOI) :])
-    if head != JPEG_SOI:
-        return f"no JPEG start marker (it begins {head.hex(' ')}): overwritten or zero-filled"
-    if tail != JPEG_EOI:
-        return f"no JPEG end marker (it ends {tail.hex(' ')}): truncated or overwritten"
-    return None
-
-
 @dataclass
 class ShardSet:
-    """Every sample of a `.dali` folder: its shard, its JPEG slice and its label, in shard order."""
+    """Every sample of a shard folder: its shard, its image slice and its label, in shard order."""
 
     directory: Path
     shards: list[Path]
     shard_of: np.ndarray  # int32, per sample
-    offsets: np.ndarray  # int64, JPEG data offset inside its shard
-    sizes: np.ndarray  # int64, JPEG size
+    offsets: np.ndarray  # int64, image data offset inside its shard
+    sizes: np.ndarray  # int64, image size
     labels: np.ndarray  # int64
     keys: list[str]
     dropped: tuple[dict, ...] = ()  # samples left out by `without` (skip_corrupt): index, shard, key, ...
@@ -73,11 +68,11 @@ class ShardSet:
 
     def jpegs(self, indices: np.ndarray) -> list[np.ndarray]:
         """The encoded bytes of `indices` as uint8 views into the mapped shards (no copy), each checked to
-        start and end like a JPEG: a `CorruptSampleError` names the first that does not."""
+        start and end like a JPEG or a PNG: a `CorruptSampleError` names the first that does not."""
         out = []
         for i in indices.tolist():
             view, start, end = self._views[self.shard_of[i]], self.offsets[i], self.offsets[i] + self.sizes[i]
-            if not _looks_whole(view, start, end):
+            if not looks_whole(view, start, end):
                 raise self._corrupt(i)
             out.append(view[start:end])
         return out
@@ -88,7 +83,7 @@ class ShardSet:
     def _corrupt(self, i: int) -> CorruptSampleError:
         return CorruptSampleError(
             f"{self.shards[self.shard_of[i]]}: sample {self.keys[i]!r} (index {i}) is corrupt: "
-            f"{jpeg_problem(self._slice(i))}; re-convert the dataset, or set data.skip_corrupt = true "
+            f"{image_problem(self._slice(i))}; re-convert the dataset, or set data.skip_corrupt = true "
             "to train without such samples (they are listed at start)"
         )
 
@@ -98,7 +93,7 @@ class ShardSet:
         idx = np.arange(len(self)) if indices is None else np.asarray(indices, np.int64)
         views, shard_of, offsets, sizes = self._views, self.shard_of, self.offsets, self.sizes
         bad = [
-            i for i in idx.tolist() if not _looks_whole(views[shard_of[i]], offsets[i], offsets[i] + sizes[i])
+            i for i in idx.tolist() if not looks_whole(views[shard_of[i]], offsets[i], offsets[i] + sizes[i])
         ]
         return np.asarray(bad, np.int64)
 
@@ -114,7 +109,7 @@ class ShardSet:
                 "shard": str(self.shards[self.shard_of[i]]),
                 "key": self.keys[i],
                 "label": int(self.labels[i]),
-                "error": jpeg_problem(self._slice(i)) or "dropped",
+                "error": image_problem(self._slice(i)) or "dropped",
             }
             for i in drop.tolist()
         )
@@ -158,18 +153,6 @@ class ShardSet:
         self._maps.clear()
 
 
-def _looks_whole(view: np.ndarray, start: int, end: int) -> bool:
-    """JPEG start and end markers at [start, end) of a mapped shard: five byte reads, no copy."""
-    return (
-        end - start >= len(JPEG_SOI) + len(JPEG_EOI)
-        and view[start] == _S0
-        and view[start + 1] == _S1
-        and view[start + 2] == _S2
-        and view[end - 2] == _E0
-        and view[end - 1] == _E1
-    )
-
-
 def shard_paths(directory: Path, meta: DatasetMeta | None) -> list[Path]:
     """The shards named by the meta file (in its order), else every `*.tar` of the folder, sorted."""
     if meta is not None and "dali" in meta.formats and meta.formats["dali"].get("shards"):
@@ -177,11 +160,23 @@ def shard_paths(directory: Path, meta: DatasetMeta | None) -> list[Path]:
     return sorted(directory.glob("*.tar"))
 
 
+def check_shard_folder(path: Path) -> None:
+    """Refuse what cannot be a shard folder before anything reads it (a `.beton`, a meta file)."""
+    if not path.is_dir():
+        what = "missing" if not path.exists() else "a file"
+        raise ShardError(f"{path}: the dali backend reads a <stem>.dali folder of shards ({what})")
+
+
 def open_shards(
-    directory: str | os.PathLike, meta: DatasetMeta | None = None, *, skip_corrupt: bool = False
+    directory: str | os.PathLike,
+    meta: DatasetMeta | None = None,
+    *,
+    skip_corrupt: bool = False,
+    index_dir: str | os.PathLike | None = None,
 ) -> ShardSet:
-    """Open and check a `.dali` folder; with `skip_corrupt` the samples `corrupt_samples` finds are left
-    out and listed in `.dropped` (the checks against the meta file see every sample)."""
+    """Open and check a shard folder, each shard's index beside it or in `index_dir`; with `skip_corrupt`
+    the samples `corrupt_samples` finds are left out and listed in `.dropped` (the checks against the meta
+    file see every sample)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ShardError(f"{directory}: not a folder of WebDataset shards (expected <stem>.dali/)")
@@ -195,12 +190,13 @@ def open_shards(
     maps, views = [], []
     try:
         for s, tar in enumerate(tars):
-            idx = tar.with_suffix(".idx")
+            idx = Path(index_dir, tar.name).with_suffix(".idx") if index_dir else tar.with_suffix(".idx")
             if not tar.is_file():
                 raise FileNotFoundError(f"{tar}: shard listed in the meta file is missing")
             if not idx.is_file():
+                where = f"in {idx.parent}" if index_dir else "beside it"
                 raise FileNotFoundError(
-                    f"{tar}: no index file {idx.name} beside it; make one with DALI's "
+                    f"{tar}: no index file {idx.name} {where}; make one with DALI's "
                     f"`wds2idx {tar} {idx}` or re-run tools/convert_datasets.py"
                 )
             index = parse_index(idx, tar)
@@ -233,12 +229,12 @@ def open_shards(
                     labels.append(int(raw.decode("ascii").strip()))
                 except (UnicodeDecodeError, ValueError):
                     raise ShardError(
-                        f"{tar}: sample {index.names[k]!r} has a non-integer label {raw[:20]!r}"
+                        f"{tar}: sample {member_key(index.names[k])!r} has a non-integer label {raw[:20]!r}"
                     ) from None
             shard_of.append(np.full(n, s, np.int32))
             offsets.append(index.image_offset)
             sizes.append(index.image_size)
-            keys.extend(name.rsplit(".", 1)[0] for name in index.names)
+            keys.extend(member_key(name) for name in index.names)
     except BaseException:
         views.clear()
         for m in maps:
@@ -250,9 +246,11 @@ def open_shards(
             f"{directory}: the meta file lists {len(expected)} shard counts for {len(tars)} shards"
         )
     labels_arr = np.asarray(labels, np.int64)
+    where, again = meta.origin(directory) if meta is not None else (None, "")
     if meta is not None and len(labels_arr) != meta.num_samples:
         raise ShardError(
-            f"{directory}: the shards hold {len(labels_arr)} samples, the meta file says {meta.num_samples}"
+            f"{directory}: the shards hold {len(labels_arr)} samples, {where} says {meta.num_samples}; "
+            f"{again}"
         )
     if (
         meta is not None
@@ -262,7 +260,7 @@ def open_shards(
         bad = int(np.argmax((labels_arr < 0) | (labels_arr >= meta.num_classes)))
         raise ShardError(
             f"{tars[int(np.concatenate(shard_of)[bad])]}: sample {keys[bad]!r} has label {labels_arr[bad]}, "
-            f"outside 0..{meta.num_classes - 1}"
+            f"outside 0..{meta.num_classes - 1} ({where}); {again}"
         )
     shards = ShardSet(
         directory=directory,

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import DataConfig, MetaError, ShardError, make_loader
+from pipelines import DataConfig, MetaError, ShardError, make_loader, read_meta
 from pipelines.ffcv_backend import BetonError
+from pipelines.foreign import dataset_meta
 
 KW = dict(batch_size=8, resolution=16, num_workers=1)
 
@@ -69,11 +70,17 @@ def test_folder_without_shards(tmp_path):
         open_loader("dali", folder)
 
 
-def test_missing_meta_file(copy_of):
+def test_unreadable_or_missing_meta_file(copy_of, demo_converted):
     beton = copy_of("train.beton")
-    (beton.parent / "train.meta.json").unlink()
-    with pytest.raises(MetaError, match="train.meta.json"):
+    meta = beton.parent / "train.meta.json"
+    meta.write_text("{not json")
+    with pytest.raises(MetaError, match="train.meta.json: cannot read meta"):
         open_loader("ffcv", beton)
+    meta.unlink()  # without one, the data is foreign: counted from its labels (tests/test_foreign_data.py)
+    cfg = DataConfig(backend="ffcv", dir=str(beton.parent), cache_dir=str(beton.parent / "cache"), **KW)
+    counted = dataset_meta(cfg, beton, "train")[0]
+    assert counted.dataset == "foreign"
+    assert counted.class_counts == read_meta(demo_converted / "train.meta.json").class_counts
 
 
 def test_shard_without_its_index(copy_of):

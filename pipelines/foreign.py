@@ -1,0 +1,205 @@
+"""Data fastlt did not convert: a `.beton` written by FFCV's own writer, a folder of WebDataset shards.
+
+Researchers who converted ImageNet with ffcv-imagenet, or hold WebDataset shards, should not have to convert
+again. Such data has no `<stem>.meta.json`, so `dataset_meta` gives `make_loader` one counted from the
+labels (the `.beton`'s label column in its metadata table, the shards' `.cls` members), and a shard folder
+without DALI index files gets them from DALI's own `wds2idx`. Both are written to a cache folder, never
+beside the data, which may be read-only (a shared dataset store):
+
+    <cache>/counts/<key>.json         the class counts; key: the data's resolved path, the size and mtime
+                                      of the file (of every shard), the label field
+    <cache>/wds-index/<key>/<shard>.idx   one index a shard, for a folder that came without them
+
+`<cache>` is `data.cache_dir`, else `$XDG_CACHE_HOME/fastlt`, else `~/.cache/fastlt`. Every file appears
+atomically (a rename), so ranks opening the same data at once, or a crash, never leave a partial one; a
+data file that changes gets a new key, so nothing stale is read. A second open counts nothing again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .config import DataConfig
+from .errors import DataError
+from .ffcv_backend import check_path as check_beton
+from .fileio import atomic_write_text
+from .meta import FOREIGN, DatasetMeta, MetaError, counted_meta, meta_path_for, read_meta
+from .shard_index import TAR_BLOCK, ShardError
+from .shards import check_shard_folder
+
+log = logging.getLogger(__name__)
+
+
+def cache_root(setting: str = "") -> Path:
+    """`data.cache_dir`, else `$XDG_CACHE_HOME/fastlt`, else `~/.cache/fastlt`."""
+    if setting:
+        return Path(setting).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fastlt"
+
+
+def fingerprint(path: Path) -> list:
+    """What identifies the data's content cheaply: its resolved path and the size and mtime (ns) of the file,
+    or of every shard of the folder."""
+    files = [path] if path.is_file() else sorted(path.glob("*.tar"))
+    return [str(path.resolve()), [[f.name, (st := f.stat()).st_size, st.st_mtime_ns] for f in files]]
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
+
+
+def dataset_meta(cfg: DataConfig, path: Path, split: str) -> tuple[DatasetMeta, Path | None]:
+    """(meta, index folder) for the data at `path`: its meta file when it has one (index files beside the
+    shards), else a meta counted from its labels and, for shards without index files, the cached ones."""
+    if meta_path_for(path).is_file():
+        meta = read_meta(path)
+        if cfg.num_classes and cfg.num_classes != meta.num_classes:
+            raise MetaError(
+                f"data.num_classes = {cfg.num_classes}, but {meta_path_for(path)} says {meta.num_classes}"
+            )
+        return meta, None
+    (check_beton if cfg.backend == "ffcv" else check_shard_folder)(path)
+    root = cache_root(cfg.cache_dir)
+    index_dir = shard_indexes(path, root) if cfg.backend == "dali" else None
+    counts, cached = class_counts(cfg, path, root, index_dir)
+    if cfg.num_classes:
+        if len(counts) > cfg.num_classes:
+            raise MetaError(
+                f"{path}: holds labels up to {len(counts) - 1}, but data.num_classes = {cfg.num_classes}"
+            )
+        counts = np.pad(counts, (0, cfg.num_classes - len(counts)))
+    stem = path.name[: -len(path.suffix)] if path.suffix in (".beton", ".dali") else path.name
+    if cfg.backend == "ffcv":
+        fmt = {"file": str(path), "image_field": cfg.image_field, "label_field": cfg.label_field}
+    else:
+        fmt = {"dir": str(path), "index_dir": str(index_dir) if index_dir else None}
+    formats = {cfg.backend: fmt, FOREIGN: {"counts": str(cached)}}
+    return counted_meta(counts, split=split, stem=stem, source=str(path), formats=formats), index_dir
+
+
+def class_counts(cfg: DataConfig, path: Path, root: Path, index_dir: Path | None) -> tuple[np.ndarray, Path]:
+    """(per-class counts, cache file): read from the cache when it holds this data's, else one pass over
+    the labels, then cached."""
+    field = cfg.label_field if cfg.backend == "ffcv" else ".cls"
+    fp = fingerprint(path)
+    cached = root / "counts" / f"{_key('counts', cfg.backend, field, fp)}.json"
+    counts = _read_counts(cached, fp)
+    if counts is not None:
+        return counts, cached
+    labels = _labels(cfg, path, index_dir)
+    counts = np.bincount(labels)
+    record = {"data": fp[0], "fingerprint": fp, "label_field": field, "class_counts": counts.tolist()}
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cached, json.dumps(record) + "\n")
+    except OSError as exc:  # the counts are known: a cache that cannot be written only costs time
+        log.warning("cannot cache the class counts of %s in %s (%s); set data.cache_dir", path, cached, exc)
+    return counts, cached
+
+
+def _read_counts(cached: Path, fp: list) -> np.ndarray | None:
+    try:
+        record = json.loads(cached.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("%s: unreadable class-count cache (%s); counting again", cached, exc)
+        return None
+    if not isinstance(record, dict) or record.get("fingerprint") != fp:
+        return None
+    counts = record.get("class_counts")
+    if not isinstance(counts, list) or not counts:
+        return None
+    if not all(isinstance(c, int) and c >= 0 for c in counts):
+        return None
+    return np.asarray(counts, np.int64)
+
+
+def _labels(cfg: DataConfig, path: Path, index_dir: Path | None) -> np.ndarray:
+    """Every sample's label, in order; an error names the sample whose label is negative."""
+    if cfg.backend == "ffcv":
+        from .ffcv_backend import read_beton
+
+        _, labels = read_beton(path, cfg.image_field, cfg.label_field)
+        where = lambda i: f"{path}: sample {i} (field {cfg.label_field!r})"  # noqa: E731
+    else:
+        from .shards import open_shards
+
+        shards = open_shards(path, None, index_dir=index_dir)  # non-integer .cls: an error naming it
+        labels = shards.labels.copy()
+        where = lambda i: f"{shards.shards[shards.shard_of[i]]}: sample {shards.keys[i]!r}"  # noqa: E731
+        shards.close()
+    if not len(labels):
+        raise DataError(f"{path}: holds no samples")
+    if labels.min() < 0:
+        i = int(np.argmin(labels))
+        raise DataError(f"{where(i)} has label {labels[i]}: labels must be class indices 0, 1, ...")
+    return labels
+
+
+def shard_indexes(folder: Path, root: Path) -> Path | None:
+    """None when every shard of `folder` has its index beside it; else the cache folder holding an index
+    for each, made by DALI's `wds2idx` on first use."""
+    tars = sorted(folder.glob("*.tar"))
+    if not tars:
+        raise ShardError(f"{folder}: no .tar shards in this folder")
+    if all(t.with_suffix(".idx").is_file() for t in tars):
+        return None
+    out = root / "wds-index" / _key("wds-index", fingerprint(folder))
+    if out.is_dir():
+        return out
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    except OSError as exc:
+        raise DataError(
+            f"{folder}: its shards have no index files and the cache folder {out.parent} cannot hold them "
+            f"({exc}); set data.cache_dir to a writable folder"
+        ) from None
+    try:
+        log.info("%s: indexing %d shards with DALI's wds2idx into %s", folder, len(tars), out)
+        for tar in tars:
+            make_index(tar, tmp / f"{tar.stem}.idx")
+        try:
+            tmp.rename(out)
+        except OSError:
+            if not out.is_dir():  # another process made the same folder first: use theirs
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def make_index(tar: Path, idx: Path) -> None:
+    """Index one shard with the `IndexCreator` DALI ships (its `wds2idx` command) into `idx`."""
+    try:
+        from wds2idx import IndexCreator
+    except ImportError as exc:  # pragma: no cover - environment problem
+        raise ImportError(f"indexing {tar} needs DALI's wds2idx (nvidia-dali): {exc}") from exc
+    try:
+        with IndexCreator(str(tar), str(idx), verbose=False) as creator:
+            creator.create_index()
+    except (OSError, ValueError) as exc:
+        raise ShardError(f"{tar}: DALI's wds2idx cannot index this shard: {exc}") from None
+    _check_archive_end(tar, idx)
+
+
+def _check_archive_end(tar: Path, idx: Path) -> None:
+    """A tar cut short between two members still lists (wds2idx ignores `tar`'s complaint): a whole one has
+    a block after its last member's data (the end-of-archive marker, or another member's header)."""
+    row = idx.read_text().splitlines()[-1].split()
+    end = max(int(row[k + 1]) + int(row[k + 2]) for k in range(0, len(row), 4))
+    if tar.stat().st_size < -(-end // TAR_BLOCK) * TAR_BLOCK + TAR_BLOCK:
+        raise ShardError(
+            f"{tar}: truncated or corrupt shard: it ends after member {row[3]!r} without the end-of-archive "
+            "block a whole tar has"
+        )
