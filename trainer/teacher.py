@@ -22,9 +22,10 @@ log = logging.getLogger(__name__)
 
 
 def teacher_checkpoint(source: str | Path) -> Path:
-    """A run folder means its last checkpoint; anything else is taken as the checkpoint file itself."""
+    """A run folder (or a path without a file suffix, such as a run not trained yet) means its last
+    checkpoint; anything else is taken as the checkpoint file itself."""
     path = Path(source)
-    return checkpoint_path(path) if path.is_dir() else path
+    return checkpoint_path(path) if path.is_dir() or not path.suffix else path
 
 
 def freeze(model: nn.Module) -> nn.Module:
