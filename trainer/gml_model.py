@@ -7,6 +7,10 @@ projects q to a query; the teacher encodes k into a key (and cls into distillati
 the queue, then the whole queue is projected by the trainable key head and compared with the queries: a
 query's own key is among them, as released. Evaluation is the student alone: one view, raw cosines.
 
+Each key carries an id, `step * global batch + position`, so that the loss's temperature term can leave out
+a query's own key. The release uses dataset indices, which also leave out an older key of the same image
+still in the queue; the loaders give no indices (a known deviation that touches only T_c's gradient).
+
 Nothing in the step reads a tensor on the host: the ring pointers, the queue and the step counter are
 device buffers updated in place, and a batch's class counts come from a one-hot cumulative sum.
 """
