@@ -35,6 +35,10 @@ def freeze(model: nn.Module) -> nn.Module:
 
 def load_teacher(source: str | Path, *, num_classes: int, arch: str = "") -> nn.Module:
     """The frozen model of the fastlt run at `source`; `arch` (if given) and `num_classes` must match it."""
+    if not str(source).strip():
+        raise CheckpointError(
+            "model.teacher is empty: give the teacher's run folder (runs/NAME) or checkpoint"
+        )
     path = teacher_checkpoint(source)
     if not path.is_file():
         raise CheckpointError(
