@@ -260,6 +260,8 @@ def test_load_teacher_from_a_run_folder_or_a_checkpoint(tmp_path):
 
 
 def test_load_teacher_errors_name_the_file(tmp_path, caplog):
+    with pytest.raises(CheckpointError, match="model.teacher is empty"):
+        load_teacher("", num_classes=4)
     run = tmp_path / "runs" / "teacher"
     with pytest.raises(
         CheckpointError, match=r"no teacher checkpoint at .*runs/teacher/checkpoints/last\.pt"
