@@ -19,11 +19,14 @@ CIFAR-100-LT and α = 0 (no distillation) on ImageNet-LT.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from losses import functional as LF
+from losses.config import LossConfig
 from losses.cross_entropy import cross_entropy
 from losses.functional import at_least_float32
 from losses.logit_maps import DBMargin, ScaledCosine
@@ -88,27 +91,14 @@ def distill_kl(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
 
 
 class GMLTerms(Part):
-    """Adds GML's contrast and distillation to the supervised term (see the module docstring)."""
+    """Adds GML's contrast and distillation to the supervised term (see the module docstring).
 
-    def __init__(
-        self,
-        class_counts: Tensor,
-        *,
-        scale: float = 30.0,
-        gml_alpha: float = 1.0,
-        gml_beta: float = 1.0,
-        gml_gamma: float = 1.0,
-        gml_kd_temperature: float = 4.0,
-    ) -> None:
-        super().__init__()
-        require(scale > 0, f"scale must be > 0, got {scale}")
-        require(
-            min(gml_alpha, gml_beta, gml_gamma) >= 0,
-            f"gml_alpha, gml_beta and gml_gamma must be >= 0, got {gml_alpha}, {gml_beta}, {gml_gamma}",
-        )
-        require(gml_kd_temperature > 0, f"gml_kd_temperature must be > 0, got {gml_kd_temperature}")
-        self.scale, self.gml_kd_temperature = scale, gml_kd_temperature
-        self.gml_alpha, self.gml_beta, self.gml_gamma = gml_alpha, gml_beta, gml_gamma
+    `scale` is the supervised term's s = 1/T_s: distillation compares the raw cosines scaled by it."""
+
+    uses = ("scale", "gml_alpha", "gml_beta", "gml_gamma", "gml_kd_temperature")
+
+    def __init__(self, class_counts: Tensor, cfg: LossConfig) -> None:
+        super().__init__(class_counts, cfg)
         self.num_classes = class_counts.numel()
         self.register_buffer("log_prior", LF.log_prior(class_counts), persistent=False)
 
@@ -160,14 +150,22 @@ class GMLTerms(Part):
 
 
 class GML(Loss):
-    """GML as released: CE(s·cos + log p) + contrast over the class-balanced queue + distillation."""
+    """GML as released: CE(s·cos + log p) + contrast over the class-balanced queue + distillation.
+
+    Its model is the MoCo student of trainer/gml_model.py (`model = "gml_student"`), fed three views of
+    each image (cls, q, k)."""
 
     name, head, num_views, parts = "gml", "cosine", 3, (ScaledCosine, BalancedSoftmax, GMLTerms)
-    model_kind = "gml"  # the model it needs: the MoCo student of trainer/gml_model.py
+    model: ClassVar[str] = "gml_student"
+
+    @property
+    def distills(self) -> bool:
+        """Whether the loss reads the teacher's logits (gml_alpha > 0): the student runs the teacher on the
+        cls view only then."""
+        return self.contrast.gml_alpha > 0
 
 
-class DBMGML(Loss):
+class DBMGML(GML):
     """DBM-GML: GML with DBM-BS as its supervised term (DBM logits on the student's cosines, s = 30)."""
 
-    name, head, num_views, parts = "dbm_gml", "cosine", 3, (DBMargin, BalancedSoftmax, GMLTerms)
-    model_kind = "gml"
+    name, parts = "dbm_gml", (DBMargin, BalancedSoftmax, GMLTerms)

@@ -48,6 +48,11 @@ class LoaderSpec:
     center_crop_ratio: float
     crop: str = "resized"  # training crop of view 0: "resized" (RandomResizedCrop) or "padded"
     crop_padding: int = 4
+    view_recipe: str = "contrastive"  # pipelines.config.VIEW_RECIPES
+
+    def crops_like_view0(self, view: int) -> bool:
+        """Whether training view `view` is cropped and flipped as view 0 (else: the contrastive crop)."""
+        return view == 0 or self.view_recipe == "classification"
 
     def epoch_order(self, labels: np.ndarray) -> EpochOrder:
         """The sample order both backends follow: the sampler's rank slice, or the exact evaluation share."""

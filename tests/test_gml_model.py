@@ -5,6 +5,7 @@ eager, two processes sharing one queue, and a GPU step without host syncs."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import defaultdict
 from pathlib import Path
@@ -17,12 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch._dynamo.utils import counters
 
-from losses.gml import DBMGML
+from losses import build_loss
 from losses.output import MoCoOutput, ModelOutput
 from trainer.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
 from trainer.config import Config, DataConfig, LossConfig, ModelConfig, OptimConfig, RunConfig, to_dict
 from trainer.gml_model import ClassBalancedQueue, GMLStudent, queue_layout
-from trainer.models import build_model
+from trainer.models import build_classifier, build_model, rank_identical_buffers
 from trainer.optim import build_optimizer, param_groups
 from trainer.teacher import load_teacher
 
@@ -32,7 +33,7 @@ MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
 
 def tiny(num_classes=4, head="cosine"):
-    return build_model(TINY, num_classes, head, mean=MEAN, std=STD)
+    return build_classifier(TINY, num_classes, head, mean=MEAN, std=STD)
 
 
 def make_student(seed=0, **kw):
@@ -126,7 +127,7 @@ def test_teacher_frozen_in_eval_and_unchanged_by_a_step():
     student_before = {k: v.clone() for k, v in model.named_parameters() if v.requires_grad}
     optimizer = build_optimizer(model, OptimConfig(lr=0.1, weight_decay=5e-4))
     images, labels = batch([0, 1, 2, 3])
-    loss = DBMGML(COUNTS)(model(images, labels), labels)
+    loss = build_loss("dbm_gml", COUNTS)(model(images, labels), labels)
     loss.backward()
     optimizer.step()
     for k, v in model.teacher.state_dict().items():
@@ -235,9 +236,11 @@ def save_teacher_run(run_dir: Path, *, arch="resnet_tiny", num_classes=4, loss="
         loss=LossConfig(name=loss, scale=30.0, max_margin=0.0),
     )
     torch.manual_seed(5)
-    model = build_model(cfg.model, num_classes, "linear" if loss == "ce" else "cosine", mean=MEAN, std=STD)
+    model = build_classifier(
+        cfg.model, num_classes, "linear" if loss == "ce" else "cosine", mean=MEAN, std=STD
+    )
     save_checkpoint(
-        checkpoint_path(run_dir), {"epoch": epoch, "model": model.state_dict(), "config": to_dict(cfg)}
+        checkpoint_path(run_dir, epoch), {"epoch": epoch, "model": model.state_dict(), "config": to_dict(cfg)}
     )
     return model
 
@@ -246,7 +249,7 @@ def test_load_teacher_from_a_run_folder_or_a_checkpoint(tmp_path):
     run = tmp_path / "runs" / "teacher"
     original = save_teacher_run(run).eval()
     images = batch([0, 1])[0]
-    for source in (run, str(run), checkpoint_path(run)):
+    for source in (run, str(run), checkpoint_path(run, 1)):
         teacher = load_teacher(source, num_classes=4, arch="resnet_tiny")
         assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
         got, want = teacher(images), original(images)
@@ -263,27 +266,77 @@ def test_load_teacher_errors_name_the_file(tmp_path, caplog):
     with pytest.raises(CheckpointError, match="model.teacher is empty"):
         load_teacher("", num_classes=4)
     run = tmp_path / "runs" / "teacher"
-    with pytest.raises(
-        CheckpointError, match=r"no teacher checkpoint at .*runs/teacher/checkpoints/last\.pt"
-    ):
+    with pytest.raises(CheckpointError, match=r"model\.teacher: .*runs/teacher does not exist"):
         load_teacher(run, num_classes=4)
     run.mkdir(parents=True)  # a run folder without a checkpoint yet
-    with pytest.raises(CheckpointError, match=r"teacher/checkpoints/last\.pt"):
+    with pytest.raises(CheckpointError, match=r"model\.teacher: no checkpoint in .*teacher/checkpoints"):
         load_teacher(run, num_classes=4)
     save_teacher_run(run, epoch=1, epochs=3)
     with pytest.raises(
-        CheckpointError, match=r"last\.pt holds a resnet_tiny, but model\.teacher_arch is resnet56"
+        CheckpointError, match=r"epoch-0001\.pt holds a resnet_tiny, but model\.teacher_arch is resnet56"
     ):
         load_teacher(run, num_classes=4, arch="resnet56")
-    with pytest.raises(CheckpointError, match=r"last\.pt classifies 4 classes, but this run's data has 10"):
+    with pytest.raises(
+        CheckpointError, match=r"epoch-0001\.pt classifies 4 classes, but this run's data has 10"
+    ):
         load_teacher(run, num_classes=10)
     with caplog.at_level(logging.WARNING, logger="trainer.teacher"):
         load_teacher(run, num_classes=4)
     assert "epoch 1 of 3" in caplog.text
+    linear = tmp_path / "runs" / "linear"
+    save_teacher_run(linear, loss="ce")
+    with pytest.raises(CheckpointError, match=r"epoch-0001\.pt has a linear head .* loss\.gml_alpha=0"):
+        load_teacher(linear, num_classes=4, head="cosine")
     junk = tmp_path / "junk.pt"
     torch.save({"weights": torch.zeros(1)}, junk)
     with pytest.raises(CheckpointError, match="junk.pt is not a fastlt checkpoint"):
         load_teacher(junk, num_classes=4)
+    # A student run is no teacher (its checkpoint has the student's config and state).
+    student_run = tmp_path / "runs" / "student"
+    cfg = Config(model=ModelConfig(arch="resnet_tiny"), loss=LossConfig(name="dbm_gml"))
+    save_checkpoint(
+        checkpoint_path(student_run, 1),
+        {"epoch": 1, "model": make_student().state_dict(), "config": to_dict(cfg)},
+    )
+    with pytest.raises(CheckpointError, match=r"is a gml_student run \(loss dbm_gml\): a teacher must be a"):
+        load_teacher(student_run, num_classes=4)
+
+
+def test_build_model_makes_the_student_the_loss_names(tmp_path):
+    """`build_model` dispatches on the loss's `model`: dbm_gml gets the MoCo student with the teacher of
+    `model.teacher` and the queue of the model config; a classifier loss gets a classifier."""
+    run = tmp_path / "teacher"
+    original = save_teacher_run(run).eval()
+    cfg = ModelConfig(
+        arch="resnet_tiny",
+        channels_last=False,
+        teacher=str(run),
+        teacher_arch="resnet_tiny",
+        gml_queue_size=24,
+        gml_base_k=3,
+        gml_embed_dim=6,
+        gml_temperature=0.2,
+    )
+    where = dict(num_classes=4, class_counts=COUNTS, mean=MEAN, std=STD)
+    loss = build_loss("dbm_gml", COUNTS)
+    model = build_model(cfg, loss, **where)
+    assert isinstance(model, GMLStudent) and model.distill
+    assert model.queue.keys.shape == (25, 32) and model.queue.sizes.min() >= 3  # K + the spare row, d_t
+    assert model.embed_q[-1].out_features == 6 and model.log_temperature.exp().item() == pytest.approx(0.2)
+    assert not getattr(model.student, "bcl", True)  # one view: no BCL heads on the student
+    images = batch([0, 1])[0]
+    torch.testing.assert_close(model.teacher(images).logits, original(images).logits)
+    assert not build_model(cfg, build_loss("gml", COUNTS, gml_alpha=0.0), **where).distill
+    classifier = build_model(cfg, build_loss("dbm_bcl", COUNTS), **where)
+    assert not isinstance(classifier, GMLStudent) and classifier.bcl  # 3 views: BCL's heads
+    # What DDP need not broadcast (launch.build): every rank updates them identically.
+    assert sorted(rank_identical_buffers(model)) == ["queue.ids", "queue.keys", "queue.pointers", "steps"]
+    assert set(rank_identical_buffers(model)) <= set(dict(model.named_buffers()))
+    assert rank_identical_buffers(classifier) == []
+    with pytest.raises(CheckpointError, match="model.teacher is empty"):
+        build_model(ModelConfig(arch="resnet_tiny"), loss, **where)
+    with pytest.raises(CheckpointError, match="model.teacher_arch is resnet8"):
+        build_model(dataclasses.replace(cfg, teacher_arch="resnet8"), loss, **where)
 
 
 # --- compiled, distributed, GPU --------------------------------------------------------------------------
@@ -293,7 +346,7 @@ def test_compiled_student_equals_eager():
     counters.clear()
     eager, compiled = make_student(seed=0).train(), make_student(seed=0).train()
     compiled.compile(backend="aot_eager", dynamic=False, fullgraph=True)
-    loss_fn = DBMGML(COUNTS)
+    loss_fn = build_loss("dbm_gml", COUNTS)
     for seed, labels in enumerate(([0, 1, 3, 3], [2, 2, 2, 2], [1, 0, 3, 2])):
         images, y = batch(labels, seed=seed)
         outs = []
@@ -358,7 +411,7 @@ def test_two_processes_share_one_queue(tmp_path):
 @pytest.mark.gpu
 def test_gpu_step_without_host_syncs():
     model = make_student(seed=0).cuda().train()
-    loss_fn = DBMGML(COUNTS).cuda()
+    loss_fn = build_loss("dbm_gml", COUNTS).cuda()
     optimizer = build_optimizer(model, OptimConfig(lr=0.1))
     batches = [batch([0, 1, 3, 3], seed=s, size=32, device="cuda") for s in range(3)]
 

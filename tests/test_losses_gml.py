@@ -129,7 +129,7 @@ def _ours(loss, query, key, q_idx, k_idx, sizes, cos, t_cos, log_t, target):
 def test_gml_equals_released_gmlloss(weights):
     alpha, beta, gamma = weights
     query, key, q_idx, k_idx, k_labels, sizes, cos, t_cos, log_t, target = random_case()
-    loss = GML(COUNTS, gml_alpha=alpha, gml_beta=beta, gml_gamma=gamma)
+    loss = build_loss("gml", COUNTS, gml_alpha=alpha, gml_beta=beta, gml_gamma=gamma)
     ours = _ours(loss, query, key, q_idx, k_idx, sizes, cos, t_cos, log_t, target)
     prior = torch.tensor(COUNTS, dtype=torch.float64) / sum(COUNTS)
     ref = released_gml(
@@ -158,13 +158,13 @@ def test_supervised_terms():
     z0 = [15 + math.log(0.8), 9 + math.log(0.2)]
     z1 = [3 + math.log(0.8), 21 + math.log(0.2)]
     want = (-math.log(_softmax(z0)[1]) - math.log(_softmax(z1)[1])) / 2
-    assert GML(counts, **only_sup)(out, target).item() == pytest.approx(want, rel=1e-6)
+    assert build_loss("gml", counts, **only_sup)(out, target).item() == pytest.approx(want, rel=1e-6)
     # dbm_gml: DBM-BS, s = 30, K = 0.1 (margins [0.025, 0.1]). Row 0 is hard (argmax 0 != 1), difficulty
     # (1 - 0.3) / 2: M = 0.1 * 1.35; row 1 is easy: M = 0.1.
     z0[1] = 30 * math.cos(math.acos(0.3) + 0.135) + math.log(0.2)
     z1[1] = 30 * math.cos(math.acos(0.7) + 0.1) + math.log(0.2)
     want = (-math.log(_softmax(z0)[1]) - math.log(_softmax(z1)[1])) / 2
-    got = DBMGML(counts, **only_sup)(out, target)
+    got = build_loss("dbm_gml", counts, **only_sup)(out, target)
     assert got.item() == pytest.approx(want, rel=1e-6)
     # ... which is the registered dbm_bs on the same cosines.
     assert got.item() == build_loss("dbm_bs", counts)(ModelOutput(torch.zeros(2, 3), cos), target).item()
@@ -204,7 +204,7 @@ def test_distillation_hand_worked():
         torch.tensor(0.1),
         teacher,
     )
-    kd_only = GML([1, 1], gml_gamma=0.0, gml_beta=0.0)(
+    kd_only = build_loss("gml", [1, 1], gml_gamma=0.0, gml_beta=0.0)(
         out, torch.tensor([0])
     )  # gml_alpha = 1, T = 4 by default
     assert kd_only.item() == pytest.approx(16 * kl, rel=1e-12)
@@ -220,7 +220,7 @@ def test_weights_combine_the_terms_and_teacher_logits_are_needed_only_to_distil(
     args = (query, key, q_idx, k_idx, sizes, cos, t_cos, log_t, target)
 
     def term(**w):
-        return _ours(GML(COUNTS, **w), *args).item()
+        return _ours(build_loss("gml", COUNTS, **w), *args).item()
 
     sup, con, kd = (
         term(gml_alpha=0.0, gml_beta=0.0),
@@ -234,13 +234,15 @@ def test_weights_combine_the_terms_and_teacher_logits_are_needed_only_to_distil(
     assert term() == pytest.approx(sup + con + kd, rel=1e-6)  # the released CIFAR weights: 1, 1, 1
     own = q_idx[:, None] == k_idx[None, :]
     no_teacher = MoCoOutput(cos.new_zeros(6, 3), cos, query @ key.T, sizes, own, log_t.exp())
-    assert GML(COUNTS, gml_alpha=0.0)(no_teacher, target).item() == pytest.approx(sup + con, rel=1e-6)
+    assert build_loss("gml", COUNTS, gml_alpha=0.0)(no_teacher, target).item() == pytest.approx(
+        sup + con, rel=1e-6
+    )
     with pytest.raises(ValueError, match="teacher_logits"):
-        GML(COUNTS)(no_teacher, target)
+        build_loss("gml", COUNTS)(no_teacher, target)
 
 
 def test_input_checks():
-    loss = DBMGML(COUNTS)
+    loss = build_loss("dbm_gml", COUNTS)
     cos = torch.rand(4, 4)
     with pytest.raises(ValueError, match="MoCoOutput"):
         loss(ModelOutput(torch.zeros(4, 3), cos), torch.zeros(4, dtype=torch.long))
@@ -255,18 +257,28 @@ def test_input_checks():
     )
     with pytest.raises(ValueError, match="own_keys"):
         loss(bad, torch.zeros(4, dtype=torch.long))
-    with pytest.raises(ValueError, match="gml_alpha"):
-        GML(COUNTS, gml_alpha=-1.0)
-    with pytest.raises(ValueError, match="unknown hyper-parameter"):
-        GML(COUNTS, alpha=1.0)
-    assert (GML.num_views, GML.head, DBMGML.name) == (3, "cosine", "dbm_gml")
+    for key in ("gml_alpha", "gml_beta", "gml_gamma"):
+        with pytest.raises(ValueError, match=f"loss.{key}: must be a finite number >= 0"):
+            build_loss("gml", COUNTS, **{key: -1.0})
+    with pytest.raises(ValueError, match="loss.gml_kd_temperature: must be a finite number > 0"):
+        build_loss("gml", COUNTS, gml_kd_temperature=0.0)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'alpha'"):
+        build_loss("gml", COUNTS, alpha=1.0)
+    assert (GML.num_views, GML.head, GML.model) == (3, "cosine", "gml_student")
+    assert (DBMGML.name, DBMGML.num_views, DBMGML.head, DBMGML.model) == (
+        "dbm_gml",
+        3,
+        "cosine",
+        "gml_student",
+    )
+    assert build_loss("dbm_gml", COUNTS).distills and not build_loss("gml", COUNTS, gml_alpha=0.0).distills
 
 
-@pytest.mark.parametrize("loss_cls", [GML, DBMGML])
-def test_compiled_equals_eager(loss_cls):
+@pytest.mark.parametrize("name", ["gml", "dbm_gml"])
+def test_compiled_equals_eager(name):
     torch._dynamo.reset()
     counters.clear()
-    loss = loss_cls(COUNTS)
+    loss = build_loss(name, COUNTS)
     compiled = torch.compile(loss, backend="aot_eager", fullgraph=True)
     for seed in (0, 1):  # a second batch: no recompilation
         query, key, q_idx, k_idx, _, sizes, cos, t_cos, log_t, target = random_case(

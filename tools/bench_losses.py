@@ -4,12 +4,14 @@
     python tools/bench_losses.py --device cuda --out bench_out/losses.json
 
 Everything runs in one process on the same random inputs: cosines in [-0.9, 0.9] as logits, [N, 512]
-features, and for BCL [2N, 128] / [C, 128] embeddings and centres. A timed call is the loss's forward plus
-`torch.autograd.grad` to its inputs. "compiled" is `torch.compile(loss, fullgraph=True)` (Inductor, the
-default mode); the compile and `--warmup` calls are left out. CPU times use `perf_counter`, CUDA times CUDA
-events with one synchronisation per measurement. Each figure is the best of `--rounds` means of `--repeats`
-calls, the loss and plain `F.cross_entropy` interleaved round by round (same mode, size, inputs and, on a
-busy host, the same load); `ratio` divides the first by the second.
+features, for BCL [2N, 128] / [C, 128] embeddings and centres, and for GML (whose model returns a
+`MoCoOutput`) similarities to a class-balanced queue of min(16 C, 16384) keys, T_c and teacher cosines.
+A timed call is the loss's forward plus `torch.autograd.grad` to its inputs. "compiled" is
+`torch.compile(loss, fullgraph=True)` (Inductor, the default mode); the compile and `--warmup` calls are
+left out. CPU times use `perf_counter`, CUDA times CUDA events with one synchronisation per measurement.
+Each figure is the best of `--rounds` means of `--repeats` calls, the loss and plain `F.cross_entropy`
+interleaved round by round (same mode, size, inputs and, on a busy host, the same load); `ratio` divides
+the first by the second.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from losses import ModelOutput, build_loss, loss_names  # noqa: E402
+from losses import ModelOutput, build_loss, loss_class, loss_names  # noqa: E402
+from losses.output import MoCoOutput  # noqa: E402
 
 SIZES = ((256, 1000), (512, 8142))
 FEATURE_DIM, EMBED_DIM = 512, 128
@@ -48,6 +51,29 @@ def _inputs(n: int, c: int, device: torch.device) -> tuple[ModelOutput, torch.Te
     )
     target = torch.randint(0, c, (n,), device=device, generator=g)
     return ModelOutput(*(t.requires_grad_() for t in output)), target
+
+
+def _gml_inputs(n: int, c: int, device: torch.device) -> tuple[MoCoOutput, torch.Tensor]:
+    """What GML's student hands its loss: a queue of min(16 C, 16384) keys (ImageNet-LT's is 16384)."""
+    plain, target = _inputs(n, c, device)
+    k = min(16 * c, 16384)
+    g = torch.Generator(device=device).manual_seed(1)
+    sizes = torch.full((c,), k // c, dtype=torch.long, device=device)
+    sizes[0] += k - int(sizes.sum())
+    output = MoCoOutput(
+        features=plain.features,
+        logits=plain.logits,
+        queue_similarities=(torch.rand(n, k, device=device, generator=g) * 2 - 1).requires_grad_(),
+        queue_sizes=sizes,
+        own_keys=torch.arange(n, device=device)[:, None] == torch.arange(k, device=device)[None, :],
+        temperature=torch.tensor(0.1, device=device, requires_grad=True),
+        teacher_logits=torch.rand(n, c, device=device, generator=g) * 1.8 - 0.9,
+    )
+    return output, target
+
+
+# The inputs of each kind of model (a loss's `model` attribute).
+INPUTS = {"classifier": _inputs, "gml_student": _gml_inputs}
 
 
 def _timer(device: torch.device, clock: str) -> Callable[[Callable[[], object], int], float]:
@@ -72,10 +98,12 @@ def _timer(device: torch.device, clock: str) -> Callable[[Callable[[], object], 
     return cuda if device.type == "cuda" else host
 
 
-def _step(loss_fn: Callable, output: ModelOutput, target: torch.Tensor) -> Callable[[], object]:
+def _step(loss_fn: Callable, output: ModelOutput | MoCoOutput, target: torch.Tensor) -> Callable[[], object]:
+    differentiable = [t for t in output if t is not None and t.requires_grad]
+
     def step() -> None:
         value = loss_fn(output, target)
-        torch.autograd.grad(value, output, allow_unused=True)
+        torch.autograd.grad(value, differentiable, allow_unused=True)
 
     return step
 
@@ -127,9 +155,10 @@ def run(
     names = list(losses) if losses else loss_names()
     rows = []
     for n, c in sizes:
-        output, target = _inputs(n, c, dev)
+        inputs = {kind: make(n, c, dev) for kind, make in INPUTS.items()}
         counts = long_tail_counts(c)
         for mode, name in itertools.product(modes, names):
+            output, target = inputs[loss_class(name).model]
             loss = build_loss(name, counts).to(dev)
             loss.set_epoch(180, 200)  # DRW on, FBL's curriculum > 0: each loss's expensive branch
             fns: dict[str, Callable] = {"ce": plain_ce, "loss": loss}

@@ -21,15 +21,14 @@ from typing import Any
 
 import torch
 
-from losses import build_loss, loss_params
-from pipelines import make_loader, read_meta
-from trainer.config import LossConfig, ModelConfig, OptimConfig, StepConfig
+from losses import build_loss
+from pipelines import DataConfig, make_loader, read_meta
+from trainer.config import ModelConfig, OptimConfig, StepConfig
 from trainer.models import build_model
 from trainer.optim import build_optimizer
 from trainer.step import TrainStep
 
 MODES = ("eager", "compile", "graph")
-BACKEND_SUFFIX = {"ffcv": ".beton", "dali": ".dali"}
 
 
 class Timer:
@@ -66,18 +65,17 @@ def make_step(
 ) -> TrainStep:
     """A TrainStep as the trainer builds it (same init for every mode thanks to the seed)."""
     torch.manual_seed(seed)
-    defaults = LossConfig()
-    hparams = {k: getattr(defaults, k) for k in loss_params(loss)}
-    loss_fn = build_loss(loss, class_counts, **hparams).to(device)
+    loss_fn = build_loss(loss, class_counts).to(device)
     model = build_model(
         ModelConfig(arch=arch),
-        num_classes,
-        loss_fn.head,
+        loss_fn,
+        num_classes=num_classes,
+        class_counts=class_counts,
         mean=(0.485, 0.456, 0.406),
         std=(0.229, 0.224, 0.225),
     ).to(device)
     optimizer = build_optimizer(model, OptimConfig(lr=0.1, weight_decay=5e-4))
-    return TrainStep(model, loss_fn, optimizer, optimizer.lr, StepConfig(mode=mode), device, num_classes)
+    return TrainStep(model, loss_fn, optimizer, StepConfig(mode=mode))
 
 
 def synthetic_batch(batch: int, resolution: int, num_classes: int, device: torch.device):
@@ -154,15 +152,15 @@ def bench_step(
 
 @contextmanager
 def _loader(backend: str, stem: Path, batch: int, resolution: int, device: torch.device, workers: int):
-    loader = make_loader(
-        backend,
-        f"{stem}{BACKEND_SUFFIX[backend]}",
-        train=True,
-        batch_size=batch,
+    cfg = DataConfig(
+        backend=backend,
+        dir=str(stem.parent),
+        train=stem.name,
         resolution=resolution,
-        device=device,
+        batch_size=batch,
         num_workers=workers,
     )
+    loader = make_loader(cfg, "train", device=device)
     try:
         yield loader
     finally:

@@ -13,6 +13,19 @@ still in the queue; the loaders give no indices (a known deviation that touches 
 
 Nothing in the step reads a tensor on the host: the ring pointers, the queue and the step counter are
 device buffers updated in place, and a batch's class counts come from a one-hot cumulative sum.
+
+Under DDP every process enqueues every process's keys (`gather_rows`), so the queue, its pointers and the
+step counter stay identical on all ranks by construction. DDP would otherwise broadcast every buffer from
+rank 0 before each forward: for the queue that is 128 MB a step on ImageNet-LT (16384 x 2048 fp32) and
+512 MB on iNaturalist, all of it redundant. `RANK_IDENTICAL_BUFFERS` names them, and launch.build tells DDP
+to leave them out; BatchNorm's running statistics, which differ per rank, are still broadcast from rank 0
+(what keeps the ranks' evaluations and the rank-0 checkpoint consistent without SyncBN).
+
+Known deviations from the release (quotation2520/dbm_ltr GML/): key ids instead of dataset indices (above);
+T_s is exactly 30 (the release's exp(log(1/30))); the projection MLPs run under the step's autocast; the
+class sums run in `segment_reduce`'s order, not a one-hot matmul's; the queue has one spare row for
+overflowing keys; distillation uses the raw scaled cosines; BatchNorm is per rank (the release uses SyncBN
+on ImageNet-LT).
 """
 
 from __future__ import annotations
@@ -54,6 +67,8 @@ class ClassBalancedQueue(nn.Module):
     the end, so the update is a fixed-shape `index_copy_` with no host-side masking. `ids` identifies the
     image behind each key (negative for the initial random keys).
     """
+
+    RANK_IDENTICAL_BUFFERS = ("keys", "ids", "pointers")  # every rank pushes the same gathered keys
 
     def __init__(self, class_counts: Sequence[int] | Tensor, size: int, base: int, dim: int) -> None:
         super().__init__()
@@ -116,7 +131,7 @@ class GMLStudent(nn.Module):
     for the distillation logits (the loss's gml_alpha > 0).
     """
 
-    needs_labels = True  # the training forward takes (images, labels): the queue is class-balanced
+    RANK_IDENTICAL_BUFFERS = ("steps",)
 
     def __init__(
         self,
