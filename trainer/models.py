@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from losses import CosineClassifier, ModelOutput
 from pipelines.augment import Normalize
-from trainer.config import ModelConfig
+from trainer.config import ConfigError, ModelConfig
 from trainer.gml_model import GMLStudent
 from trainer.resnet_cifar import ResNetCifar, kaiming_init_
 from trainer.resnet_imagenet import PlacesResNet152, TorchvisionBody
@@ -185,6 +185,11 @@ def _gml_student(cfg: ModelConfig, loss: LossSpec, *, num_classes: int, class_co
     teacher must have a cosine head when the loss distils (its raw cosines are scaled like the student's)."""
     from trainer.teacher import load_teacher  # here: trainer.teacher rebuilds teachers with build_classifier
 
+    if cfg.gml_queue_size < num_classes * cfg.gml_base_k:
+        raise ConfigError(
+            f"model.gml_queue_size={cfg.gml_queue_size}: the queue needs model.gml_base_k={cfg.gml_base_k} "
+            f"slots for each of the data's {num_classes} classes, at least {num_classes * cfg.gml_base_k}"
+        )
     distill = bool(getattr(loss, "distills", False))
     teacher = load_teacher(
         cfg.teacher,
