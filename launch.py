@@ -14,6 +14,7 @@ the optimizer, the training and evaluation steps, then hands them to `fit`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -139,6 +140,36 @@ def log_margins(loss: Any, cfg: Config, counts: tuple[int, ...]) -> None:
         )
 
 
+def _model(cfg: Config, loss: Any, meta: Any, device: Any) -> Any:
+    """The kind of model the loss names (a classifier, or GML's student with the teacher of model.teacher:
+    a missing or mismatched teacher is a CheckpointError here, before the run folder is written)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from trainer.models import build_model, rank_identical_buffers
+
+    model = build_model(
+        cfg.model,
+        loss,
+        num_classes=meta.num_classes,
+        class_counts=meta.class_counts,
+        mean=cfg.data.mean,
+        std=cfg.data.std,
+    ).to(device)
+    if cfg.model.sync_bn:
+        from trainer.sync_bn import convert_sync_bn
+
+        model = convert_sync_bn(model)  # before the optimizer: it keeps the parameters, swaps the modules
+    # DDP broadcasts every buffer from rank 0 before each forward. That keeps the per-rank BatchNorm
+    # statistics consistent (so `broadcast_buffers` stays on: turning it off is right only with SyncBN), but
+    # buffers that every rank updates identically by construction (GML's queue: each rank enqueues every
+    # rank's keys) would cross the network for nothing, 128-512 MB a step at ImageNet-LT / iNaturalist sizes:
+    # DDP leaves the ones the model names out (also from its initial broadcast: they start equal, from the
+    # seed or from the checkpoint every rank loads).
+    if same_everywhere := rank_identical_buffers(model):
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, same_everywhere)
+    return model
+
+
 def build(cfg: Config, accelerator: Any) -> Any:
     """Every part of a run, for this process."""
     import torch
@@ -147,58 +178,56 @@ def build(cfg: Config, accelerator: Any) -> Any:
     import losses
     from pipelines import make_loader
     from trainer.loop import Components
-    from trainer.models import build_model
     from trainer.optim import build_optimizer
     from trainer.step import EvalStep, TrainStep
 
     device = accelerator.device
     where = dict(rank=accelerator.process_index, world_size=accelerator.num_processes, device=device)
     views = losses.loss_class(cfg.loss.name).num_views
-    train_loader = make_loader(cfg.data, "train", views=views, seed=cfg.run.seed, **where)
-    eval_loader = make_loader(cfg.data, "eval", seed=cfg.run.seed, **where)
-    meta = train_loader.meta  # the class counts: the single source of truth for the loss and the metrics
-    if eval_loader.meta.num_classes != meta.num_classes:
-        raise ConfigError(
-            f"data.eval={cfg.data.eval!r} has {eval_loader.meta.num_classes} classes but "
-            f"data.train={cfg.data.train!r} has {meta.num_classes}"
-        )
-    if device.type == "cuda":
-        # Shapes are static, so cuDNN's per-shape autotuning runs once. (TF32 matmuls stay off: the cosine
-        # head is kept in fp32 on purpose, its raw cosines feed an arccos.)
-        torch.backends.cudnn.benchmark = True
+    with contextlib.ExitStack() as on_error:  # a failure below closes the loaders opened so far
+        train_loader = make_loader(cfg.data, "train", views=views, seed=cfg.run.seed, **where)
+        on_error.callback(train_loader.close)
+        eval_loader = make_loader(cfg.data, "eval", seed=cfg.run.seed, **where)
+        on_error.callback(eval_loader.close)
+        meta = train_loader.meta  # the class counts: the single source of truth for the loss and the metrics
+        if eval_loader.meta.num_classes != meta.num_classes:
+            raise ConfigError(
+                f"data.eval={cfg.data.eval!r} has {eval_loader.meta.num_classes} classes but "
+                f"data.train={cfg.data.train!r} has {meta.num_classes}"
+            )
+        if device.type == "cuda":
+            # Shapes are static, so cuDNN's per-shape autotuning runs once. (TF32 matmuls stay off: the
+            # cosine head is kept in fp32 on purpose, its raw cosines feed an arccos.)
+            torch.backends.cudnn.benchmark = True
 
-    loss = losses.build_loss(cfg.loss, meta.class_counts).to(device)
-    log_margins(loss, cfg, meta.class_counts)
-    set_seed(cfg.run.seed)  # the same initial weights on every process
-    model = build_model(
-        cfg.model, meta.num_classes, loss.head, mean=cfg.data.mean, std=cfg.data.std, views=views
-    ).to(device)
-    if cfg.model.sync_bn:
-        from trainer.sync_bn import convert_sync_bn
-
-        model = convert_sync_bn(model)  # before the optimizer: it keeps the parameters, swaps the modules
-    optimizer = build_optimizer(model, cfg.optim)
-    # Only the model goes through Accelerate (placement, DDP): the step drives the optimizer itself.
-    if device.type == "cuda" and accelerator.num_processes > 1 and cfg.step.mode == "graph":
-        side = torch.cuda.Stream(device)
-        with torch.cuda.stream(side):  # DDP built on a side stream so its buffers can join a capture (§5.2)
+        loss = losses.build_loss(cfg.loss, meta.class_counts).to(device)
+        log_margins(loss, cfg, meta.class_counts)
+        set_seed(cfg.run.seed)  # the same initial weights (and GML's initial queue) on every process
+        model = _model(cfg, loss, meta, device)
+        optimizer = build_optimizer(model, cfg.optim)
+        # Only the model goes through Accelerate (placement, DDP): the step drives the optimizer itself.
+        if device.type == "cuda" and accelerator.num_processes > 1 and cfg.step.mode == "graph":
+            side = torch.cuda.Stream(device)
+            with torch.cuda.stream(side):  # DDP built on a side stream so its buffers can join a capture
+                model = accelerator.prepare(model)
+            torch.cuda.current_stream(device).wait_stream(side)
+        else:
             model = accelerator.prepare(model)
-        torch.cuda.current_stream(device).wait_stream(side)
-    else:
-        model = accelerator.prepare(model)
-    # Each process draws its own augmentations from here on (the weights above are shared).
-    set_seed(cfg.run.seed, device_specific=True)
-    return Components(
-        model=model,
-        loss=loss,
-        optimizer=optimizer,
-        train_step=TrainStep(model, loss, optimizer, cfg.step),
-        eval_step=EvalStep(model, cfg.step, meta.class_counts),
-        train_loader=train_loader,
-        eval_loader=eval_loader,
-        class_counts=meta.class_counts,
-        global_batch=train_loader.batch_size * accelerator.num_processes,
-    )
+        # Each process draws its own augmentations from here on (the weights above are shared).
+        set_seed(cfg.run.seed, device_specific=True)
+        parts = Components(
+            model=model,
+            loss=loss,
+            optimizer=optimizer,
+            train_step=TrainStep(model, loss, optimizer, cfg.step),
+            eval_step=EvalStep(model, cfg.step, meta.class_counts),
+            train_loader=train_loader,
+            eval_loader=eval_loader,
+            class_counts=meta.class_counts,
+            global_batch=train_loader.batch_size * accelerator.num_processes,
+        )
+        on_error.pop_all()  # built: the caller closes the loaders (`parts.close()`)
+    return parts
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

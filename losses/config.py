@@ -2,7 +2,7 @@
 
 Every registered loss reads the fields it uses from this one object (`build_loss(cfg, class_counts)`), so a
 default lives here and nowhere else. Fields are flat and prefixed by the piece that reads them (`drw_`,
-`bcl_`, `ldam_`, `fbl_`): the recipes' `[loss]` tables stay one level deep.
+`bcl_`, `ldam_`, `fbl_`, `gml_`): the recipes' `[loss]` tables stay one level deep.
 
 Values are checked when the object is built (a recipe load, or `build_loss("dbm_ce", counts, scale=32.0)`):
 an unknown loss name lists the valid ones, an out-of-range value names its key.
@@ -10,6 +10,7 @@ an unknown loss name lists the valid ones, an out-of-range value names its key.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -35,6 +36,11 @@ class LossConfig:
     bcl_alpha: float = 2.0
     bcl_beta: float = 0.6
     bcl_temperature: float = 0.1
+    # GML / DBM-GML (losses/gml.py): gml_gamma * supervised + gml_beta * (con + con_T) + gml_alpha * KD.
+    gml_alpha: float = 1.0  # distillation weight (1 on CIFAR as released; 0 on ImageNet: no KD)
+    gml_beta: float = 1.0  # queue-contrast weight
+    gml_gamma: float = 1.0  # supervised-term weight
+    gml_kd_temperature: float = 4.0
 
     def __post_init__(self) -> None:
         from losses.registry import LOSSES  # the registry imports the losses, which read this class
@@ -59,6 +65,10 @@ class LossConfig:
             ("bcl_alpha", self.bcl_alpha >= 0, ">= 0"),
             ("bcl_beta", self.bcl_beta >= 0, ">= 0"),
             ("bcl_temperature", self.bcl_temperature > 0, "> 0"),
+            ("gml_alpha", 0 <= self.gml_alpha < math.inf, "a finite number >= 0"),
+            ("gml_beta", 0 <= self.gml_beta < math.inf, "a finite number >= 0"),
+            ("gml_gamma", 0 <= self.gml_gamma < math.inf, "a finite number >= 0"),
+            ("gml_kd_temperature", 0 < self.gml_kd_temperature < math.inf, "a finite number > 0"),
         ):
             if not ok:  # NaN fails every comparison, so it is refused too
                 raise ValueError(f"loss.{key}: must be {rule}, got {getattr(self, key)!r}")

@@ -21,3 +21,31 @@ class ModelOutput(NamedTuple):
     logits: Tensor
     embeddings: Tensor | None = None
     centers: Tensor | None = None
+
+
+class MoCoOutput(NamedTuple):
+    """What the GML student (trainer/gml_model.py) hands to the `gml` / `dbm_gml` losses in training.
+
+    A separate tuple rather than more optional fields on `ModelOutput`: code that walks every field of a
+    `ModelOutput` (the loss tests, the loss benchmark) stays valid. The first two fields mean the same as
+    there, so the step's metrics read `logits` from either.
+
+    features:           [N, d] the student's pooled features of the classification view.
+    logits:             [N, C] its raw cosines (the supervised term scales them).
+    queue_similarities: [N, K] cosine between each query embedding and each embedded queue key, taken after
+                        this batch's keys entered the queue (as released: a query's own key is in the queue).
+    queue_sizes:        [C] int64: the queue is grouped by class in label order, class c owning this many
+                        consecutive slots.
+    own_keys:           [N, K] bool: slot k holds the key of query n's own image (left out of the temperature
+                        term's class means, as released).
+    temperature:        0-dim: the learnable contrast temperature T_c.
+    teacher_logits:     [N, C] the frozen teacher's raw cosines of the same view (None when not distilling).
+    """
+
+    features: Tensor
+    logits: Tensor
+    queue_similarities: Tensor
+    queue_sizes: Tensor
+    own_keys: Tensor
+    temperature: Tensor
+    teacher_logits: Tensor | None = None

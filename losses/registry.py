@@ -10,10 +10,12 @@ from torch import Tensor
 
 from losses.bcl import BCL, DBMBCL
 from losses.config import LossConfig
+from losses.gml import DBMGML, GML
 from losses.modules import BS, CE, CEDRW, DBMBS, DBMCE, DBMDRW, FBL, LDAMDRW, CosineCE, Loss
 
 LOSSES: dict[str, type[Loss]] = {
-    cls.name: cls for cls in (CE, CEDRW, BS, LDAMDRW, CosineCE, DBMCE, DBMDRW, DBMBS, FBL, BCL, DBMBCL)
+    cls.name: cls
+    for cls in (CE, CEDRW, BS, LDAMDRW, CosineCE, DBMCE, DBMDRW, DBMBS, FBL, BCL, DBMBCL, GML, DBMGML)
 }
 
 
@@ -22,7 +24,7 @@ def loss_names() -> list[str]:
 
 
 def loss_class(name: str) -> type[Loss]:
-    """The class registered as `name` (its `head` and `num_views` are class attributes)."""
+    """The class registered as `name` (its `head`, `num_views` and `model` are class attributes)."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}")
     return LOSSES[name]

@@ -20,6 +20,10 @@ SUFFIXES = {"ffcv": ".beton", "dali": ".dali"}
 
 Split = Literal["train", "eval"]
 CROPS = ("resized", "padded")  # training crop of view 0; "padded": CIFAR's RandomCrop(res, padding)
+# What the extra training views (views 1.. of a multi-view loss) get. "contrastive": BCL's recipe,
+# RandomResizedCrop(view_crop_scale) + flip + colour jitter / grayscale (/ blur); "classification": view 0's
+# own crop, flip and AutoAugment / RandAugment + Cutout, drawn independently per view (GML's cls, q, k).
+VIEW_RECIPES = ("contrastive", "classification")
 
 
 def check_choice(key: str, value: str, valid: Iterable[str]) -> None:
@@ -84,6 +88,7 @@ class DataConfig:
     crop_scale: tuple[float, ...] = (0.08, 1.0)  # RandomResizedCrop area range
     crop_ratio: tuple[float, ...] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect-ratio range
     view_crop_scale: tuple[float, ...] = ()  # BCL's contrastive views' crop area range; empty: crop_scale
+    view_recipe: str = "contrastive"  # one of VIEW_RECIPES
     eval_crop_ratio: float = 0.875  # eval centre crop side / shorter side (224/256); 1.0: whole image (CIFAR)
     skip_corrupt: bool = False  # dali: leave out (and list) training samples whose JPEG bytes are damaged
     mean: tuple[float, ...] = IMAGENET_MEAN
@@ -109,6 +114,7 @@ class DataConfig:
             ("randaugment_style", RANDAUGMENT_STYLES),
             ("sampler", SAMPLERS),
             ("crop", CROPS),
+            ("view_recipe", VIEW_RECIPES),
         ):
             check_choice(f"data.{key}", getattr(self, key), valid)
         res = self.resolution

@@ -181,17 +181,21 @@ class DaliBackend:
                 outputs = [self._flip(fn, images) if s.hflip else images]
             else:  # decode once, branch into independent crops
                 full = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB, **dec)
-                outputs = [self._padded_crop(fn, full)] if s.crop == "padded" else []
-                for v in range(len(outputs), s.views):
+                outputs = []
+                for v in range(s.views):
+                    like0 = s.crops_like_view0(v)
+                    if like0 and s.crop == "padded":
+                        outputs.append(self._padded_crop(fn, full))
+                        continue
                     crop = fn.random_resized_crop(
                         full,
                         size=(res, res),
-                        random_area=list(s.scale if v == 0 else s.view_scale),
+                        random_area=list(s.scale if like0 else s.view_scale),
                         random_aspect_ratio=list(s.ratio),
                         num_attempts=10,
                         antialias=True,
                     )
-                    outputs.append(self._flip(fn, crop) if (s.hflip or v > 0) else crop)
+                    outputs.append(self._flip(fn, crop) if (s.hflip or not like0) else crop)
             if self.cuda:
                 labels = labels.gpu()
             pipe.set_outputs(*outputs, labels)

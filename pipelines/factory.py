@@ -74,9 +74,10 @@ def make_loader(
     padding=`crop_padding`, zero fill) as in the CIFAR recipes; then horizontal flip (`hflip`), then
     `auto_augment` and `cutout` batched on the device. Samples come from `sampler`, `epoch_samples` per
     epoch (0: the dataset size), split into `world_size` equal slices: every rank gets `len(loader)` full
-    batches. `views` > 1 adds contrastive views (RandomResizedCrop(`view_crop_scale`) + flip + colour jitter
-    0.4/0.4/0.4/0.1 w.p. 0.8 + grayscale w.p. 0.2, + Gaussian blur w.p. 0.5 under 64 px as in the papers'
-    CIFAR recipe): images are then [views*N, 3, H, W], view-major.
+    batches. `views` > 1 adds views, images then being [views*N, 3, H, W], view-major; with `view_recipe`
+    "contrastive" they are BCL's (RandomResizedCrop(`view_crop_scale`) + flip + colour jitter 0.4/0.4/0.4/0.1
+    w.p. 0.8 + grayscale w.p. 0.2, + Gaussian blur w.p. 0.5 under 64 px as in the papers' CIFAR recipe),
+    with "classification" each is cropped, flipped and augmented as view 0, with its own draws (GML).
 
     Evaluation (`split="eval"`): centre crop of `eval_crop_ratio` of the shorter side resized to
     `eval_resolution`; each rank reads its contiguous share of the data in file order, every sample exactly
@@ -120,6 +121,7 @@ def make_loader(
         image_field=cfg.image_field,
         label_field=cfg.label_field,
         index_dir=index_dir,
+        view_recipe=cfg.view_recipe,
     )
     augment = view_augment = None
     if train:
@@ -135,7 +137,9 @@ def make_loader(
             randaugment_style=cfg.randaugment_style,
             jitter=tuple(cfg.jitter),
         )
-        if spec.views > 1:
+        if spec.views > 1 and cfg.view_recipe == "classification":
+            view_augment = augment  # the same module: its draws for views 1.. follow view 0's, independent
+        elif spec.views > 1:
             from .augment.views import contrastive_view_augment
 
             view_augment = contrastive_view_augment(blur=spec.resolution < 64)

@@ -143,12 +143,16 @@ class FfcvBackend:
 
         s = self.spec
         size = (s.resolution, s.resolution)
-        if s.train and s.crop == "padded":  # the centre square at the resolution, then a padded random crop
-            image = self._image_ops(CenterCropRGBImageDecoder(size, ratio=1.0), s.hflip, s.crop_padding)
-        elif s.train:
-            image = self._image_ops(
+
+        def view0_ops() -> list:
+            if s.crop == "padded":  # the centre square at the resolution, then a padded random crop
+                return self._image_ops(CenterCropRGBImageDecoder(size, ratio=1.0), s.hflip, s.crop_padding)
+            return self._image_ops(
                 RandomResizedCropRGBImageDecoder(size, scale=s.scale, ratio=s.ratio), s.hflip
             )
+
+        if s.train:
+            image = view0_ops()
         else:
             image = self._image_ops(CenterCropRGBImageDecoder(size, ratio=s.center_crop_ratio), False)
         label = [IntDecoder(), ToTensor()]
@@ -158,8 +162,13 @@ class FfcvBackend:
         pipes.update({s.image_field: image, s.label_field: label})
         if s.train:
             for v in range(1, s.views):
-                ops = self._image_ops(
-                    RandomResizedCropRGBImageDecoder(size, scale=s.view_scale, ratio=s.ratio), True
+                # Each pipeline draws its own crops and flips (numba's per-thread generators).
+                ops = (
+                    view0_ops()
+                    if s.crops_like_view0(v)
+                    else self._image_ops(
+                        RandomResizedCropRGBImageDecoder(size, scale=s.view_scale, ratio=s.ratio), True
+                    )
                 )
                 pipes[f"{s.image_field}_view{v}"] = PipelineSpec(
                     s.image_field, decoder=ops[0], transforms=ops[1:]

@@ -55,10 +55,16 @@ class LoaderSpec:
     label_field: str = "label"
     index_dir: Path | None = None  # dali: where the shards' index files are (None: beside each shard)
 
+    view_recipe: str = "contrastive"  # pipelines.config.VIEW_RECIPES
+
     @property
     def drops_last(self) -> bool:
         """Whether this loader's last partial batch is dropped: training's default, never evaluation."""
         return self.train and self.drop_last
+
+    def crops_like_view0(self, view: int) -> bool:
+        """Whether training view `view` is cropped and flipped as view 0 (else: the contrastive crop)."""
+        return view == 0 or self.view_recipe == "classification"
 
     def epoch_order(self, labels: np.ndarray) -> EpochOrder:
         """The sample order both backends follow: the sampler's rank slice, or the exact evaluation share."""

@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from losses import ModelOutput
+from losses import ModelOutput, loss_class
+from losses.output import MoCoOutput
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,3 +61,25 @@ def loss_output(n=8, c=5, d=6, e=4, seed=0, dtype=torch.float32) -> tuple[ModelO
     centers = F.normalize(torch.randn(c, e, generator=g, dtype=dtype), dim=1).requires_grad_()
     target = torch.randint(0, c, (n,), generator=g)
     return ModelOutput(features, logits, embeddings, centers), target
+
+
+def gml_output(n=8, c=5, d=6, per_class=3, seed=0, dtype=torch.float32) -> tuple[MoCoOutput, torch.Tensor]:
+    """A random MoCoOutput (GML's student): cosines as in `loss_output`, a queue of `per_class` keys per class
+    with query i's own key in slot i, teacher cosines, T_c = 0.1; float tensors are leaves requiring grad."""
+    g = torch.Generator().manual_seed(seed)
+    k = c * per_class
+    features = torch.randn(n, d, generator=g, dtype=dtype).requires_grad_()
+    logits = (torch.rand(n, c, generator=g, dtype=dtype) * 1.8 - 0.9).requires_grad_()
+    similarities = (torch.rand(n, k, generator=g, dtype=dtype) * 2 - 1).requires_grad_()
+    sizes = torch.full((c,), per_class, dtype=torch.long)
+    own = torch.arange(n).unsqueeze(1) == torch.arange(k).unsqueeze(0)
+    temperature = torch.tensor(0.1, dtype=dtype).requires_grad_()
+    teacher = torch.rand(n, c, generator=g, dtype=dtype) * 1.8 - 0.9
+    target = torch.randint(0, c, (n,), generator=g)
+    return MoCoOutput(features, logits, similarities, sizes, own, temperature, teacher), target
+
+
+def output_for(name: str, **kw) -> tuple[ModelOutput | MoCoOutput, torch.Tensor]:
+    """Random inputs for the registered loss `name`, of the kind its model (`model` attribute) returns."""
+    make = {"classifier": loss_output, "gml_student": gml_output}[loss_class(name).model]
+    return make(**kw)

@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from losses import build_loss
 from trainer.config import ModelConfig
-from trainer.models import build_model
+from trainer.models import build_classifier
 from trainer.sync_bn import SyncBatchNorm, convert_sync_bn
 
 pytestmark = pytest.mark.slow
@@ -27,7 +27,7 @@ MODES = ("eager", "compile")
 
 def model(sync: bool):
     torch.manual_seed(0)
-    m = build_model(
+    m = build_classifier(
         ModelConfig(arch="resnet_tiny", channels_last=False, head_fp32=False),
         CLASSES,
         "cosine",

@@ -7,14 +7,14 @@ import torch
 import torch.nn.functional as F
 
 from trainer.config import ModelConfig
-from trainer.models import build_model
+from trainer.models import build_classifier
 
 B, CLASSES = 4, 6
 
 
 def bcl_model():
     torch.manual_seed(0)
-    return build_model(
+    return build_classifier(
         ModelConfig(arch="resnet_tiny", channels_last=False),
         CLASSES,
         "cosine",

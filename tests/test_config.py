@@ -92,6 +92,12 @@ def test_int_is_accepted_for_a_float_but_not_the_reverse(tmp_path):
         ("", ["--data.num_workers=0"], ["data.num_workers", ">= 1"]),
         ("", ["--data.crop_scale=[0.9, 0.1]"], ["data.crop_scale", "low <= high"]),
         ("", ["--loss.bcl_temperature=0"], ["loss.bcl_temperature", "> 0"]),
+        ("", ["--loss.gml_alpha=-1"], ["loss.gml_alpha", ">= 0"]),
+        ("", ["--loss.gml_kd_temperature=inf"], ["loss.gml_kd_temperature", "finite"]),
+        ("", ["--model.teacher_arch=vgg"], ["model.teacher_arch", "'resnet56'"]),
+        ("", ["--model.gml_queue_size=0"], ["model.gml_queue_size", ">= 1"]),
+        ("", ["--model.gml_temperature=0"], ["model.gml_temperature", "> 0"]),
+        ("", ["--data.view_recipe=sim"], ["data.view_recipe", "'classification'"]),
     ],
 )
 def test_errors_name_the_key(tmp_path, text, overrides, names):
@@ -123,6 +129,12 @@ def test_recipes_exist():
         "cifar10_lt_fbl",
         "imagenet_lt_fbl",
         "places_lt_fbl",
+        "cifar100_lt_gml_teacher",
+        "cifar100_lt_dbm_gml",
+        "imagenet_lt_gml_teacher",
+        "imagenet_lt_dbm_gml",
+        "inat2018_gml_teacher",
+        "inat2018_dbm_gml",
     ):
         assert required in names, f"configs/{required}.toml is missing"
     assert any(n.startswith("imagenet_lt_dbm") and "resnext50" in n for n in names)

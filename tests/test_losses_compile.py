@@ -10,14 +10,18 @@ from torch._dynamo.utils import counters
 from losses import ModelOutput, build_loss, loss_names
 from tests.helpers import LOSS_COUNTS as COUNTS
 from tests.helpers import loss_output as make_output
+from tests.helpers import output_for
 
 # Epochs that change the state: DRW off -> on, FBL's curriculum 0 -> 0.8 -> past 1.
 EPOCHS = (0, 170, 199)
 
 
-def _value_and_grads(fn, output: ModelOutput, target: torch.Tensor):
-    inputs = tuple(t.detach().requires_grad_() for t in output)
-    value = fn(ModelOutput(*inputs), target)
+def _value_and_grads(fn, output, target: torch.Tensor):
+    """The loss of fresh leaves of the output's differentiable fields, and its gradients to them (GML's
+    output also carries integer and boolean fields, and the teacher's logits, which need none)."""
+    fields = [t.detach().requires_grad_() if t is not None and t.requires_grad else t for t in output]
+    value = fn(type(output)(*fields), target)
+    inputs = [t for t in fields if t is not None and t.requires_grad]
     return value.detach(), torch.autograd.grad(value, inputs, allow_unused=True)
 
 
@@ -26,7 +30,7 @@ def _assert_compiled_equals_eager(name: str, backend: str) -> None:
     counters.clear()
     loss = build_loss(name, COUNTS)
     compiled = torch.compile(loss, backend=backend, fullgraph=True)
-    output, target = make_output(n=8)
+    output, target = output_for(name, n=8)
     values = []
     for i, epoch in enumerate(EPOCHS):
         loss.set_epoch(epoch, 200)

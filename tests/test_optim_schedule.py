@@ -159,6 +159,32 @@ def test_step_schedules():
     assert _lr(places, 89, 90) == pytest.approx(0.002)
 
 
+def released_gml_lr(epoch: int, lr=0.1, warmup=5, schedule=(160, 180)) -> float:
+    """GML/cifar_ce.py `adjust_learning_rate` (epoch 0-indexed), transcribed."""
+    if epoch <= warmup:
+        return lr / warmup * (epoch + 1)
+    if epoch > schedule[1]:
+        return lr * 0.01
+    if epoch > schedule[0]:
+        return lr * 0.1
+    return lr
+
+
+def test_step_gml_is_the_released_cifar_schedule():
+    """The GML CIFAR quirk: warm-up through 0-indexed epoch 5, which runs at 1.2 lr; x0.1 after 0-indexed
+    epoch 160 and again after 180 (1-indexed milestones 161, 181 in the recipe)."""
+    cfg = OptimConfig(lr=0.1, schedule="step_gml", warmup_epochs=5, milestones=(161, 181), gamma=0.1)
+    assert [_lr(cfg, e, 200) for e in range(7)] == pytest.approx([0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.1])
+    assert _lr(cfg, 160, 200) == pytest.approx(0.1)
+    assert _lr(cfg, 161, 200) == pytest.approx(0.01)
+    assert _lr(cfg, 180, 200) == pytest.approx(0.01)
+    assert _lr(cfg, 181, 200) == pytest.approx(0.001)
+    assert _lr(cfg, 199, 200) == pytest.approx(0.001)
+    for e in range(200):
+        assert _lr(cfg, e, 200) == pytest.approx(released_gml_lr(e)), e
+    assert _lr(OptimConfig(lr=0.1, schedule="step_gml", warmup_epochs=0, milestones=(2,)), 0, 5) == 0.1
+
+
 def test_cosine_shifted_dbm_large_scale():
     cfg = OptimConfig(lr=0.1, schedule="cosine_shifted", warmup_epochs=5)
     assert _lr(cfg, 0, 90) == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * -4 / 86)))  # ≈ 0.995 lr
@@ -169,6 +195,6 @@ def test_cosine_shifted_dbm_large_scale():
 
 
 def test_schedule_registry():
-    assert {"cosine", "step", "cosine_shifted", "constant"} <= set(SCHEDULES)
+    assert {"cosine", "step", "step_gml", "cosine_shifted", "constant"} <= set(SCHEDULES)
     with pytest.raises(ValueError, match="optim.schedule: unknown value 'linear'; valid: 'cosine', 'step'"):
         OptimConfig(schedule="linear")

@@ -46,7 +46,7 @@ def _parts(loss_name: str = "dbm_drw", arch: str = "resnet_tiny", device: str = 
     torch.manual_seed(seed)
     loss = build_loss(loss_name, COUNTS).to(device)
     model = build_model(
-        ModelConfig(arch=arch), C, loss.head, mean=(0.5,) * 3, std=(0.25,) * 3, views=loss.num_views
+        ModelConfig(arch=arch), loss, num_classes=C, class_counts=COUNTS, mean=(0.5,) * 3, std=(0.25,) * 3
     ).to(device)
     return model, loss
 

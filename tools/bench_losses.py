@@ -4,13 +4,14 @@
     python -m tools.bench_losses --device cuda --json bench_out/losses.json
 
 Everything runs in one process on the same random inputs: cosines in [-0.9, 0.9] as logits, [N, 512]
-features, and for BCL [2N, 128] / [C, 128] embeddings and centres; the class counts span ImageNet-LT's range
-(tools/longtail.py). A timed call is the loss's forward plus `torch.autograd.grad` to its inputs.
-"compiled" is `torch.compile(loss, fullgraph=True)` (Inductor, the default mode); the compile and
-`--warmup` calls are left out. Timing is tools/timer.py: a host clock on the CPU, CUDA events with one
-synchronisation per measurement on a GPU. Each figure is the best of `--rounds` means of `--repeats` calls,
-the loss and plain `F.cross_entropy` interleaved round by round (same mode, size, inputs and, on a busy host,
-the same load); `ratio` divides the first by the second.
+features, for BCL [2N, 128] / [C, 128] embeddings and centres, and for GML (whose model returns a
+`MoCoOutput`) similarities to a class-balanced queue of min(16 C, 16384) keys, T_c and teacher cosines.
+A timed call is the loss's forward plus `torch.autograd.grad` to its inputs. "compiled" is
+`torch.compile(loss, fullgraph=True)` (Inductor, the default mode); the compile and `--warmup` calls are
+left out. Timing is tools/timer.py: a host clock on the CPU, CUDA events with one synchronisation per
+measurement on a GPU. Each figure is the best of `--rounds` means of `--repeats` calls, the loss and plain
+`F.cross_entropy` interleaved round by round (same mode, size, inputs and, on a busy host, the same load);
+`ratio` divides the first by the second.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from losses import ModelOutput, build_loss, loss_names
+from losses import ModelOutput, build_loss, loss_class, loss_names
+from losses.output import MoCoOutput
 from tools.longtail import imagenet_lt_counts
 from tools.output import add_json_flag, record, write_json
 from tools.timer import CLOCKS, Timer
@@ -44,10 +46,35 @@ def _inputs(n: int, c: int, device: torch.device) -> tuple[ModelOutput, torch.Te
     return ModelOutput(*(t.requires_grad_() for t in output)), target
 
 
-def _step(loss_fn: Callable, output: ModelOutput, target: torch.Tensor) -> Callable[[], object]:
+def _gml_inputs(n: int, c: int, device: torch.device) -> tuple[MoCoOutput, torch.Tensor]:
+    """What GML's student hands its loss: a queue of min(16 C, 16384) keys (ImageNet-LT's is 16384)."""
+    plain, target = _inputs(n, c, device)
+    k = min(16 * c, 16384)
+    g = torch.Generator(device=device).manual_seed(1)
+    sizes = torch.full((c,), k // c, dtype=torch.long, device=device)
+    sizes[0] += k - int(sizes.sum())
+    output = MoCoOutput(
+        features=plain.features,
+        logits=plain.logits,
+        queue_similarities=(torch.rand(n, k, device=device, generator=g) * 2 - 1).requires_grad_(),
+        queue_sizes=sizes,
+        own_keys=torch.arange(n, device=device)[:, None] == torch.arange(k, device=device)[None, :],
+        temperature=torch.tensor(0.1, device=device, requires_grad=True),
+        teacher_logits=torch.rand(n, c, device=device, generator=g) * 1.8 - 0.9,
+    )
+    return output, target
+
+
+# The inputs of each kind of model (a loss's `model` attribute).
+INPUTS = {"classifier": _inputs, "gml_student": _gml_inputs}
+
+
+def _step(loss_fn: Callable, output: ModelOutput | MoCoOutput, target: torch.Tensor) -> Callable[[], object]:
+    differentiable = [t for t in output if t is not None and t.requires_grad]
+
     def step() -> None:
         value = loss_fn(output, target)
-        torch.autograd.grad(value, output, allow_unused=True)
+        torch.autograd.grad(value, differentiable, allow_unused=True)
 
     return step
 
@@ -87,9 +114,10 @@ def run(
     names = list(losses) if losses else loss_names()
     rows = []
     for n, c in sizes:
-        output, target = _inputs(n, c, dev)
+        inputs = {kind: make(n, c, dev) for kind, make in INPUTS.items()}
         counts = imagenet_lt_counts(c)
         for mode, name in itertools.product(modes, names):
+            output, target = inputs[loss_class(name).model]
             loss = build_loss(name, counts).to(dev)
             loss.set_epoch(180, 200)  # DRW on, FBL's curriculum > 0: each loss's expensive branch
             fns: dict[str, Callable] = {"ce": plain_ce, "loss": loss}

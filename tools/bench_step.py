@@ -53,7 +53,12 @@ class StepBench:
         torch.manual_seed(seed)
         loss_fn = build_loss(self.loss, class_counts).to(self.device)
         model = build_model(
-            ModelConfig(arch=self.arch), len(class_counts), loss_fn.head, mean=IMAGENET_MEAN, std=IMAGENET_STD
+            ModelConfig(arch=self.arch),
+            loss_fn,
+            num_classes=len(class_counts),
+            class_counts=class_counts,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
         ).to(self.device)
         return TrainStep(model, loss_fn, build_optimizer(model, OptimConfig()), StepConfig(mode=mode))
 

@@ -77,9 +77,15 @@ def build_step(
     from trainer.step import TrainStep
 
     torch.manual_seed(seed)
-    loss_fn = build_loss(loss, imagenet_lt_counts(num_classes)).to(device)
+    counts = imagenet_lt_counts(num_classes)
+    loss_fn = build_loss(loss, counts).to(device)
     module = build_model(
-        ModelConfig(arch=arch), num_classes, loss_fn.head, mean=IMAGENET_MEAN, std=IMAGENET_STD
+        ModelConfig(arch=arch),
+        loss_fn,
+        num_classes=num_classes,
+        class_counts=counts,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
     ).to(device)
     optimizer = build_optimizer(module, OptimConfig(lr=0.1, weight_decay=5e-4))
     model: nn.Module = module

@@ -70,14 +70,30 @@ class ModelConfig:
     bcl_hidden: int = 0  # BCL projection MLP width; 0: the arch's default (CIFAR 512, large: feature dim)
     bcl_embed: int = 0  # BCL embedding size; 0: the arch's default (CIFAR 128, large 1024)
     sync_bn: bool = False  # BatchNorm statistics over every process's batch under DDP (trainer/sync_bn.py)
+    # GML's MoCo student (loss gml / dbm_gml; trainer/gml_model.py): its frozen teacher and its queue.
+    teacher: str = ""  # the teacher's run folder (its newest checkpoint) or a checkpoint file
+    teacher_arch: str = ""  # a key of ARCHS the teacher must be; "": whatever the checkpoint holds
+    gml_queue_size: int = 4096  # moco-k: keys in the class-balanced queue
+    gml_base_k: int = 2  # slots every class gets before the rest is shared by the class prior
+    gml_embed_dim: int = 32  # moco-dim: the projection heads' output
+    gml_temperature: float = 0.1  # initial T_c (learnable, no weight decay)
 
     def __post_init__(self) -> None:
         from trainer.models import ARCHS
 
         check_choice("model.arch", self.arch, ARCHS)
+        if self.teacher_arch:
+            check_choice("model.teacher_arch", self.teacher_arch, ARCHS)
         check_ranges(
             "model",
-            (("bcl_hidden", self.bcl_hidden >= 0, ">= 0"), ("bcl_embed", self.bcl_embed >= 0, ">= 0")),
+            (
+                ("bcl_hidden", self.bcl_hidden >= 0, ">= 0"),
+                ("bcl_embed", self.bcl_embed >= 0, ">= 0"),
+                ("gml_queue_size", self.gml_queue_size >= 1, ">= 1"),
+                ("gml_base_k", self.gml_base_k >= 1, ">= 1"),
+                ("gml_embed_dim", self.gml_embed_dim >= 1, ">= 1"),
+                ("gml_temperature", 0 < self.gml_temperature < math.inf, "a finite number > 0"),
+            ),
             self,
         )
 

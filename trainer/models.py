@@ -1,15 +1,25 @@
-"""Models by name: uint8 images in, `losses.ModelOutput` out.
+"""Models by name: uint8 images in, `losses.ModelOutput` (or GML's `MoCoOutput`) out.
 
-`build_model(cfg, num_classes, head, mean=..., std=...)` stacks: `Normalize` (uint8 -> float, the model's
-first operation, so it fuses into the compiled step) -> a body from `ARCHS` (pooled features f) -> a
-classifier from `HEADS` ("linear": nn.Linear with bias; "cosine": raw cosines, the loss applies the scale)
--> optionally BCL's two projection heads (spec/losses.md §4.4).
+`build_model(cfg, loss, num_classes=..., class_counts=..., mean=..., std=...)` builds the kind of model the
+loss names in its `model` class attribute, from the registry `MODELS`:
+
+* "classifier": `build_classifier`, which stacks `Normalize` (uint8 -> float, the model's first operation, so
+  it fuses into the compiled step) -> a body from `ARCHS` (pooled features f) -> a classifier from `HEADS`
+  ("linear": nn.Linear with bias; "cosine": raw cosines, the loss applies the scale) -> BCL's two projection
+  heads when the loss takes several views (spec/losses.md §4.4);
+* "gml_student": GML's MoCo student (trainer/gml_model.py): a cosine classifier, the frozen teacher named by
+  `model.teacher` as its key encoder, a class-balanced queue.
+
+Every model's forward is `forward(images, labels=None)`: the training step passes the labels (a model that
+needs them, such as the student's class-balanced queue, reads them; the others ignore them), evaluation
+passes images only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +27,8 @@ from torch import Tensor, nn
 
 from losses import CosineClassifier, ModelOutput
 from pipelines.augment import Normalize
-from trainer.config import ModelConfig
+from trainer.config import ConfigError, ModelConfig
+from trainer.gml_model import GMLStudent
 from trainer.resnet_cifar import ResNetCifar, kaiming_init_
 from trainer.resnet_imagenet import PlacesResNet152, TorchvisionBody
 
@@ -40,6 +51,7 @@ ARCHS: dict[str, Arch] = {
     "resnet18": Arch(lambda cfg: TorchvisionBody("resnet18"), False, 0, 1024),
     "resnet50": Arch(lambda cfg: TorchvisionBody("resnet50"), False, 0, 1024),
     "resnext50_32x4d": Arch(lambda cfg: TorchvisionBody("resnext50_32x4d"), False, 0, 1024),
+    "resnext101_32x8d": Arch(lambda cfg: TorchvisionBody("resnext101_32x8d"), False, 0, 1024),  # GML teacher
     "resnet152_places": Arch(lambda cfg: PlacesResNet152(cfg.pretrained), False, 0, 1024),
 }
 
@@ -56,7 +68,7 @@ def _mlp(d: int, hidden: int, embed: int) -> nn.Sequential:
 
 
 class LongTailClassifier(nn.Module):
-    """normalize -> body -> classifier (+ BCL heads). See `build_model`."""
+    """normalize -> body -> classifier (+ BCL heads). See `build_classifier`."""
 
     def __init__(
         self,
@@ -105,7 +117,8 @@ class LongTailClassifier(nn.Module):
         centers = F.normalize(self.head_fc(self.class_vectors()).float(), dim=1)
         return ModelOutput(f[:b].float(), logits.float(), embeddings, centers)
 
-    def forward(self, images: Tensor) -> ModelOutput:
+    def forward(self, images: Tensor, labels: Tensor | None = None) -> ModelOutput:
+        """`labels` are not used: every model takes them (see the module docstring)."""
         if self.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)  # no-op for the loaders' batches
         f = self.body(self.normalize(images))
@@ -121,7 +134,7 @@ class LongTailClassifier(nn.Module):
         return self._heads(f, contrast)
 
 
-def build_model(
+def build_classifier(
     cfg: ModelConfig,
     num_classes: int,
     head: str,
@@ -155,3 +168,77 @@ def build_model(
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+class LossSpec(Protocol):
+    """What a model builder reads from the loss (a `losses.Loss`)."""
+
+    name: str
+    head: str
+    num_views: int
+    model: str
+
+
+def _classifier(cfg: ModelConfig, loss: LossSpec, *, num_classes: int, class_counts, mean, std) -> nn.Module:
+    return build_classifier(cfg, num_classes, loss.head, mean=mean, std=std, views=loss.num_views)
+
+
+def _gml_student(cfg: ModelConfig, loss: LossSpec, *, num_classes: int, class_counts, mean, std) -> nn.Module:
+    """The student classifier (one view: no BCL heads), with the frozen teacher of `cfg.teacher`. The
+    teacher must have a cosine head when the loss distils (its raw cosines are scaled like the student's)."""
+    from trainer.teacher import load_teacher  # here: trainer.teacher rebuilds teachers with build_classifier
+
+    if cfg.gml_queue_size < num_classes * cfg.gml_base_k:
+        raise ConfigError(
+            f"model.gml_queue_size={cfg.gml_queue_size}: the queue needs model.gml_base_k={cfg.gml_base_k} "
+            f"slots for each of the data's {num_classes} classes, at least {num_classes * cfg.gml_base_k}"
+        )
+    distill = bool(getattr(loss, "distills", False))
+    teacher = load_teacher(
+        cfg.teacher,
+        num_classes=num_classes,
+        arch=cfg.teacher_arch,
+        head="cosine" if distill else "",
+    )
+    return GMLStudent(
+        build_classifier(cfg, num_classes, loss.head, mean=mean, std=std),
+        teacher,
+        class_counts,
+        queue_size=cfg.gml_queue_size,
+        base_k=cfg.gml_base_k,
+        embed_dim=cfg.gml_embed_dim,
+        temperature=cfg.gml_temperature,
+        distill=distill,
+    )
+
+
+Builder = Callable[..., nn.Module]
+MODELS: dict[str, Builder] = {"classifier": _classifier, "gml_student": _gml_student}
+
+
+def build_model(
+    cfg: ModelConfig,
+    loss: LossSpec,
+    *,
+    num_classes: int,
+    class_counts: Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> nn.Module:
+    """The model `loss` needs (its class attribute `model`, a key of `MODELS`) for `num_classes` classes with
+    the per-class training `class_counts`; inputs are uint8 NCHW normalised with `mean` / `std`."""
+    if loss.model not in MODELS:
+        raise ValueError(f"loss {loss.name!r} needs model {loss.model!r}; known models: {', '.join(MODELS)}")
+    build = MODELS[loss.model]
+    return build(cfg, loss, num_classes=num_classes, class_counts=class_counts, mean=mean, std=std)
+
+
+def rank_identical_buffers(model: nn.Module) -> list[str]:
+    """Full names of the buffers that every process updates identically by construction (a module lists them
+    in `RANK_IDENTICAL_BUFFERS`): DDP need not broadcast them from rank 0 before every forward (see
+    launch.build)."""
+    return [
+        f"{prefix}.{name}" if prefix else name
+        for prefix, module in model.named_modules()
+        for name in getattr(module, "RANK_IDENTICAL_BUFFERS", ())
+    ]

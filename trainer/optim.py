@@ -32,7 +32,12 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
 
 
 def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict[str, Any]]:
-    """Trainable parameters split into a decayed and a non-decayed group (frozen ones are left out)."""
+    """Trainable parameters split into a decayed and a non-decayed group (frozen ones are left out).
+
+    A parameter carrying the attribute `no_weight_decay = True` (e.g. GML's learnable temperature) is never
+    decayed, whatever `decay_norm_and_bias` says: an explicit per-parameter opt-out, not a name match. The
+    attribute lives on the Parameter object, so it survives `.to()` and `load_state_dict` (not `deepcopy`).
+    """
     decay: list[Tensor] = []
     no_decay: list[Tensor] = []
     seen: set[int] = set()
@@ -42,7 +47,8 @@ def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: boo
                 continue
             seen.add(id(p))
             exempt = isinstance(module, NORM_TYPES) or (name == "bias" and p is getattr(module, "bias", None))
-            (no_decay if exempt and not decay_norm_and_bias else decay).append(p)
+            opted_out = getattr(p, "no_weight_decay", False)
+            (no_decay if opted_out or (exempt and not decay_norm_and_bias) else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})

@@ -45,6 +45,17 @@ def step_decay(epoch: int, step: int, steps_per_epoch: int, epochs: int, cfg: Op
     return cfg.lr * cfg.gamma ** sum(e1 > m for m in cfg.milestones)
 
 
+def step_gml(epoch: int, step: int, steps_per_epoch: int, epochs: int, cfg: OptimConfig) -> float:
+    """GML's CIFAR schedule (GML/cifar_ce.py and cifar_main.py `adjust_learning_rate`): warm-up while the
+    0-indexed epoch e <= w, at lr * (e + 1) / w, so one epoch longer than `step`'s and epoch e = w runs at
+    (w + 1) / w * lr (1.2 lr for w = 5); then `step`'s decay, lr * gamma^k for the milestones m with
+    e + 1 > m. The release's "e > 160, e > 180" are the 1-indexed milestones (161, 181) here."""
+    w = cfg.warmup_epochs
+    if w and epoch <= w:
+        return cfg.lr * (epoch + 1) / w
+    return cfg.lr * cfg.gamma ** sum(epoch + 1 > m for m in cfg.milestones)
+
+
 def cosine_shifted(epoch: int, step: int, steps_per_epoch: int, epochs: int, cfg: OptimConfig) -> float:
     """DBM large scale (large_scale/utils/util.py): lr * ½(1 + cos(π (e - w + 1) / (E - w + 1))), 0-indexed e,
     w = warmup_epochs (5: the released constant). No warm-up: w only shifts the phase, so the rate is
@@ -60,6 +71,7 @@ def constant(epoch: int, step: int, steps_per_epoch: int, epochs: int, cfg: Opti
 SCHEDULES: dict[str, Schedule] = {
     "cosine": cosine,
     "step": step_decay,
+    "step_gml": step_gml,
     "cosine_shifted": cosine_shifted,
     "constant": constant,
 }

@@ -1,0 +1,74 @@
+"""`data.view_recipe = "classification"` (GML's cls, q, k views): every extra view is cropped, flipped and
+augmented as view 0, with its own draws, on both backends."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipelines import DataConfig, make_loader
+from pipelines.augment import Cutout
+
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # numba, as there
+
+RES, PAD, N = 24, 4, 16
+
+
+def _loader(root, backend, **kw):
+    cfg = DataConfig(
+        backend=backend,
+        dir=str(root),
+        resolution=RES,
+        batch_size=N,
+        num_workers=2,
+        crop="padded",
+        crop_padding=PAD,
+        hflip=False,
+        view_recipe="classification",
+        **kw,
+    )
+    return make_loader(cfg, "train", views=3, seed=2)
+
+
+def _shift_between(a: torch.Tensor, b: torch.Tensor) -> tuple[int, int] | None:
+    """The (dy, dx) with b[y, x] = a[y + dy, x + dx] wherever both show the image (padding is 0 in all
+    three channels), or None: two padded random crops of one image differ by such an integer shift."""
+    a, b = a.int(), b.int()
+    for dy in range(-2 * PAD, 2 * PAD + 1):
+        for dx in range(-2 * PAD, 2 * PAD + 1):
+            ya, yb = slice(max(dy, 0), RES + min(dy, 0)), slice(max(-dy, 0), RES + min(-dy, 0))
+            xa, xb = slice(max(dx, 0), RES + min(dx, 0)), slice(max(-dx, 0), RES + min(-dx, 0))
+            pa, pb = a[:, ya, xa], b[:, yb, xb]
+            both = (pa.sum(0) > 0) & (pb.sum(0) > 0)
+            if both.sum() >= RES * RES // 3 and ((pa - pb).abs().amax(0)[both] <= 2).all():
+                return dy, dx
+    return None
+
+
+@pytest.mark.parametrize("backend", ["ffcv", "dali"])
+def test_extra_views_are_cropped_and_augmented_like_view0(backend, demo_converted):
+    """One loader per backend (an FFCV loader costs a numba compile per view): padded crops and Cutout."""
+    with _loader(demo_converted, backend, cutout=8) as loader:
+        # The same augmentation module on every view (here Cutout; no contrastive colour recipe).
+        assert loader.view_augment is loader.augment
+        assert [type(s) for s in loader.augment.stages] == [Cutout]
+        images, labels = next(iter(loader))
+    assert images.shape == (3 * N, 3, RES, RES) and labels.shape == (N,)
+    views = images.view(3, N, 3, RES, RES)
+    shifts = []
+    for i in range(N):
+        for v in (1, 2):
+            shift = _shift_between(views[0, i], views[v, i])  # Cutout's zeros are left out like padding
+            assert shift is not None, f"sample {i}: view {v} is no padded crop of view 0's image"
+            shifts.append(shift)
+    assert len(set(shifts)) > 4  # each view draws its own offsets
+    # Cutout's 8x8 zero square, drawn per view: interior black pixels (the padding only reaches 4 px in).
+    inner = views[:, :, :, PAD:-PAD, PAD:-PAD].sum(2) == 0  # [3, N, 16, 16]
+    assert (inner.flatten(2).sum(2) > 0).float().mean(1).min() > 0.5  # in most samples of every view
+    assert not torch.equal(inner[1], inner[2]) and not torch.equal(inner[0], inner[1])
+
+
+def test_the_view_recipe_is_checked():
+    with pytest.raises(ValueError, match="data.view_recipe: unknown value 'cls'; valid: 'contrastive'"):
+        DataConfig(view_recipe="cls")
+    assert DataConfig().view_recipe == "contrastive"  # BCL's recipe stays the default
