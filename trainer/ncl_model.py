@@ -52,6 +52,18 @@ def projector(in_features: int, out_features: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_features, in_features), nn.ReLU(), nn.Linear(in_features, out_features))
 
 
+def saved_copy(buffer: Tensor) -> Tensor:
+    """A copy of `buffer` (along dim 1) for the backward to keep, when the forward then writes it in place.
+
+    q's gradient needs the queue as it was; the enqueue overwrites it before the backward runs. A `clone()`
+    suffices eagerly but not under Inductor (PyTorch 2.14): the min-cut partitioner treats a clone as cheap,
+    recomputes it in the backward from the buffer, after the write, and the gradients come out silently
+    wrong (pytorch/pytorch#197039 fixes the partitioner). `index_select` is outside its recompute
+    allow-list, so its result is saved. `test_ncl_model.py` checks both the helper and the whole model.
+    """
+    return buffer.index_select(1, torch.arange(buffer.shape[1], device=buffer.device))
+
+
 NCL_HEADS: dict[str, Callable[[int, int], nn.Module]] = {
     "cosine": fcnorm_classifier,
     "linear": lambda d, c: nn.Linear(d, c),  # the release's FC: default init, with bias
@@ -168,8 +180,7 @@ class NCLModel(nn.Module):
                     [F.normalize(p(f), dim=1) for p, f in zip(self.projectors, features, strict=True)]
                 ).float()
                 positive = (q * keys).sum(dim=2, keepdim=True)  # [K, N, 1]
-                # A copy of the queue: autograd keeps it for q's gradient, and the queue changes in place.
-                negative = torch.bmm(q, self.queues.clone().transpose(1, 2))  # [K, N, Q]
+                negative = torch.bmm(q, saved_copy(self.queues).transpose(1, 2))  # [K, N, Q]
                 contrast = torch.cat([positive, negative], dim=2)
         return ExpertOutput(torch.cat(features, dim=1).float(), raw.mean(dim=0), raw, contrast)
 
