@@ -1,4 +1,4 @@
-"""Nested Collaborative Learning (spec/losses.md §4.5, fidelity-audit §4.1): `ncl`, `ncl_cosine`, `dbm_ncl`.
+"""Nested Collaborative Learning (spec/losses.md §4.5, fidelity-audit §4.1): `ncl`, `ncl_linear`, `dbm_ncl`.
 
 K experts classify the same view. With ℓ_k = map(expert k's raw output) + log n_c (raw counts) and m the
 hard-category mask taken from expert 0's raw output:
@@ -6,9 +6,9 @@ hard-category mask taken from expert 0's raw output:
     L = Σ_k CE(ℓ_k) + Σ_k CE(ℓ_k ⊙ m) + NBOD(ℓ) + NBOD(ℓ ⊙ m) + w Σ_k InfoNCE_k
 
 as the DBM release's `NIL_NBOD` plus its combiner's MoCo term (`dbm_ltr:cifar/losses/ncl.py`,
-`cifar/models/resnet_ncl.py:389-451`). The map is DBM with s = 16 (`dbm_ncl`), the logits as they are
-(`ncl`: upstream NCL's linear head), or s·cos (`ncl_cosine`: the release's `--use_norm` without
-`--use_dbm`, where the cosines reach the loss unscaled, s = 1). The model hands over `ExpertOutput`:
+`cifar/models/resnet_ncl.py:389-451`). The map is DBM with s = 16 (`dbm_ncl`), s·cos (`ncl`: the
+release's `--use_norm` without `--use_dbm`, where the cosines reach the loss unscaled, s = 1), or the
+logits as they are (`ncl_linear`: upstream NCL's linear head). The model hands over `ExpertOutput`:
 `expert_logits` [K, N, C] and `contrast_logits` [K, N, 1+Q] (the model owns the queue and enqueues).
 
 The class counts enter as log n_c, not log p_c: the two differ by a constant that softmax ignores, but the
@@ -89,12 +89,14 @@ class NCLLossBase(nn.Module):
 
     The same contract as `losses.Loss`: `forward(output, target) -> 0-dim loss`, class attributes `name`,
     `head` (the classifier the model needs) and `num_views` (2: the classification view and the MoCo key
-    view), `params()` (keyword arguments and defaults) and `set_epoch` (no epoch state here).
+    view), `params()` (keyword arguments and defaults) and `set_epoch` (no epoch state here); and
+    `multi_expert`, which says that the output must come from an NCL model.
     """
 
     name: ClassVar[str]
     head: ClassVar[str]
     num_views: ClassVar[int] = 2
+    multi_expert: ClassVar[bool] = True  # needs a multi-expert model (trainer.ncl_model), not build_model's
 
     @classmethod
     def params(cls) -> dict[str, Any]:
@@ -168,37 +170,10 @@ class NCLLossBase(nn.Module):
 
 
 class NCL(NCLLossBase):
-    """NCL on a linear head's logits, as upstream NCL's CIFAR config (`CLASSIFIER.TYPE: FC`) and the DBM
-    release without `--use_norm`."""
+    """NCL on s·cos, the DBM release's `--loss_fn ncl --use_norm` without `--use_dbm`: its NIL_NBOD skips
+    DBMargin, the only place s is applied, so the raw cosines reach CE unscaled. Hence the default s = 1."""
 
-    name, head = "ncl", "linear"
-
-    def __init__(
-        self,
-        class_counts: Sequence[int] | Tensor,
-        *,
-        ncl_hcm_n: int = 30,
-        ncl_diversity: float = 0.6,
-        ncl_contrast_weight: float = 1.0,
-        ncl_temperature: float = 0.2,
-    ) -> None:
-        super().__init__(
-            class_counts,
-            ncl_hcm_n=ncl_hcm_n,
-            ncl_diversity=ncl_diversity,
-            ncl_contrast_weight=ncl_contrast_weight,
-            ncl_temperature=ncl_temperature,
-        )
-
-    def expert_map(self, raw: Tensor, target: Tensor) -> Tensor:
-        return raw
-
-
-class NCLCosine(NCLLossBase):
-    """NCL on s·cos. The release with `--use_norm` and without `--use_dbm` feeds the raw cosines unscaled
-    (its DBMargin, which would apply s, is skipped): hence the default s = 1."""
-
-    name, head = "ncl_cosine", "cosine"
+    name, head = "ncl", "cosine"
 
     def __init__(
         self,
@@ -222,6 +197,33 @@ class NCLCosine(NCLLossBase):
 
     def expert_map(self, raw: Tensor, target: Tensor) -> Tensor:
         return self.scale * raw
+
+
+class NCLLinear(NCLLossBase):
+    """NCL on a linear head's logits: upstream NCL's CIFAR config (`CLASSIFIER.TYPE: FC`), and the DBM
+    release without `--use_norm`."""
+
+    name, head = "ncl_linear", "linear"
+
+    def __init__(
+        self,
+        class_counts: Sequence[int] | Tensor,
+        *,
+        ncl_hcm_n: int = 30,
+        ncl_diversity: float = 0.6,
+        ncl_contrast_weight: float = 1.0,
+        ncl_temperature: float = 0.2,
+    ) -> None:
+        super().__init__(
+            class_counts,
+            ncl_hcm_n=ncl_hcm_n,
+            ncl_diversity=ncl_diversity,
+            ncl_contrast_weight=ncl_contrast_weight,
+            ncl_temperature=ncl_temperature,
+        )
+
+    def expert_map(self, raw: Tensor, target: Tensor) -> Tensor:
+        return raw
 
 
 class DBMNCL(NCLLossBase):
@@ -268,4 +270,4 @@ class DBMNCL(NCLLossBase):
         )
 
 
-NCL_LOSSES: tuple[type[NCLLossBase], ...] = (NCL, NCLCosine, DBMNCL)
+NCL_LOSSES: tuple[type[NCLLossBase], ...] = (NCL, NCLLinear, DBMNCL)

@@ -1,4 +1,4 @@
-"""NCL's losses (spec/losses.md §4.5): the hard-category mask, NBOD, InfoNCE and the `ncl` / `ncl_cosine` /
+"""NCL's losses (spec/losses.md §4.5): the hard-category mask, NBOD, InfoNCE and the `ncl` / `ncl_linear` /
 `dbm_ncl` totals, against hand-worked cases and a loop-by-loop transcription of the DBM release."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch._dynamo.utils import counters
 
-from losses.ncl import DBMNCL, NCL, NCL_LOSSES, NCLCosine, hard_category_mask, info_nce, nbod, nil_nbod
+from losses.ncl import DBMNCL, NCL, NCL_LOSSES, NCLLinear, hard_category_mask, info_nce, nbod, nil_nbod
 from losses.output import ExpertOutput, ModelOutput
 
 COUNTS = [40, 20, 9, 4, 2]  # sorted by frequency: the release's last-label margin normaliser = the minimum
@@ -144,8 +144,8 @@ def _inputs(k=3, n=6, c=5, q=7, seed=0):
 
 MAPS = {
     "dbm_ncl": lambda x, y: released_dbm(x, y, COUNTS, 16.0),
-    "ncl": lambda x, y: x,
-    "ncl_cosine": lambda x, y: x,  # s = 1: the cosines unscaled, as the release without --use_dbm
+    "ncl": lambda x, y: x,  # s = 1: the cosines unscaled, as the release with --use_norm, without --use_dbm
+    "ncl_linear": lambda x, y: x,
 }
 
 
@@ -193,17 +193,24 @@ def test_params_defaults_and_contract():
         "ncl_contrast_weight": 1.0,
         "ncl_temperature": 0.2,
     }
-    assert NCLCosine.params()["scale"] == 1.0 and "scale" not in NCL.params()
-    assert {(c.name, c.head, c.num_views) for c in NCL_LOSSES} == {
-        ("ncl", "linear", 2),
-        ("ncl_cosine", "cosine", 2),
-        ("dbm_ncl", "cosine", 2),
+    assert NCL.params()["scale"] == 1.0 and "scale" not in NCLLinear.params()
+    assert {(c.name, c.head, c.num_views, c.multi_expert) for c in NCL_LOSSES} == {
+        ("ncl", "cosine", 2, True),
+        ("ncl_linear", "linear", 2, True),
+        ("dbm_ncl", "cosine", 2, True),
     }
+    # s scales the cosines before log n is added: s = 2 on raw x equals s = 1 on 2x.
+    raw, contrast, target = _inputs()
+    doubled = ExpertOutput(raw[0], raw[0], 2 * raw, contrast)
+    torch.testing.assert_close(
+        NCL(COUNTS, scale=2.0).double()(ExpertOutput(raw[0], raw[0], raw, contrast), target),
+        NCL(COUNTS).double()(doubled, target),
+    )
     # contrast weight 0 leaves the classification loss alone; the weight scales InfoNCE linearly.
     raw, contrast, target = _inputs()
     out = ExpertOutput(raw.new_zeros(6, 1), raw.mean(0), raw, contrast)
-    base = NCL(COUNTS, ncl_hcm_n=3, ncl_contrast_weight=0.0).double()(out, target)
-    full = NCL(COUNTS, ncl_hcm_n=3, ncl_contrast_weight=2.0).double()(out, target)
+    base = NCLLinear(COUNTS, ncl_hcm_n=3, ncl_contrast_weight=0.0).double()(out, target)
+    full = NCLLinear(COUNTS, ncl_hcm_n=3, ncl_contrast_weight=2.0).double()(out, target)
     assert (full - base).item() == pytest.approx(2 * info_nce(contrast, 0.2).item(), rel=1e-9)
 
 
@@ -224,7 +231,7 @@ def test_errors_name_what_is_missing():
         with pytest.raises(ValueError):
             DBMNCL(COUNTS, **bad)
     with pytest.raises(ValueError, match="positive"):
-        NCL([3, 0, 2])
+        NCLLinear([3, 0, 2])
 
 
 @pytest.mark.parametrize("cls", NCL_LOSSES)

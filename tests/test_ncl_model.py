@@ -81,15 +81,16 @@ def test_evaluation_averages_the_experts_and_changes_no_state():
         assert torch.equal(value, state[key]), key
 
 
-def test_ema_equals_the_released_loop():
-    model = tiny()
+@pytest.mark.parametrize("experts", [3, 2])
+def test_ema_equals_the_released_loop(experts):
+    model = tiny(experts=experts)
     images, _ = batch()
     before = copy.deepcopy(model)
     key_body = copy.deepcopy(model.key_bodies[1])
     model(images)
-    # dbm_ltr:cifar/train/train_fn/ncl.py:43-50: for each of the 3 experts, every key body is updated.
+    # dbm_ltr:cifar/train/train_fn/ncl.py:43-50: for each of the K experts, every key body is updated.
     with torch.no_grad():
-        for _net_id in range(3):
+        for _net_id in range(experts):
             for ema, p in zip(before.key_bodies.parameters(), before.bodies.parameters(), strict=True):
                 ema.mul_(0.999).add_(p, alpha=1 - 0.999)
     for (name, got), want in zip(
@@ -230,7 +231,8 @@ def test_heads_and_builder():
     built = build_ncl_model("ncl_resnet32", 100, "cosine", mean=MEAN, std=STD)
     assert built.feature_dim == 64 and built.queues.shape == (3, 1024, 64)
     assert built.bodies[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    assert set(NCL_ARCHS) == {"ncl_resnet32", "ncl_resnet_tiny"}
+    assert set(NCL_ARCHS) == {"ncl_resnet32", "ncl_resnet8", "ncl_resnet_tiny"}
+    assert built.ema_updates == 3  # once per expert, as the release's loop
     # 3 experts x (ResNet-32 body 0.464 M - its 650-weight FC + cosine head 6,400 + projector 8,320) trainable
     trainable = sum(p.numel() for p in built.parameters() if p.requires_grad)
     assert trainable == 3 * (464_154 - 650 + 6_400 + 8_320)

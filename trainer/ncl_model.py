@@ -11,10 +11,11 @@ Input: the loaders' view-major uint8 batch [2N, 3, H, W], view 0 (rows :N) for c
 the keys. The training forward, in order: queries and raw outputs from view 0; keys from view 1 under
 no_grad (one batch permutation shared by the experts for shuffle-BN, drawn on the device); the contrastive
 similarities against the queue as it stands; then, in place, the keys enqueued at a device-side pointer
-and the EMA of the key bodies, the release's `mul_(m).add_(1 - m, p)` repeated `ema_updates` = 3 times:
-its loop over the 3 experts updates every expert's key body on each pass, so the effective momentum is
-0.999^3. The EMA after the forward and before the backward is where the release does it. Nothing reads a
-tensor on the host and shapes are static, so the forward compiles whole and can be captured in a CUDA graph.
+and the EMA of the key bodies, the release's `mul_(m).add_(1 - m, p)` repeated `ema_updates` times,
+by default once per expert: its loop over the K experts updates every expert's key body on each pass, so
+the effective momentum is 0.999^3 with 3 experts. The EMA after the forward and before the backward is
+where the release does it. Nothing reads a tensor on the host and shapes are static, so the forward
+compiles whole and can be captured in a CUDA graph.
 Evaluation: one view; `logits` = the mean of the experts' raw outputs (`validate.py:78`).
 
 Queues, the pointer, the key bodies (parameters without gradient) and key projectors are in state_dict.
@@ -86,7 +87,7 @@ class NCLModel(nn.Module):
         moco_dim: int = 64,
         queue_size: int = 1024,
         ema_momentum: float = 0.999,
-        ema_updates: int = 3,
+        ema_updates: int | None = None,
         shuffle_bn: bool = True,
         channels_last: bool = False,
         head_fp32: bool = True,
@@ -94,6 +95,7 @@ class NCLModel(nn.Module):
         super().__init__()
         if head not in NCL_HEADS:
             raise ValueError(f"NCL model: unknown classifier head {head!r}; valid: {', '.join(NCL_HEADS)}")
+        ema_updates = experts if ema_updates is None else ema_updates
         if experts < 1 or moco_dim < 1 or queue_size < 1 or ema_updates < 0:
             raise ValueError(
                 f"NCL model: need experts, moco_dim, queue_size >= 1 and ema_updates >= 0, got {experts}, "
@@ -204,6 +206,7 @@ class NCLModel(nn.Module):
 # Arch names `build_model` can route here: the body's blocks per stage and widths.
 NCL_ARCHS: dict[str, dict[str, Any]] = {
     "ncl_resnet32": {"blocks": 5, "widths": (16, 32, 64)},
+    "ncl_resnet8": {"blocks": 1, "widths": (16, 32, 64)},  # the CPU demo's depth
     "ncl_resnet_tiny": {"blocks": 1, "widths": (8, 16, 32)},  # narrow ResNet-8, tests and the CPU demo
 }
 
