@@ -87,13 +87,16 @@ def build(cfg: Config, accelerator: Any) -> Any:
     import losses
     from pipelines import make_loader
     from trainer.loop import Components
-    from trainer.models import build_model
+    from trainer.models import build_model, check_model
     from trainer.optim import build_optimizer
     from trainer.step import EvalStep, TrainStep
 
     device = accelerator.device
     where = dict(rank=accelerator.process_index, world_size=accelerator.num_processes, device=device)
-    views = losses.loss_class(cfg.loss.name).num_views
+    loss_class = losses.loss_class(cfg.loss.name)
+    views = loss_class.num_views
+    # The model the loss needs must fit the [model] section and the batch: checked before any data is read.
+    check_model(cfg.model, loss_class, batch_size=cfg.data.batch_size, world_size=accelerator.num_processes)
     train_loader = make_loader(cfg.data, "train", views=views, seed=cfg.run.seed, **where)
     eval_loader = make_loader(cfg.data, "eval", seed=cfg.run.seed, **where)
     meta = train_loader.meta  # the class counts: the single source of truth for the loss and the metrics
@@ -109,11 +112,19 @@ def build(cfg: Config, accelerator: Any) -> Any:
 
     loss = losses.build_loss(cfg.loss, meta.class_counts).to(device)
     set_seed(cfg.run.seed)  # the same initial weights on every process
+    # The kind of model the loss names (a classifier, or NCL's experts: see trainer.models.MODELS).
     model = build_model(
-        cfg.model, meta.num_classes, loss.head, mean=cfg.data.mean, std=cfg.data.std, views=views
+        cfg.model,
+        loss,
+        num_classes=meta.num_classes,
+        class_counts=meta.class_counts,
+        mean=cfg.data.mean,
+        std=cfg.data.std,
     ).to(device)
     optimizer = build_optimizer(model, cfg.optim)
-    # Only the model goes through Accelerate (placement, DDP): the step drives the optimizer itself.
+    # Only the model goes through Accelerate (placement, DDP): the step drives the optimizer itself. DDP
+    # broadcasts rank 0's buffers before every forward: NCL's queues then hold rank 0's keys only, the other
+    # ranks' are dropped (trainer/ncl_model.py; the NCL recipes are single-process, as the release).
     if device.type == "cuda" and accelerator.num_processes > 1 and cfg.step.mode == "graph":
         side = torch.cuda.Stream(device)
         with torch.cuda.stream(side):  # DDP built on a side stream so its buffers can join a capture (§5.2)

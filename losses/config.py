@@ -2,7 +2,7 @@
 
 Every registered loss reads the fields it uses from this one object (`build_loss(cfg, class_counts)`), so a
 default lives here and nowhere else. Fields are flat and prefixed by the piece that reads them (`drw_`,
-`bcl_`, `ldam_`, `fbl_`): the recipes' `[loss]` tables stay one level deep.
+`bcl_`, `ldam_`, `fbl_`, `ncl_`): the recipes' `[loss]` tables stay one level deep.
 
 Values are checked when the object is built (a recipe load, or `build_loss("dbm_ce", counts, scale=32.0)`):
 an unknown loss name lists the valid ones, an out-of-range value names its key.
@@ -35,6 +35,10 @@ class LossConfig:
     bcl_alpha: float = 2.0
     bcl_beta: float = 0.6
     bcl_temperature: float = 0.1
+    ncl_hcm_n: int = 30  # NCL's hard-category mask keeps the top-k columns (CIFAR-100 30, CIFAR-10 3)
+    ncl_diversity: float = 0.6  # NBOD's factor
+    ncl_contrast_weight: float = 1.0  # weight of the experts' summed InfoNCE
+    ncl_temperature: float = 0.2  # InfoNCE's T
 
     def __post_init__(self) -> None:
         from losses.registry import LOSSES  # the registry imports the losses, which read this class
@@ -59,6 +63,10 @@ class LossConfig:
             ("bcl_alpha", self.bcl_alpha >= 0, ">= 0"),
             ("bcl_beta", self.bcl_beta >= 0, ">= 0"),
             ("bcl_temperature", self.bcl_temperature > 0, "> 0"),
+            ("ncl_hcm_n", self.ncl_hcm_n >= 1, ">= 1"),
+            ("ncl_diversity", self.ncl_diversity >= 0, ">= 0"),
+            ("ncl_contrast_weight", self.ncl_contrast_weight >= 0, ">= 0"),
+            ("ncl_temperature", self.ncl_temperature > 0, "> 0"),
         ):
             if not ok:  # NaN fails every comparison, so it is refused too
                 raise ValueError(f"loss.{key}: must be {rule}, got {getattr(self, key)!r}")

@@ -1,8 +1,9 @@
 """The registered losses: each is one logit map + one objective (+ BCL's contrastive term), named once.
 
-Every loss is an `nn.Module` with `forward(output: ModelOutput, target) -> 0-dim loss`, a class attribute
+Every loss is an `nn.Module` with `forward(output: ModelOutput, target) -> 0-dim loss`, class attributes
 `head` ("linear" or "cosine": the classifier it needs), `num_views` (augmented views per image it expects)
-and `set_epoch(epoch, epochs)`, called once per epoch before its steps.
+and `model` (the kind of model that feeds it: a key of trainer.models.MODELS), and `set_epoch(epoch,
+epochs)`, called once per epoch before its steps.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class Loss(nn.Module):
     name: ClassVar[str]
     head: ClassVar[str]
     num_views: ClassVar[int] = 1
+    model: ClassVar[str] = "classifier"  # a key of trainer.models.MODELS (GML's MoCo student: "gml_student")
     parts: ClassVar[tuple[type[Part], ...]]
 
     def __init__(self, class_counts: Sequence[int] | Tensor, cfg: LossConfig) -> None:

@@ -6,30 +6,40 @@ hard-category mask taken from expert 0's raw output:
     L = Σ_k CE(ℓ_k) + Σ_k CE(ℓ_k ⊙ m) + NBOD(ℓ) + NBOD(ℓ ⊙ m) + w Σ_k InfoNCE_k
 
 as the DBM release's `NIL_NBOD` plus its combiner's MoCo term (`dbm_ltr:cifar/losses/ncl.py`,
-`cifar/models/resnet_ncl.py:389-451`). The map is DBM with s = 16 (`dbm_ncl`), s·cos (`ncl`: the
-release's `--use_norm` without `--use_dbm`, where the cosines reach the loss unscaled, s = 1), or the
-logits as they are (`ncl_linear`: upstream NCL's linear head). The model hands over `ExpertOutput`:
-`expert_logits` [K, N, C] and `contrast_logits` [K, N, 1+Q] (the model owns the queue and enqueues).
+`cifar/models/resnet_ncl.py:389-451`). Each loss is the usual composition of parts (`losses.modules.Loss`):
+the map is one of the registry's logit maps applied to every expert's rows (DBM for `dbm_ncl`, s·cos for
+`ncl`, the logits as they are for `ncl_linear`), the objective `NestedBalanced` (mask, CE, NBOD), the
+contrastive term `ExpertContrast` (InfoNCE). The model (`trainer/ncl_model.py`, model kind "ncl_experts")
+hands over `ExpertOutput`: `expert_logits` [K, N, C] and `contrast_logits` [K, N, 1+Q] (it owns the queue
+and enqueues).
 
 The class counts enter as log n_c, not log p_c: the two differ by a constant that softmax ignores, but the
 masked logits ℓ ⊙ m keep it on the kept columns only, so the hard-category terms would change.
+
+Deviations from the release, none of which changes a CIFAR-LT result: the mask is `topk` of the scores with
+the target at +inf where the release sorts with the target at 999999 (the same set but between tied
+non-target scores); DBM's target logit uses the guarded form (finite where the release's arccos gives NaN,
+fidelity-audit §1.3); the margins' reference count is n_min (`margin_norm = "min"`) where the release takes
+the last label's count, the same on CIFAR-LT, whose last class is the rarest; the temperature divides
+inside the loss (the model hands over the raw similarities).
 """
 
 from __future__ import annotations
 
-import inspect
 import math
-from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from losses import functional as LF
-from losses.cross_entropy import one_hot_mask
+from losses.config import LossConfig
+from losses.cross_entropy import TargetLogits, one_hot_mask
 from losses.functional import at_least_float32
-from losses.parts import require
+from losses.logit_maps import DBMargin, LinearLogits, ScaledCosine
+from losses.modules import Loss
+from losses.output import ExpertOutput, ModelOutput
+from losses.parts import Part, require
 
 LOG_EPS = 1e-9  # NBOD's log(softmax + 1e-9), as released
 
@@ -84,53 +94,63 @@ def info_nce(contrast: Tensor, temperature: float) -> Tensor:
     return (z.logsumexp(dim=-1) - z[..., 0]).sum() / contrast.shape[1]
 
 
-class NCLLossBase(nn.Module):
-    """The NCL total of the module docstring; subclasses choose the logit map (`expert_map`).
+class NestedBalanced(Part):
+    """NCL's classification objective: `nil_nbod` on the experts' logits + log n_c, with the hard-category
+    mask from expert 0's raw output (before any margin or scale)."""
 
-    The same contract as `losses.Loss`: `forward(output, target) -> 0-dim loss`, class attributes `name`,
-    `head` (the classifier the model needs) and `num_views` (2: the classification view and the MoCo key
-    view), `params()` (keyword arguments and defaults) and `set_epoch` (no epoch state here); and
-    `multi_expert`, which says that the output must come from an NCL model.
+    uses = ("ncl_hcm_n", "ncl_diversity")
+
+    def __init__(self, class_counts: Tensor, cfg: LossConfig) -> None:
+        super().__init__(class_counts, cfg)
+        self.register_buffer("log_counts", class_counts.log().float(), persistent=False)
+
+    def forward(self, logits: Tensor, scores: Tensor, target: Tensor) -> Tensor:
+        """logits [K, N, C] from the logit map, scores [N, C] expert 0's raw output, target [N]."""
+        mask = hard_category_mask(scores, target, self.ncl_hcm_n)
+        return nil_nbod(logits + self.log_counts, mask, target, self.ncl_diversity)
+
+
+class ExpertContrast(Part):
+    """Adds the experts' MoCo term: loss + ncl_contrast_weight * Σ_k InfoNCE_k at ncl_temperature."""
+
+    uses = ("ncl_contrast_weight", "ncl_temperature")
+
+    def forward(self, loss: Tensor, output: ExpertOutput, target: Tensor) -> Tensor:
+        return loss + self.ncl_contrast_weight * info_nce(output.contrast_logits, self.ncl_temperature)
+
+
+def expert_rows(output: ExpertOutput) -> ModelOutput:
+    """The K experts' outputs as one `ModelOutput` of K*N rows (expert-major), for a registry logit map:
+    features [N, K*d] -> [K*N, d], expert_logits [K, N, C] -> [K*N, C]."""
+    k, n, c = output.expert_logits.shape
+    features = output.features.reshape(n, k, -1).transpose(0, 1).reshape(k * n, -1)
+    return ModelOutput(features, output.expert_logits.reshape(k * n, c))
+
+
+class NCLLoss(Loss):
+    """The NCL total of the module docstring, assembled from (logit map, `NestedBalanced`, `ExpertContrast`).
+
+    The `Loss` contract, with `num_views` = 2 (the classification view and the MoCo key view) and `model` =
+    "ncl_experts": the output must be an NCL model's training `ExpertOutput`. The logit map sees every
+    expert's rows at once, so DBM's hard flag of a row is its own expert's argmax, as the release's
+    per-expert call.
     """
 
-    name: ClassVar[str]
-    head: ClassVar[str]
-    num_views: ClassVar[int] = 2
-    multi_expert: ClassVar[bool] = True  # needs a multi-expert model (trainer.ncl_model), not build_model's
+    num_views = 2
+    model = "ncl_experts"
 
-    @classmethod
-    def params(cls) -> dict[str, Any]:
-        signature = inspect.signature(cls.__init__)
-        return {p.name: p.default for p in signature.parameters.values() if p.kind is p.KEYWORD_ONLY}
+    def forward(self, output: Any, target: Tensor) -> Tensor:
+        self._check(output, target)
+        raw = output.expert_logits
+        k, n, c = raw.shape
+        rows = target.repeat(k)
+        logits = self.logit_map(expert_rows(output), rows)
+        if isinstance(logits, TargetLogits):  # the mask multiplies every column: the dense form is needed
+            logits = logits.dense(rows)
+        loss = self.objective(logits.reshape(k, n, c), raw[0], target)
+        return self.contrast(loss, output, target)
 
-    def __init__(
-        self,
-        class_counts: Sequence[int] | Tensor,
-        *,
-        ncl_hcm_n: int,
-        ncl_diversity: float,
-        ncl_contrast_weight: float,
-        ncl_temperature: float,
-    ) -> None:
-        super().__init__()
-        require(ncl_hcm_n >= 1, f"ncl_hcm_n must be >= 1, got {ncl_hcm_n}")
-        require(ncl_diversity >= 0, f"ncl_diversity must be >= 0, got {ncl_diversity}")
-        require(ncl_contrast_weight >= 0, f"ncl_contrast_weight must be >= 0, got {ncl_contrast_weight}")
-        require(ncl_temperature > 0, f"ncl_temperature must be > 0, got {ncl_temperature}")
-        self.ncl_hcm_n, self.ncl_diversity = ncl_hcm_n, ncl_diversity
-        self.ncl_contrast_weight, self.ncl_temperature = ncl_contrast_weight, ncl_temperature
-        counts = LF.as_counts(class_counts)
-        self.num_classes = counts.numel()
-        self.register_buffer("log_counts", counts.log().float(), persistent=False)
-
-    def expert_map(self, raw: Tensor, target: Tensor) -> Tensor:
-        """[R, C] raw outputs (the K experts' rows stacked) -> logits before the log-count shift."""
-        raise NotImplementedError
-
-    def set_epoch(self, epoch: int, epochs: int) -> None:
-        """No epoch-dependent state."""
-
-    def _check(self, output: Any, target: Tensor) -> tuple[Tensor, Tensor]:
+    def _check(self, output: Any, target: Tensor) -> None:
         raw = getattr(output, "expert_logits", None)
         contrast = getattr(output, "contrast_logits", None)
         require(
@@ -154,120 +174,37 @@ class NCLLossBase(nn.Module):
             f"loss {self.name!r}: contrast_logits must be [K, N, 1+Q] = "
             f"[{raw.shape[0]}, {raw.shape[1]}, 1+Q], got {tuple(contrast.shape)}",
         )
-        return raw, contrast
-
-    def forward(self, output: Any, target: Tensor) -> Tensor:
-        raw, contrast = self._check(output, target)
-        k, n, c = raw.shape
-        raw = at_least_float32(raw)
-        mask = hard_category_mask(raw[0], target, self.ncl_hcm_n)  # expert 0, before any margin
-        logits = self.expert_map(raw.reshape(k * n, c), target.repeat(k)).reshape(k, n, c) + self.log_counts
-        loss = nil_nbod(logits, mask, target, self.ncl_diversity)
-        return loss + self.ncl_contrast_weight * info_nce(contrast, self.ncl_temperature)
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{name}={getattr(self, name)!r}" for name in self.params())
+        features = output.features
+        k, n = raw.shape[:2]
+        require(
+            features.ndim == 2 and features.shape[0] == n and features.shape[1] % k == 0,
+            f"loss {self.name!r}: features must be [N, K*d] = [{raw.shape[1]}, {raw.shape[0]}*d], "
+            f"got {tuple(features.shape)}",
+        )
 
 
-class NCL(NCLLossBase):
+class DBMNCL(NCLLoss):
+    """DBM-NCL: each expert's raw cosines through DBM, then + log n_c. The release uses s = 16 here (its NCL
+    model constructor overwrites `cos_scale`, `resnet_ncl.py:812`): the recipes set `loss.scale = 16`
+    (LossConfig's default, 30, is the large-scale cosine classifier's)."""
+
+    name, head, parts = "dbm_ncl", "cosine", (DBMargin, NestedBalanced, ExpertContrast)
+
+
+class NCL(NCLLoss):
     """NCL on s·cos, the DBM release's `--loss_fn ncl --use_norm` without `--use_dbm`: its NIL_NBOD skips
-    DBMargin, the only place s is applied, so the raw cosines reach CE unscaled. Hence the default s = 1."""
+    DBMargin, the only place s is applied, so the raw cosines reach CE unscaled: `--loss.scale=1` runs it
+    so (LossConfig's default is 30). The NCL baseline recipes use `ncl_linear` instead (see there)."""
 
-    name, head = "ncl", "cosine"
-
-    def __init__(
-        self,
-        class_counts: Sequence[int] | Tensor,
-        *,
-        scale: float = 1.0,
-        ncl_hcm_n: int = 30,
-        ncl_diversity: float = 0.6,
-        ncl_contrast_weight: float = 1.0,
-        ncl_temperature: float = 0.2,
-    ) -> None:
-        super().__init__(
-            class_counts,
-            ncl_hcm_n=ncl_hcm_n,
-            ncl_diversity=ncl_diversity,
-            ncl_contrast_weight=ncl_contrast_weight,
-            ncl_temperature=ncl_temperature,
-        )
-        require(scale > 0, f"scale must be > 0, got {scale}")
-        self.scale = scale
-
-    def expert_map(self, raw: Tensor, target: Tensor) -> Tensor:
-        return self.scale * raw
+    name, head, parts = "ncl", "cosine", (ScaledCosine, NestedBalanced, ExpertContrast)
 
 
-class NCLLinear(NCLLossBase):
+class NCLLinear(NCLLoss):
     """NCL on a linear head's logits: upstream NCL's CIFAR config (`CLASSIFIER.TYPE: FC`), and the DBM
-    release without `--use_norm`."""
+    release without `--use_norm`. The baseline recipes (`configs/cifar*_lt_ncl.toml`) use it: the DBM paper's
+    Table 2 baselines are its linear-head runs (its CE and BS rows equal Table 5's "linear classifier")."""
 
-    name, head = "ncl_linear", "linear"
-
-    def __init__(
-        self,
-        class_counts: Sequence[int] | Tensor,
-        *,
-        ncl_hcm_n: int = 30,
-        ncl_diversity: float = 0.6,
-        ncl_contrast_weight: float = 1.0,
-        ncl_temperature: float = 0.2,
-    ) -> None:
-        super().__init__(
-            class_counts,
-            ncl_hcm_n=ncl_hcm_n,
-            ncl_diversity=ncl_diversity,
-            ncl_contrast_weight=ncl_contrast_weight,
-            ncl_temperature=ncl_temperature,
-        )
-
-    def expert_map(self, raw: Tensor, target: Tensor) -> Tensor:
-        return raw
+    name, head, parts = "ncl_linear", "linear", (LinearLogits, NestedBalanced, ExpertContrast)
 
 
-class DBMNCL(NCLLossBase):
-    """DBM-NCL: each expert's raw cosines through DBM (`losses.functional.dbm_logits`, s = 16 because the
-    release's NCL model constructor overwrites `cos_scale`, `resnet_ncl.py:812`), then + log n_c."""
-
-    name, head = "dbm_ncl", "cosine"
-
-    def __init__(
-        self,
-        class_counts: Sequence[int] | Tensor,
-        *,
-        scale: float = 16.0,
-        max_margin: float = 0.1,
-        tau: float = 1.0,
-        lambda_inst: float = 1.0,
-        margin_norm: str = "min",
-        detach_difficulty: bool = False,
-        ncl_hcm_n: int = 30,
-        ncl_diversity: float = 0.6,
-        ncl_contrast_weight: float = 1.0,
-        ncl_temperature: float = 0.2,
-    ) -> None:
-        super().__init__(
-            class_counts,
-            ncl_hcm_n=ncl_hcm_n,
-            ncl_diversity=ncl_diversity,
-            ncl_contrast_weight=ncl_contrast_weight,
-            ncl_temperature=ncl_temperature,
-        )
-        require(scale > 0, f"scale must be > 0, got {scale}")
-        require(max_margin >= 0, f"max_margin must be >= 0, got {max_margin}")
-        require(tau >= 0, f"tau must be >= 0, got {tau}")
-        require(lambda_inst >= 0, f"lambda_inst must be >= 0, got {lambda_inst}")
-        self.scale, self.max_margin, self.tau, self.lambda_inst = scale, max_margin, tau, lambda_inst
-        self.margin_norm, self.detach_difficulty = margin_norm, detach_difficulty
-        margins = LF.class_margins(class_counts, max_margin, tau, margin_norm)
-        self.register_buffer("margins", margins, persistent=False)
-
-    def expert_map(self, raw: Tensor, target: Tensor) -> Tensor:
-        # Row-wise: the hard flag of each row is its own expert's argmax, as the release's per-expert call.
-        return LF.dbm_logits(
-            raw, target, self.margins, self.scale, self.lambda_inst, detach_difficulty=self.detach_difficulty
-        )
-
-
-NCL_LOSSES: tuple[type[NCLLossBase], ...] = (NCL, NCLLinear, DBMNCL)
+NCL_LOSSES: tuple[type[NCLLoss], ...] = (NCL, NCLLinear, DBMNCL)

@@ -11,9 +11,14 @@ from torch import Tensor
 from losses.bcl import BCL, DBMBCL
 from losses.config import LossConfig
 from losses.modules import BS, CE, CEDRW, DBMBS, DBMCE, DBMDRW, FBL, LDAMDRW, CosineCE, Loss
+from losses.ncl import DBMNCL, NCL, NCLLinear
 
 LOSSES: dict[str, type[Loss]] = {
-    cls.name: cls for cls in (CE, CEDRW, BS, LDAMDRW, CosineCE, DBMCE, DBMDRW, DBMBS, FBL, BCL, DBMBCL)
+    cls.name: cls
+    for cls in (
+        *(CE, CEDRW, BS, LDAMDRW, CosineCE, DBMCE, DBMDRW, DBMBS, FBL, BCL, DBMBCL),
+        *(NCL, NCLLinear, DBMNCL),
+    )
 }
 
 
@@ -22,7 +27,7 @@ def loss_names() -> list[str]:
 
 
 def loss_class(name: str) -> type[Loss]:
-    """The class registered as `name` (its `head` and `num_views` are class attributes)."""
+    """The class registered as `name` (its `head`, `num_views` and `model` are class attributes)."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}")
     return LOSSES[name]

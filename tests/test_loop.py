@@ -8,7 +8,7 @@ import torch
 from losses import build_loss
 from trainer.config import ModelConfig, OptimConfig, StepConfig
 from trainer.loop import train_one_epoch
-from trainer.models import build_model
+from trainer.models import build_classifier
 from trainer.optim import build_optimizer
 from trainer.step import TrainStep
 
@@ -32,7 +32,7 @@ class ListLoader:
 def _step():
     torch.manual_seed(0)
     loss = build_loss("ce", COUNTS)
-    model = build_model(
+    model = build_classifier(
         ModelConfig(arch="resnet_tiny"), len(COUNTS), loss.head, mean=(0.5,) * 3, std=(0.25,) * 3
     )
     return TrainStep(model, loss, build_optimizer(model, OptimConfig()), StepConfig(mode="eager"))

@@ -36,15 +36,24 @@ NAMES = [
     "fbl",
     "bcl",
     "dbm_bcl",
+    "ncl",
+    "ncl_linear",
+    "dbm_ncl",
 ]
+# The losses fed by a classifier's ModelOutput (the others have their own files: tests/test_losses_ncl.py).
+CLASSIFIER_LOSSES = [n for n in NAMES if LOSSES[n].model == "classifier"]
 
 
 def test_registry_names_heads_views():
     assert list(LOSSES) == NAMES
     heads = {name: LOSSES[name].head for name in NAMES}
-    assert {n for n, h in heads.items() if h == "linear"} == {"ce", "ce_drw", "bs", "fbl"}
+    assert {n for n, h in heads.items() if h == "linear"} == {"ce", "ce_drw", "bs", "fbl", "ncl_linear"}
     assert all(h in ("linear", "cosine") for h in heads.values())
-    assert {n: LOSSES[n].num_views for n in NAMES} == {n: 3 if n.endswith("bcl") else 1 for n in NAMES}
+    # BCL: view 0 + two contrastive views; NCL: the classification view + the MoCo key view.
+    views = {n: 3 if n.endswith("bcl") else 2 if n.endswith("ncl") or n == "ncl_linear" else 1 for n in NAMES}
+    assert {n: LOSSES[n].num_views for n in NAMES} == views
+    models = {n: "ncl_experts" if LOSSES[n].num_views == 2 else "classifier" for n in NAMES}
+    assert {n: LOSSES[n].model for n in NAMES} == models
     loss = build_loss("dbm_bs", COUNTS)
     assert loss.head == "cosine" and loss.num_views == 1 and loss.num_classes == 5
 
@@ -85,7 +94,7 @@ def test_the_config_is_the_only_home_of_defaults():
     torch.testing.assert_close(loss.logit_map.margins, class_margins(COUNTS, 0.3))
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CLASSIFIER_LOSSES)
 def test_every_loss_rejects_another_width(name):
     loss = build_loss(name, COUNTS)
     output, target = make_output(c=len(COUNTS) + 1)
@@ -98,7 +107,7 @@ def test_every_loss_rejects_another_width(name):
         loss(output, target[:4])
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CLASSIFIER_LOSSES)
 def test_every_loss_scalar_finite_gradients(name):
     loss = build_loss(name, COUNTS)
     loss.set_epoch(170, 200)
@@ -109,7 +118,7 @@ def test_every_loss_scalar_finite_gradients(name):
     assert output.logits.grad is not None and torch.isfinite(output.logits.grad).all()
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CLASSIFIER_LOSSES)
 def test_every_loss_gradcheck_float64(name):
     loss = build_loss(name, COUNTS, **({"fbl_weight": 3.0} if name == "fbl" else {}))
     loss.set_epoch(185, 200)
@@ -203,7 +212,7 @@ def test_buffers_follow_to_and_are_not_checkpointed():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CLASSIFIER_LOSSES)
 def test_buffers_follow_to_cuda(name):
     loss = build_loss(name, COUNTS).to("cuda")
     loss.set_epoch(170, 200)

@@ -10,10 +10,24 @@ import torch
 import torch.nn.functional as F
 from torch._dynamo.utils import counters
 
-from losses.ncl import DBMNCL, NCL, NCL_LOSSES, NCLLinear, hard_category_mask, info_nce, nbod, nil_nbod
+from losses import LOSSES, LossConfig, build_loss
+from losses.ncl import NCL_LOSSES, expert_rows, hard_category_mask, info_nce, nbod, nil_nbod
 from losses.output import ExpertOutput, ModelOutput
 
 COUNTS = [40, 20, 9, 4, 2]  # sorted by frequency: the release's last-label margin normaliser = the minimum
+NAMES = [cls.name for cls in NCL_LOSSES]
+# The recipes' scales: s = 16 for dbm_ncl (the release's NCL model), 1 for ncl (cosines unscaled).
+SCALES = {"dbm_ncl": 16.0, "ncl": 1.0, "ncl_linear": 30.0}
+
+
+def ncl_loss(name: str, **overrides):
+    """The registered loss as a recipe builds it (the recipe's scale unless overridden)."""
+    return build_loss(name, COUNTS, **{"scale": SCALES[name], **overrides})
+
+
+def expert_output(raw, contrast, d: int = 2) -> ExpertOutput:
+    """An ExpertOutput around raw [K, N, C] and contrast [K, N, 1+Q], with zero features [N, K*d]."""
+    return ExpertOutput(raw.new_zeros(raw.shape[1], raw.shape[0] * d), raw.mean(0), raw, contrast)
 
 
 def test_mask_keeps_top_k_with_the_target_forced_in():
@@ -149,12 +163,12 @@ MAPS = {
 }
 
 
-@pytest.mark.parametrize("cls", NCL_LOSSES)
-def test_total_equals_the_released_code_in_value_and_gradient(cls):
-    loss = cls(COUNTS, ncl_hcm_n=3).double()
+@pytest.mark.parametrize("name", NAMES)
+def test_total_equals_the_released_code_in_value_and_gradient(name):
+    loss = ncl_loss(name, ncl_hcm_n=3).double()
     raw, contrast, target = _inputs()
-    ours = loss(ExpertOutput(raw.new_zeros(6, 1), raw.mean(0), raw, contrast), target)
-    ref = released_ncl_total(raw, contrast, target, COUNTS, 3, MAPS[cls.name])
+    ours = loss(expert_output(raw, contrast), target)
+    ref = released_ncl_total(raw, contrast, target, COUNTS, 3, MAPS[name])
     # log n_c is kept in float32 (the release's FloatTensor): agreement to float32 rounding of log n.
     torch.testing.assert_close(ours, ref, rtol=1e-7, atol=1e-9)
     for got, want in zip(
@@ -163,16 +177,18 @@ def test_total_equals_the_released_code_in_value_and_gradient(cls):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-8)
     # The comparison can fail: log p instead of log n, or the mask from another expert, changes the value.
     log_prior = torch.tensor(COUNTS, dtype=torch.float64).div(sum(COUNTS)).log()
-    wrong_prior = released_ncl_total(raw, contrast, target, COUNTS, 3, MAPS[cls.name], prior=log_prior)
-    wrong_mask = released_ncl_total(raw, contrast, target, COUNTS, 3, MAPS[cls.name], mask_from=raw[1])
+    wrong_prior = released_ncl_total(raw, contrast, target, COUNTS, 3, MAPS[name], prior=log_prior)
+    wrong_mask = released_ncl_total(raw, contrast, target, COUNTS, 3, MAPS[name], mask_from=raw[1])
     assert abs(wrong_prior.item() - ours.item()) > 1e-3 and abs(wrong_mask.item() - ours.item()) > 1e-3
 
 
 def test_dbm_ncl_scale_and_hard_flag_are_per_expert():
     # Expert 0 gets row 0 right, expert 1 wrong: only expert 1's target logit carries the instance margin.
-    loss = DBMNCL(COUNTS)
+    loss = ncl_loss("dbm_ncl")
     raw = torch.tensor([[[0.8, 0.1, 0.0, 0.0, 0.0]], [[0.3, 0.6, 0.0, 0.0, 0.0]]])
-    logits = loss.expert_map(raw.reshape(2, 5), torch.tensor([0, 0])).reshape(2, 1, 5)
+    rows = torch.tensor([0, 0])
+    output = expert_output(raw, raw.new_zeros(2, 1, 2), d=3)
+    logits = loss.logit_map(expert_rows(output), rows).dense(rows).reshape(2, 1, 5)
     m = 0.1 * 2 / 40  # class 0's margin: K * n_min / n_0
     assert logits[0, 0, 0].item() == pytest.approx(16 * math.cos(math.acos(0.8) + m), rel=1e-6)
     hard = m * (1 + (1 - 0.3) / 2)
@@ -180,71 +196,81 @@ def test_dbm_ncl_scale_and_hard_flag_are_per_expert():
     assert logits[1, 0, 1].item() == pytest.approx(16 * 0.6, rel=1e-6)
 
 
-def test_params_defaults_and_contract():
-    assert DBMNCL.params() == {
-        "scale": 16.0,
-        "max_margin": 0.1,
-        "tau": 1.0,
-        "lambda_inst": 1.0,
-        "margin_norm": "min",
-        "detach_difficulty": False,
-        "ncl_hcm_n": 30,
-        "ncl_diversity": 0.6,
-        "ncl_contrast_weight": 1.0,
-        "ncl_temperature": 0.2,
-    }
-    assert NCL.params()["scale"] == 1.0 and "scale" not in NCLLinear.params()
-    assert {(c.name, c.head, c.num_views, c.multi_expert) for c in NCL_LOSSES} == {
-        ("ncl", "cosine", 2, True),
-        ("ncl_linear", "linear", 2, True),
-        ("dbm_ncl", "cosine", 2, True),
+def test_expert_rows_are_expert_major():
+    # features [N, K*d]: row i holds expert 0's d features, then expert 1's; rows k*N + i come out.
+    raw = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4)
+    features = torch.arange(3 * 2 * 5, dtype=torch.float32).reshape(3, 10)
+    rows = expert_rows(ExpertOutput(features, raw.mean(0), raw, None))
+    assert torch.equal(rows.logits, raw.reshape(6, 4))
+    assert torch.equal(rows.features[:3], features[:, :5]) and torch.equal(rows.features[3:], features[:, 5:])
+
+
+def test_config_defaults_parts_and_contract():
+    cfg = LossConfig(name="dbm_ncl")
+    defaults = (cfg.ncl_hcm_n, cfg.ncl_diversity, cfg.ncl_contrast_weight, cfg.ncl_temperature)
+    assert defaults == (30, 0.6, 1.0, 0.2)  # the release's CIFAR-100 values
+    loss = build_loss(cfg, COUNTS)
+    assert (loss.objective.ncl_hcm_n, loss.objective.ncl_diversity) == (30, 0.6)
+    assert (loss.contrast.ncl_contrast_weight, loss.contrast.ncl_temperature) == (1.0, 0.2)
+    assert loss.logit_map.scale == 30.0  # LossConfig's default: the recipes set 16
+    assert {(LOSSES[n].name, LOSSES[n].head, LOSSES[n].num_views, LOSSES[n].model) for n in NAMES} == {
+        ("ncl", "cosine", 2, "ncl_experts"),
+        ("ncl_linear", "linear", 2, "ncl_experts"),
+        ("dbm_ncl", "cosine", 2, "ncl_experts"),
     }
     # s scales the cosines before log n is added: s = 2 on raw x equals s = 1 on 2x.
     raw, contrast, target = _inputs()
-    doubled = ExpertOutput(raw[0], raw[0], 2 * raw, contrast)
     torch.testing.assert_close(
-        NCL(COUNTS, scale=2.0).double()(ExpertOutput(raw[0], raw[0], raw, contrast), target),
-        NCL(COUNTS).double()(doubled, target),
+        ncl_loss("ncl", scale=2.0).double()(expert_output(raw, contrast), target),
+        ncl_loss("ncl").double()(expert_output(2 * raw, contrast), target),
     )
     # contrast weight 0 leaves the classification loss alone; the weight scales InfoNCE linearly.
-    raw, contrast, target = _inputs()
-    out = ExpertOutput(raw.new_zeros(6, 1), raw.mean(0), raw, contrast)
-    base = NCLLinear(COUNTS, ncl_hcm_n=3, ncl_contrast_weight=0.0).double()(out, target)
-    full = NCLLinear(COUNTS, ncl_hcm_n=3, ncl_contrast_weight=2.0).double()(out, target)
+    out = expert_output(raw, contrast)
+    base = ncl_loss("ncl_linear", ncl_hcm_n=3, ncl_contrast_weight=0.0).double()(out, target)
+    full = ncl_loss("ncl_linear", ncl_hcm_n=3, ncl_contrast_weight=2.0).double()(out, target)
     assert (full - base).item() == pytest.approx(2 * info_nce(contrast, 0.2).item(), rel=1e-9)
 
 
 def test_errors_name_what_is_missing():
-    loss = DBMNCL(COUNTS)
+    loss = ncl_loss("dbm_ncl")
     raw, contrast, target = _inputs()
     with pytest.raises(ValueError, match="expert_logits and contrast_logits"):
         loss(ModelOutput(raw[0], raw[0]), target)
     with pytest.raises(ValueError, match="contrast_logits"):
-        loss(ExpertOutput(raw[0], raw[0], raw, None), target)
+        loss(expert_output(raw, None), target)
     with pytest.raises(ValueError, match=r"built for 5 classes"):
-        loss(ExpertOutput(raw[0], raw[0], raw[..., :4], contrast), target)
+        loss(expert_output(raw[..., :4], contrast), target)
     with pytest.raises(ValueError, match=r"target must be \[N\] = \[6\]"):
-        loss(ExpertOutput(raw[0], raw[0], raw, contrast), target[:5])
+        loss(expert_output(raw, contrast), target[:5])
     with pytest.raises(ValueError, match=r"\[K, N, 1\+Q\]"):
-        loss(ExpertOutput(raw[0], raw[0], raw, contrast[:2]), target)
-    for bad in ({"ncl_hcm_n": 0}, {"ncl_temperature": 0.0}, {"scale": -1.0}, {"ncl_diversity": -0.1}):
-        with pytest.raises(ValueError):
-            DBMNCL(COUNTS, **bad)
+        loss(expert_output(raw, contrast[:2]), target)
+    with pytest.raises(ValueError, match=r"features must be \[N, K\*d\] = \[6, 3\*d\]"):
+        loss(ExpertOutput(raw[0], raw[0], raw, contrast), target)  # [6, 5]: not K*d wide
+    for key, bad in (
+        ("ncl_hcm_n", 0),
+        ("ncl_temperature", 0.0),
+        ("scale", -1.0),
+        ("ncl_diversity", -0.1),
+        ("ncl_contrast_weight", float("nan")),
+    ):
+        with pytest.raises(ValueError, match=f"loss.{key}"):
+            build_loss("dbm_ncl", COUNTS, **{key: bad})
     with pytest.raises(ValueError, match="positive"):
-        NCLLinear([3, 0, 2])
+        build_loss("ncl_linear", [3, 0, 2])
 
 
-@pytest.mark.parametrize("cls", NCL_LOSSES)
-def test_traced_equals_eager_one_graph(cls):
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", NAMES)
+def test_compiled_equals_eager_one_graph(name, backend):
     torch._dynamo.reset()
     counters.clear()
-    loss = cls(COUNTS, ncl_hcm_n=3)
-    compiled = torch.compile(loss, backend="aot_eager", fullgraph=True, dynamic=False)
+    loss = ncl_loss(name, ncl_hcm_n=3)
+    compiled = torch.compile(loss, backend=backend, fullgraph=True, dynamic=False)
     raw, contrast, target = (t.float() if t.is_floating_point() else t for t in _inputs())
     results = []
     for fn in (loss, compiled):
         r, c = raw.detach().requires_grad_(), contrast.detach().requires_grad_()
-        value = fn(ExpertOutput(r.mean(0), r.mean(0), r, c), target)
+        value = fn(expert_output(r, c), target)
         results.append((value.detach(), *torch.autograd.grad(value, (r, c))))
     for got, want in zip(results[1], results[0], strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -9,10 +9,10 @@ import torch
 import torchvision
 from torch import nn
 
-from losses import CosineClassifier, ModelOutput
+from losses import LOSSES, CosineClassifier, ModelOutput, build_loss
 from pipelines.augment import Normalize
 from trainer.config import ModelConfig, OptimConfig
-from trainer.models import ARCHS, build_model
+from trainer.models import ARCHS, MODELS, LongTailClassifier, build_classifier, build_model
 from trainer.optim import build_optimizer
 from trainer.resnet_cifar import ShortcutA
 
@@ -24,7 +24,7 @@ def _images(n: int, size: int) -> torch.Tensor:
 
 
 def _build(arch: str, num_classes: int = 10, head: str = "linear", **kw) -> nn.Module:
-    return build_model(
+    return build_classifier(
         ModelConfig(arch=arch, **kw.pop("cfg", {})), num_classes, head, mean=MEAN, std=STD, **kw
     )
 
@@ -189,3 +189,24 @@ def test_pretrained_weights_by_name_come_from_torchvisions_cache(tmp_path, monke
     assert state.keys() == reference.keys() and torch.equal(state["fc.weight"], reference["fc.weight"])
     with pytest.raises(ValueError, match="torchvision:Resnet18_Weights.X is not a torchvision weights name"):
         _load_state_dict("torchvision:Resnet18_Weights.X", "resnet152_places")
+
+
+def test_every_loss_names_a_registered_model():
+    """`build_model` dispatches on the loss's `model` class attribute: each must be a key of MODELS."""
+    for name, cls in LOSSES.items():
+        assert cls.model in MODELS, name
+    assert {cls.model for cls in LOSSES.values()} == set(MODELS)  # no builder without a loss
+    where = dict(num_classes=5, class_counts=[9, 7, 5, 3, 1], mean=MEAN, std=STD)
+    model = build_model(
+        ModelConfig(arch="resnet_tiny"), build_loss("ldam_drw", where["class_counts"]), **where
+    )
+    assert isinstance(model, LongTailClassifier) and isinstance(model.classifier, CosineClassifier)
+    assert not model.bcl
+
+
+def test_a_classifier_takes_the_labels_and_ignores_them():
+    """Every model's forward is forward(images, labels=None): the step always passes the labels."""
+    model = _build("resnet_tiny", 4, "cosine", views=3).eval()
+    images, labels = _images(6, 16), torch.tensor([0, 1, 2, 3, 0, 1])
+    a, b = model(images), model(images, labels)
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.features, b.features)

@@ -11,11 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch._dynamo.utils import counters
 
+from losses import build_loss, loss_class
 from losses.heads import CosineClassifier
-from losses.ncl import DBMNCL
 from losses.output import ExpertOutput
-from trainer.ncl_model import NCL_ARCHS, NCLModel, build_ncl_model, saved_copy
+from trainer.config import ConfigError, ModelConfig
+from trainer.models import build_model, check_model
+from trainer.ncl_model import NCLModel, saved_copy
 from trainer.optim import param_groups
+from trainer.resnet_cifar import ResNetCifar
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 C, N, Q, E = 5, 4, 8, 6  # classes, images per view, queue size, MoCo dimension
@@ -24,8 +27,14 @@ COUNTS = [40, 20, 9, 4, 2]
 
 def tiny(seed: int = 0, **kw) -> NCLModel:
     torch.manual_seed(seed)
-    options = dict(mean=MEAN, std=STD, blocks=1, widths=(4, 8, 16), moco_dim=E, queue_size=Q)
+    body = lambda: ResNetCifar(1, (4, 8, 16))  # noqa: E731
+    options = dict(body=body, mean=MEAN, std=STD, moco_dim=E, queue_size=Q)
     return NCLModel(C, **{**options, **kw})
+
+
+def dbm_ncl(**overrides):
+    """The dbm_ncl loss as the recipes build it (s = 16), with the mask's k for 5 classes."""
+    return build_loss("dbm_ncl", COUNTS, **{"scale": 16.0, "ncl_hcm_n": 3, **overrides})
 
 
 def batch(seed: int = 0, n: int = N) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,6 +74,8 @@ def test_shapes_train_and_eval():
     model.eval()
     out = model(images[:3])  # one view, any size
     assert out.logits.shape == (3, C) and out.expert_logits.shape == (3, 3, C) and out.contrast_logits is None
+    labels = torch.tensor([0, 1, 2])
+    assert torch.equal(model(images[:3], labels).logits, out.logits)  # labels are taken and ignored
 
 
 def test_evaluation_averages_the_experts_and_changes_no_state():
@@ -159,7 +170,7 @@ def test_shuffle_bn_one_device_permutation_shared_by_the_experts():
 
 def test_key_branch_gets_no_gradient_and_the_key_projector_never_changes():
     model = tiny()
-    loss_fn = DBMNCL(COUNTS, ncl_hcm_n=3)
+    loss_fn = dbm_ncl()
     groups = param_groups(model, 2e-4, True)
     trainable = {id(p) for g in groups for p in g["params"]}
     keys = [*model.key_bodies.parameters(), *model.key_projectors.parameters()]
@@ -216,8 +227,23 @@ def test_errors_batch_must_stack_two_views_and_divide_the_queue():
         model(torch.zeros(6, 3, 8, 8, dtype=torch.uint8))
     with pytest.raises(ValueError, match="unknown classifier head"):
         tiny(head="mlp")
-    with pytest.raises(ValueError, match="unknown NCL arch"):
-        build_ncl_model("resnet32", C, "cosine", mean=MEAN, std=STD)
+
+
+def test_check_model_refuses_a_non_cifar_arch_and_a_queue_the_batch_does_not_divide():
+    """Before any data is read (launch.build): ConfigErrors naming the keys at fault."""
+    ncl = loss_class("dbm_ncl")
+    check_model(ModelConfig(arch="resnet32"), ncl, batch_size=64, world_size=1)
+    check_model(ModelConfig(arch="resnet_tiny", ncl_queue=96), ncl, batch_size=64, world_size=2)  # 32 each
+    with pytest.raises(ConfigError, match=r"loss.name='dbm_ncl'.*model.arch='resnet50'"):
+        check_model(ModelConfig(arch="resnet50"), ncl, batch_size=64, world_size=1)
+    with pytest.raises(ConfigError, match=r"model.ncl_queue=1000 .*data.batch_size=64 .*= 64"):
+        check_model(ModelConfig(arch="resnet32", ncl_queue=1000), ncl, batch_size=64, world_size=1)
+    with pytest.raises(ConfigError, match=r"model.ncl_queue=96 .*data.batch_size=128 over 2 .*= 64"):
+        check_model(ModelConfig(arch="resnet32", ncl_queue=96), ncl, batch_size=128, world_size=2)
+    # A classifier's loss has nothing more to check, whatever the NCL keys say.
+    check_model(
+        ModelConfig(arch="resnet50", ncl_queue=1000), loss_class("dbm_ce"), batch_size=64, world_size=1
+    )
 
 
 def test_heads_and_builder():
@@ -228,14 +254,27 @@ def test_heads_and_builder():
     assert not torch.allclose(w.norm(dim=0), torch.ones(C))
     linear = tiny(head="linear")
     assert isinstance(linear.classifiers[0], torch.nn.Linear) and linear.classifiers[0].bias is not None
-    built = build_ncl_model("ncl_resnet32", 100, "cosine", mean=MEAN, std=STD)
+    # build_model dispatches on the loss's model kind: 3 x ResNet-32 (model.arch) with the loss's head.
+    counts = [5] * 100
+    where = dict(num_classes=100, class_counts=counts, mean=MEAN, std=STD)
+    built = build_model(ModelConfig(arch="resnet32"), build_loss("dbm_ncl", counts), **where)
+    assert isinstance(built, NCLModel) and isinstance(built.classifiers[0], CosineClassifier)
     assert built.feature_dim == 64 and built.queues.shape == (3, 1024, 64)
     assert built.bodies[0].conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    assert set(NCL_ARCHS) == {"ncl_resnet32", "ncl_resnet8", "ncl_resnet_tiny"}
     assert built.ema_updates == 3  # once per expert, as the release's loop
     # 3 experts x (ResNet-32 body 0.464 M - its 650-weight FC + cosine head 6,400 + projector 8,320) trainable
     trainable = sum(p.numel() for p in built.parameters() if p.requires_grad)
     assert trainable == 3 * (464_154 - 650 + 6_400 + 8_320)
+    # The [model] keys size it; ncl_linear gets linear heads.
+    cfg = ModelConfig(
+        arch="resnet_tiny", ncl_experts=2, ncl_moco_dim=8, ncl_queue=32, ncl_ema=0.9, ncl_ema_updates=1
+    )
+    small = build_model(cfg, build_loss("ncl_linear", counts), **where)
+    assert small.num_experts == 2 and small.queues.shape == (2, 32, 8) and small.feature_dim == 32
+    assert (small.ema_momentum, small.ema_updates) == (0.9, 1)
+    assert isinstance(small.classifiers[1], torch.nn.Linear)
+    assert small.bodies[0].conv1.weight.data_ptr() != small.key_bodies[0].conv1.weight.data_ptr()
+    assert not torch.equal(small.bodies[0].conv1.weight, small.key_bodies[0].conv1.weight)  # own init
 
 
 def test_bf16_autocast_keeps_heads_queue_and_outputs_in_float32():
@@ -244,7 +283,7 @@ def test_bf16_autocast_keeps_heads_queue_and_outputs_in_float32():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(images)
     assert all(t.dtype == torch.float32 for t in out) and model.queues.dtype == torch.float32
-    DBMNCL(COUNTS, ncl_hcm_n=3)(out, labels).backward()
+    dbm_ncl()(out, labels).backward()
 
 
 def _train(model, steps, loss_fn, forward=None):
@@ -267,7 +306,7 @@ def test_compiled_forward_backward_equals_eager():
     counters.clear()
     eager = tiny(seed=2)
     compiled = copy.deepcopy(eager)
-    loss_fn = DBMNCL(COUNTS, ncl_hcm_n=3)
+    loss_fn = dbm_ncl()
     forward = torch.compile(compiled, backend="aot_eager", fullgraph=True, dynamic=False)
     want, want_grads = _train(eager, 3, loss_fn)
     got, got_grads = _train(compiled, 3, loss_fn, forward)
@@ -318,7 +357,7 @@ def test_inductor_forward_backward_equals_eager():
     eager = tiny(seed=2)
     compiled = copy.deepcopy(eager)
     compiled.compile(backend="inductor", dynamic=False)
-    loss_fn = DBMNCL(COUNTS, ncl_hcm_n=3)
+    loss_fn = dbm_ncl()
     want, want_grads = _train(eager, 3, loss_fn)
     got, got_grads = _train(compiled, 3, torch.compile(loss_fn, backend="inductor", dynamic=False), compiled)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
@@ -335,7 +374,7 @@ def test_cuda_graph_capture_replays_the_stateful_forward():
     device = torch.device("cuda")
     eager = tiny(seed=4).to(device)
     captured = copy.deepcopy(eager)
-    loss_fn = DBMNCL(COUNTS, ncl_hcm_n=3).to(device)
+    loss_fn = dbm_ncl().to(device)
     images, labels = (t.to(device) for t in batch())
     static = images.clone()
 

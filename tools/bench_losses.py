@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from losses import ModelOutput, build_loss, loss_names  # noqa: E402
+from losses import ModelOutput, build_loss, loss_class, loss_names  # noqa: E402
 
 SIZES = ((256, 1000), (512, 8142))
 FEATURE_DIM, EMBED_DIM = 512, 128
@@ -124,7 +124,8 @@ def run(
         raise ValueError(f"clock must be wall or thread, got {clock!r}")
     if clock == "thread" and (dev.type == "cuda" or torch.get_num_threads() != 1):
         raise ValueError("clock='thread' times CPU runs with torch.set_num_threads(1) only")
-    names = list(losses) if losses else loss_names()
+    # By default the losses a classifier's ModelOutput feeds (NCL's take a multi-expert model's output).
+    names = list(losses) if losses else [n for n in loss_names() if loss_class(n).model == "classifier"]
     rows = []
     for n, c in sizes:
         output, target = _inputs(n, c, dev)

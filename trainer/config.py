@@ -62,6 +62,12 @@ class ModelConfig:
     head_fp32: bool = True  # classifier and BCL heads in fp32 under bf16 autocast (raw cosines feed arccos)
     bcl_hidden: int = 0  # BCL projection MLP width; 0: the arch's default (CIFAR 512, large: feature dim)
     bcl_embed: int = 0  # BCL embedding size; 0: the arch's default (CIFAR 128, large 1024)
+    # NCL's experts (loss ncl / ncl_linear / dbm_ncl; trainer/ncl_model.py), each a body of `arch`.
+    ncl_experts: int = 3
+    ncl_moco_dim: int = 64  # the projectors' output, the keys' size
+    ncl_queue: int = 1024  # MoCo keys per expert; the per-process batch must divide it
+    ncl_ema: float = 0.999  # key bodies' EMA momentum
+    ncl_ema_updates: int = 0  # EMA updates per step; 0: once per expert (the release's loop)
 
     def __post_init__(self) -> None:
         from trainer.models import ARCHS
@@ -69,7 +75,15 @@ class ModelConfig:
         check_choice("model.arch", self.arch, ARCHS)
         check_ranges(
             "model",
-            (("bcl_hidden", self.bcl_hidden >= 0, ">= 0"), ("bcl_embed", self.bcl_embed >= 0, ">= 0")),
+            (
+                ("bcl_hidden", self.bcl_hidden >= 0, ">= 0"),
+                ("bcl_embed", self.bcl_embed >= 0, ">= 0"),
+                ("ncl_experts", self.ncl_experts >= 1, ">= 1"),
+                ("ncl_moco_dim", self.ncl_moco_dim >= 1, ">= 1"),
+                ("ncl_queue", self.ncl_queue >= 1, ">= 1"),
+                ("ncl_ema", 0 <= self.ncl_ema <= 1, "in [0, 1]"),
+                ("ncl_ema_updates", self.ncl_ema_updates >= 0, ">= 0 (0: once per expert)"),
+            ),
             self,
         )
 

@@ -1,11 +1,11 @@
 """DBM-NCL's model (fidelity-audit §4.1): K experts, each with a MoCo key branch, and all of its state
 updated inside its own training forward.
 
-Per expert (`dbm_ltr:cifar/models/resnet_ncl.py:797-961`): a CIFAR ResNet body, a classifier (the cosine
-head initialised as the release's FCNorm, or a linear head), a trainable projector d-d-e; and a key branch:
-a separately initialised body that follows the expert's body by EMA, a projector that keeps its random
-initialisation (the release's EMA loop covers only `backbone` and `module`, `train_fn/ncl.py:43-50`), and a
-queue of Q keys.
+Per expert (`dbm_ltr:cifar/models/resnet_ncl.py:797-961`): a body (`model.arch`: a CIFAR ResNet, built by
+`trainer.models`, model kind "ncl_experts"), a classifier (the cosine head initialised as the release's
+FCNorm, or a linear head), a trainable projector d-d-e; and a key branch: a separately initialised body that
+follows the expert's body by EMA, a projector that keeps its random initialisation (the release's EMA loop
+covers only `backbone` and `module`, `train_fn/ncl.py:43-50`), and a queue of Q keys.
 
 Input: the loaders' view-major uint8 batch [2N, 3, H, W], view 0 (rows :N) for classification, view 1 for
 the keys. The training forward, in order: queries and raw outputs from view 0; keys from view 1 under
@@ -19,6 +19,21 @@ compiles whole and can be captured in a CUDA graph.
 Evaluation: one view; `logits` = the mean of the experts' raw outputs (`validate.py:78`).
 
 Queues, the pointer, the key bodies (parameters without gradient) and key projectors are in state_dict.
+
+Several processes (DDP): each rank enqueues its own keys, but DDP broadcasts every buffer from rank 0 before
+each forward, so the queues (and pointer) of the other ranks are overwritten by rank 0's: in effect one
+queue holding rank 0's keys only, filled at the per-rank batch rate, with the other ranks' keys dropped.
+The key bodies stay equal across ranks (their EMA follows bodies that DDP keeps equal; their BN statistics
+are broadcast too), and shuffle-BN permutes within a rank only. The release trains on one GPU and gathers
+nothing; the CIFAR recipes are single-process like it. A multi-process NCL would need MoCo's all-gather of
+the keys before the enqueue (and the queue left out of the broadcast).
+
+Deviations from the release, none of which changes what is computed: the queues are one [K, Q, e] buffer of
+keys as rows with one pointer (the release: per expert an [e, Q] queue and its own pointer, which move
+together since every expert enqueues the same batch); evaluation runs neither the key branch nor the
+projectors (their outputs never enter the prediction); under bf16 autocast the heads, projectors and
+similarities stay in fp32 (the release trains in fp32); q's gradient reads a saved copy of the queue
+(`saved_copy`).
 """
 
 from __future__ import annotations
@@ -34,7 +49,6 @@ from torch import Tensor, nn
 from losses.heads import CosineClassifier
 from losses.output import ExpertOutput
 from pipelines.augment import Normalize
-from trainer.resnet_cifar import ResNetCifar
 
 
 def fcnorm_classifier(in_features: int, num_classes: int) -> CosineClassifier:
@@ -72,18 +86,20 @@ NCL_HEADS: dict[str, Callable[[int, int], nn.Module]] = {
 
 
 class NCLModel(nn.Module):
-    """K experts + MoCo key branches; `forward(uint8 images) -> losses.output.ExpertOutput`."""
+    """K experts + MoCo key branches; `forward(uint8 images, labels=None) -> losses.output.ExpertOutput`.
+
+    `body()` builds one fresh body (a module with `feature_dim`): called 2K times, for the K experts and the
+    K key bodies, so each starts from its own random initialisation."""
 
     def __init__(
         self,
         num_classes: int,
         *,
+        body: Callable[[], nn.Module],
         mean: Sequence[float],
         std: Sequence[float],
         head: str = "cosine",
         experts: int = 3,
-        blocks: int = 5,
-        widths: tuple[int, int, int] = (16, 32, 64),
         moco_dim: int = 64,
         queue_size: int = 1024,
         ema_momentum: float = 0.999,
@@ -107,13 +123,13 @@ class NCLModel(nn.Module):
         self.ema_momentum, self.ema_updates = ema_momentum, ema_updates
         self.shuffle_bn, self.channels_last, self.head_fp32 = shuffle_bn, channels_last, head_fp32
         self.normalize = Normalize(mean, std)
-        self.bodies = nn.ModuleList(ResNetCifar(blocks, widths) for _ in range(experts))
+        self.bodies = nn.ModuleList(body() for _ in range(experts))
         d = self.bodies[0].feature_dim
         self.feature_dim = d
         self.classifiers = nn.ModuleList(NCL_HEADS[head](d, num_classes) for _ in range(experts))
         self.projectors = nn.ModuleList(projector(d, moco_dim) for _ in range(experts))
         # Key branch: its own random initialisation (not a copy), never given a gradient.
-        self.key_bodies = nn.ModuleList(ResNetCifar(blocks, widths) for _ in range(experts))
+        self.key_bodies = nn.ModuleList(body() for _ in range(experts))
         self.key_projectors = nn.ModuleList(projector(d, moco_dim) for _ in range(experts))
         for p in [*self.key_bodies.parameters(), *self.key_projectors.parameters()]:
             p.requires_grad_(False)
@@ -139,7 +155,8 @@ class NCLModel(nn.Module):
         # Raw cosines feed an arccos (DBM), the similarities a 1/0.2 scale: heads stay out of bf16.
         return torch.autocast(device.type, enabled=False) if self.head_fp32 else contextlib.nullcontext()
 
-    def forward(self, images: Tensor) -> ExpertOutput:
+    def forward(self, images: Tensor, labels: Tensor | None = None) -> ExpertOutput:
+        """`labels` are not used: every model takes them (trainer.models)."""
         if self.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)  # no-op for the loaders' batches
         x = self.normalize(images)
@@ -201,30 +218,3 @@ class NCLModel(nn.Module):
         for _ in range(self.ema_updates):
             torch._foreach_mul_(ema, self.ema_momentum)
             torch._foreach_add_(ema, source, alpha=1.0 - self.ema_momentum)
-
-
-# Arch names `build_model` can route here: the body's blocks per stage and widths.
-NCL_ARCHS: dict[str, dict[str, Any]] = {
-    "ncl_resnet32": {"blocks": 5, "widths": (16, 32, 64)},
-    "ncl_resnet8": {"blocks": 1, "widths": (16, 32, 64)},  # the CPU demo's depth
-    "ncl_resnet_tiny": {"blocks": 1, "widths": (8, 16, 32)},  # narrow ResNet-8, tests and the CPU demo
-}
-
-
-def build_ncl_model(
-    arch: str,
-    num_classes: int,
-    head: str,
-    *,
-    mean: Sequence[float],
-    std: Sequence[float],
-    channels_last: bool = True,
-    **options: Any,
-) -> NCLModel:
-    """The NCL model for an arch of `NCL_ARCHS`; `options` are `NCLModel`'s other keyword arguments."""
-    if arch not in NCL_ARCHS:
-        raise ValueError(f"model.arch: unknown NCL arch {arch!r}; valid: {', '.join(NCL_ARCHS)}")
-    model = NCLModel(
-        num_classes, mean=mean, std=std, head=head, channels_last=channels_last, **NCL_ARCHS[arch], **options
-    )
-    return model.to(memory_format=torch.channels_last) if channels_last else model

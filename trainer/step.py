@@ -154,7 +154,7 @@ class EagerRunner:
 
     def forward_loss(self, images: Tensor, labels: Tensor) -> Tensor:
         with autocast(self.step.device, self.step.dtype):
-            output = self.step.model(images)
+            output = self.step.model(images, labels)  # every model takes the labels (GML's queue reads them)
         return self.loss_and_metrics(output, labels)  # outside autocast: the model hands over fp32
 
     def run(self, images: Tensor, labels: Tensor) -> None:
