@@ -178,12 +178,16 @@ def build(cfg: Config, accelerator: Any) -> Any:
     import losses
     from pipelines import make_loader
     from trainer.loop import Components
+    from trainer.models import check_model
     from trainer.optim import build_optimizer
     from trainer.step import EvalStep, TrainStep
 
     device = accelerator.device
     where = dict(rank=accelerator.process_index, world_size=accelerator.num_processes, device=device)
-    views = losses.loss_class(cfg.loss.name).num_views
+    loss_class = losses.loss_class(cfg.loss.name)
+    views = loss_class.num_views
+    # The model the loss needs must fit the [model] section and the batch: checked before any data is read.
+    check_model(cfg.model, loss_class, batch_size=cfg.data.batch_size, world_size=accelerator.num_processes)
     with contextlib.ExitStack() as on_error:  # a failure below closes the loaders opened so far
         train_loader = make_loader(cfg.data, "train", views=views, seed=cfg.run.seed, **where)
         on_error.callback(train_loader.close)
@@ -205,7 +209,9 @@ def build(cfg: Config, accelerator: Any) -> Any:
         set_seed(cfg.run.seed)  # the same initial weights (and GML's initial queue) on every process
         model = _model(cfg, loss, meta, device)
         optimizer = build_optimizer(model, cfg.optim)
-        # Only the model goes through Accelerate (placement, DDP): the step drives the optimizer itself.
+        # Only the model goes through Accelerate (placement, DDP): the step drives the optimizer itself. DDP
+        # broadcasts rank 0's buffers before every forward: NCL's queues then hold rank 0's keys only, the
+        # other ranks' are dropped (trainer/ncl_model.py; the NCL recipes are single-process, as released).
         if device.type == "cuda" and accelerator.num_processes > 1 and cfg.step.mode == "graph":
             side = torch.cuda.Stream(device)
             with torch.cuda.stream(side):  # DDP built on a side stream so its buffers can join a capture

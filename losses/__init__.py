@@ -1,4 +1,4 @@
-"""fastlt losses: the cosine classifier, DBM, FBL, the re-balancing bases (CE, DRW, BS, LDAM) and BCL.
+"""fastlt losses: the cosine classifier, DBM, FBL, the re-balancing bases (CE, DRW, BS, LDAM), BCL and NCL.
 
 Imports only torch. See spec/losses.md for the formulas and DESIGN.md for the contract.
 """
@@ -19,12 +19,13 @@ from losses.functional import (
 )
 from losses.heads import CosineClassifier
 from losses.modules import Loss
-from losses.output import ModelOutput
+from losses.output import ExpertOutput, ModelOutput
 from losses.registry import LOSSES, build_loss, loss_class, loss_names
 
 __all__ = [
     "LOSSES",
     "CosineClassifier",
+    "ExpertOutput",
     "TargetLogits",
     "Loss",
     "LossConfig",

@@ -2,7 +2,7 @@
 
 Every registered loss reads the fields it uses from this one object (`build_loss(cfg, class_counts)`), so a
 default lives here and nowhere else. Fields are flat and prefixed by the piece that reads them (`drw_`,
-`bcl_`, `ldam_`, `fbl_`, `gml_`): the recipes' `[loss]` tables stay one level deep.
+`bcl_`, `ldam_`, `fbl_`, `gml_`, `ncl_`): the recipes' `[loss]` tables stay one level deep.
 
 Values are checked when the object is built (a recipe load, or `build_loss("dbm_ce", counts, scale=32.0)`):
 an unknown loss name lists the valid ones, an out-of-range value names its key.
@@ -41,6 +41,10 @@ class LossConfig:
     gml_beta: float = 1.0  # queue-contrast weight
     gml_gamma: float = 1.0  # supervised-term weight
     gml_kd_temperature: float = 4.0
+    ncl_hcm_n: int = 30  # NCL's hard-category mask keeps the top-k columns (CIFAR-100 30, CIFAR-10 3)
+    ncl_diversity: float = 0.6  # NBOD's factor
+    ncl_contrast_weight: float = 1.0  # weight of the experts' summed InfoNCE
+    ncl_temperature: float = 0.2  # InfoNCE's T
 
     def __post_init__(self) -> None:
         from losses.registry import LOSSES  # the registry imports the losses, which read this class
@@ -69,6 +73,10 @@ class LossConfig:
             ("gml_beta", 0 <= self.gml_beta < math.inf, "a finite number >= 0"),
             ("gml_gamma", 0 <= self.gml_gamma < math.inf, "a finite number >= 0"),
             ("gml_kd_temperature", 0 < self.gml_kd_temperature < math.inf, "a finite number > 0"),
+            ("ncl_hcm_n", self.ncl_hcm_n >= 1, ">= 1"),
+            ("ncl_diversity", self.ncl_diversity >= 0, ">= 0"),
+            ("ncl_contrast_weight", self.ncl_contrast_weight >= 0, ">= 0"),
+            ("ncl_temperature", self.ncl_temperature > 0, "> 0"),
         ):
             if not ok:  # NaN fails every comparison, so it is refused too
                 raise ValueError(f"loss.{key}: must be {rule}, got {getattr(self, key)!r}")

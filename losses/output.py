@@ -49,3 +49,23 @@ class MoCoOutput(NamedTuple):
     own_keys: Tensor
     temperature: Tensor
     teacher_logits: Tensor | None = None
+
+
+class ExpertOutput(NamedTuple):
+    """A multi-expert model's outputs for one batch (NCL, spec/losses.md §4.5).
+
+    A sibling of `ModelOutput` rather than two more optional fields on it, for the same reason as
+    `MoCoOutput`. The trainer reads only `logits` (training accuracy, evaluation), which means the same
+    thing in all three.
+
+    features:        [N, K*d] the K experts' pooled features side by side.
+    logits:          [N, C] the mean of the experts' raw outputs: what evaluation takes the argmax of.
+    expert_logits:   [K, N, C] each expert's raw classifier output (raw cosines, or linear logits).
+    contrast_logits: training only: per expert the MoCo similarities [q.k, q.queue] before the temperature,
+                     [K, N, 1 + Q], against the queue as it was before this batch's keys were enqueued.
+    """
+
+    features: Tensor
+    logits: Tensor
+    expert_logits: Tensor
+    contrast_logits: Tensor | None = None

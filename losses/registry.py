@@ -12,10 +12,15 @@ from losses.bcl import BCL, DBMBCL
 from losses.config import LossConfig
 from losses.gml import DBMGML, GML
 from losses.modules import BS, CE, CEDRW, DBMBS, DBMCE, DBMDRW, FBL, LDAMDRW, CosineCE, Loss
+from losses.ncl import DBMNCL, NCL, NCLLinear
 
 LOSSES: dict[str, type[Loss]] = {
     cls.name: cls
-    for cls in (CE, CEDRW, BS, LDAMDRW, CosineCE, DBMCE, DBMDRW, DBMBS, FBL, BCL, DBMBCL, GML, DBMGML)
+    for cls in (
+        *(CE, CEDRW, BS, LDAMDRW, CosineCE, DBMCE, DBMDRW, DBMBS, FBL, BCL, DBMBCL),
+        *(GML, DBMGML),
+        *(NCL, NCLLinear, DBMNCL),
+    )
 }
 
 

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from losses import loss_class
 from trainer.config import Config, ConfigError, dump_toml, load_config
+from trainer.models import check_model
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "configs").glob("*.toml"))
@@ -98,6 +100,11 @@ def test_int_is_accepted_for_a_float_but_not_the_reverse(tmp_path):
         ("", ["--model.gml_queue_size=0"], ["model.gml_queue_size", ">= 1"]),
         ("", ["--model.gml_temperature=0"], ["model.gml_temperature", "> 0"]),
         ("", ["--data.view_recipe=sim"], ["data.view_recipe", "'classification'"]),
+        ("", ["--loss.ncl_hcm_n=0"], ["loss.ncl_hcm_n", ">= 1"]),
+        ("", ["--loss.ncl_temperature=0"], ["loss.ncl_temperature", "> 0"]),
+        ("", ["--model.ncl_queue=0"], ["model.ncl_queue", ">= 1"]),
+        ("", ["--model.ncl_ema=1.5"], ["model.ncl_ema", "[0, 1]"]),
+        ("", ["--model.ncl_ema_updates=-1"], ["model.ncl_ema_updates", ">= 0"]),
     ],
 )
 def test_errors_name_the_key(tmp_path, text, overrides, names):
@@ -135,6 +142,10 @@ def test_recipes_exist():
         "imagenet_lt_dbm_gml",
         "inat2018_gml_teacher",
         "inat2018_dbm_gml",
+        "cifar100_lt_dbm_ncl",
+        "cifar10_lt_dbm_ncl",
+        "cifar100_lt_ncl",
+        "cifar10_lt_ncl",
     ):
         assert required in names, f"configs/{required}.toml is missing"
     assert any(n.startswith("imagenet_lt_dbm") and "resnext50" in n for n in names)
@@ -147,3 +158,5 @@ def test_every_recipe_loads_and_round_trips(path, tmp_path):
     assert path.read_text().startswith("#"), f"{path.name}: the first line names the paper figure"
     again = _write(tmp_path, dump_toml(cfg))
     assert load_config(again) == cfg
+    # The model the loss needs fits the recipe (NCL: a CIFAR ResNet, a queue the batch divides), one process.
+    check_model(cfg.model, loss_class(cfg.loss.name), batch_size=cfg.data.batch_size, world_size=1)

@@ -82,6 +82,9 @@ def test_an_existing_run_is_replaced_only_when_asked(demo_converted, tmp_path):
         (["--data.backend=webdataset"], "data.backend"),
         (["--run.epochz=3"], "run.epochz"),
         (["--run.epochs=three"], "run.epochs"),
+        # NCL's experts: a model kind that does not fit the arch or the batch, named before any data is read.
+        (["--loss.name=dbm_ncl", "--model.arch=resnet50"], "model.arch"),
+        (["--loss.name=dbm_ncl", "--model.ncl_queue=1000"], "model.ncl_queue"),
     ],
 )
 def test_bad_names_fail_before_any_work(tmp_path, extra, key):

@@ -7,13 +7,15 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from losses import ModelOutput, build_loss, loss_names
+from losses import ModelOutput, build_loss, loss_class, loss_names
 from tests.helpers import LOSS_COUNTS as COUNTS
 from tests.helpers import loss_output as make_output
 from tests.helpers import output_for
 
 # Epochs that change the state: DRW off -> on, FBL's curriculum 0 -> 0.8 -> past 1.
 EPOCHS = (0, 170, 199)
+# The losses a classifier's ModelOutput feeds (NCL's: tests/test_losses_ncl.py).
+NAMES = [n for n in loss_names() if loss_class(n).model == "classifier"]
 
 
 def _value_and_grads(fn, output, target: torch.Tensor):
@@ -56,13 +58,13 @@ def test_compiled_equals_eager_no_recompile(name):
     _assert_compiled_equals_eager(name, "inductor")
 
 
-@pytest.mark.parametrize("name", loss_names())
+@pytest.mark.parametrize("name", NAMES)
 def test_traced_equals_eager_no_recompile(name):
     _assert_compiled_equals_eager(name, "aot_eager")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(set(loss_names()) - {"dbm_drw", "fbl"}))
+@pytest.mark.parametrize("name", sorted(set(NAMES) - {"dbm_drw", "fbl"}))
 def test_compiled_equals_eager_no_recompile_all(name):
     _assert_compiled_equals_eager(name, "inductor")
 

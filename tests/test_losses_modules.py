@@ -39,18 +39,27 @@ NAMES = [
     "dbm_bcl",
     "gml",
     "dbm_gml",
+    "ncl",
+    "ncl_linear",
+    "dbm_ncl",
 ]
+# The losses fed by a classifier's ModelOutput (the others have their own files: tests/test_losses_ncl.py).
+CLASSIFIER_LOSSES = [n for n in NAMES if LOSSES[n].model == "classifier"]
 
 
 def test_registry_names_heads_views():
     assert list(LOSSES) == NAMES
     heads = {name: LOSSES[name].head for name in NAMES}
-    assert {n for n, h in heads.items() if h == "linear"} == {"ce", "ce_drw", "bs", "fbl"}
+    assert {n for n, h in heads.items() if h == "linear"} == {"ce", "ce_drw", "bs", "fbl", "ncl_linear"}
     assert all(h in ("linear", "cosine") for h in heads.values())
-    assert {n: LOSSES[n].num_views for n in NAMES} == {
-        n: 3 if n.endswith(("bcl", "gml")) else 1 for n in NAMES
+    # BCL and GML: view 0 + two more views; NCL: the classification view + the MoCo key view.
+    views = {n: 3 if n.endswith(("bcl", "gml")) else 2 if "ncl" in n else 1 for n in NAMES}
+    assert {n: LOSSES[n].num_views for n in NAMES} == views
+    kinds = {
+        n: "gml_student" if n.endswith("gml") else "ncl_experts" if "ncl" in n else "classifier"
+        for n in NAMES
     }
-    assert {n for n in NAMES if LOSSES[n].model != "classifier"} == {"gml", "dbm_gml"}
+    assert {n: LOSSES[n].model for n in NAMES} == kinds
     loss = build_loss("dbm_bs", COUNTS)
     assert loss.head == "cosine" and loss.num_views == 1 and loss.num_classes == 5
 
@@ -91,7 +100,7 @@ def test_the_config_is_the_only_home_of_defaults():
     torch.testing.assert_close(loss.logit_map.margins, class_margins(COUNTS, 0.3))
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CLASSIFIER_LOSSES)
 def test_every_loss_rejects_another_width(name):
     loss = build_loss(name, COUNTS)
     output, target = output_for(name, c=len(COUNTS) + 1)
@@ -104,7 +113,7 @@ def test_every_loss_rejects_another_width(name):
         loss(output, target[:4])
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CLASSIFIER_LOSSES)
 def test_every_loss_scalar_finite_gradients(name):
     loss = build_loss(name, COUNTS)
     loss.set_epoch(170, 200)
@@ -117,7 +126,7 @@ def test_every_loss_scalar_finite_gradients(name):
 
 # GML's contrast splits its gradient on purpose (con sees T_c detached, con_T the similarities detached), so
 # its gradients are not the derivative of its value: tests/test_losses_gml.py checks them against the release.
-@pytest.mark.parametrize("name", [n for n in NAMES if not n.endswith("gml")])
+@pytest.mark.parametrize("name", CLASSIFIER_LOSSES)
 def test_every_loss_gradcheck_float64(name):
     loss = build_loss(name, COUNTS, **({"fbl_weight": 3.0} if name == "fbl" else {}))
     loss.set_epoch(185, 200)
@@ -215,7 +224,7 @@ def test_buffers_follow_to_and_are_not_checkpointed():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", CLASSIFIER_LOSSES)
 def test_buffers_follow_to_cuda(name):
     loss = build_loss(name, COUNTS).to("cuda")
     loss.set_epoch(170, 200)

@@ -107,10 +107,10 @@ def test_read_metrics_resets_and_averages():
     assert step.read_metrics() == {"loss": None, "samples": 0, "steps": 0, "top1": None}
 
 
-def _compiled_equals_eager(cfg: StepConfig):
-    model, loss = _parts()
+def _compiled_equals_eager(cfg: StepConfig, loss_name: str = "dbm_drw"):
+    model, loss = _parts(loss_name)
     eager_model, eager_loss = copy.deepcopy(model), copy.deepcopy(loss)
-    batches = _batches(len(SCHEDULE))
+    batches = _batches(len(SCHEDULE), views=loss.num_views)
     step, _, reads = _train(model, loss, cfg, batches, recompile_check=True)
     assert isinstance(step.runner, CompiledRunner)
     _, _, eager_reads = _train(eager_model, eager_loss, StepConfig(mode="eager"), batches)
@@ -137,6 +137,24 @@ def _compiled_equals_eager(cfg: StepConfig):
 def test_traced_step_equals_eager_without_recompiles():
     # Dynamo + AOTAutograd without code generation: the same graphs and guards as Inductor, in seconds.
     _compiled_equals_eager(StepConfig(mode="compile", compile_backend="aot_eager"))
+
+
+def test_traced_ncl_step_equals_eager_without_recompiles():
+    """NCL's experts through the step: the in-forward enqueue and EMA compile into the step's graph (queues,
+    pointer and key bodies are in the compared state) and its eval graph averages the experts."""
+    _compiled_equals_eager(StepConfig(mode="compile", compile_backend="aot_eager"), "dbm_ncl")
+
+
+def test_ncl_step_two_views():
+    model, loss = _parts("dbm_ncl")
+    optimizer = build_optimizer(model, OptimConfig())
+    step = TrainStep(model, loss, optimizer, StepConfig(mode="eager"))
+    key_body = model.key_bodies[0].conv1.weight.detach().clone()
+    for x, y in _batches(3, views=2):
+        step(x, y)
+    r = step.read_metrics(per_class=True)
+    assert r["samples"] == 24 and sum(r["class_counts"]) == 24  # view 0 only
+    assert model.queue_ptr.item() == 24 and not torch.equal(key_body, model.key_bodies[0].conv1.weight)
 
 
 @pytest.mark.slow
@@ -209,8 +227,8 @@ def test_ddp_wrapped_model(mode):
 # --- GPU ---
 
 
-def _gpu_run(mode: str, precision: str, batches, warmup: int = 2, state=None):
-    model, loss = _parts(device="cuda")
+def _gpu_run(mode: str, precision: str, batches, warmup: int = 2, state=None, loss_name="dbm_drw"):
+    model, loss = _parts(loss_name, device="cuda")
     if state is not None:
         model.load_state_dict(state)
     cfg = StepConfig(mode=mode, precision=precision, compile_mode="default", graph_warmup=warmup)
@@ -219,12 +237,13 @@ def _gpu_run(mode: str, precision: str, batches, warmup: int = 2, state=None):
 
 
 @pytest.mark.gpu
-def test_graph_equals_eager_fp32(monkeypatch):
+@pytest.mark.parametrize("loss_name,views", [("dbm_drw", 1), ("dbm_ncl", 2)])
+def test_graph_equals_eager_fp32(monkeypatch, loss_name, views):
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    batches = _batches(len(SCHEDULE), batch=16, size=32, device="cuda")
-    graph_model, _, step, _, reads = _gpu_run("graph", "fp32", batches)
-    eager_model, _, _, _, eager_reads = _gpu_run("eager", "fp32", batches)
+    batches = _batches(len(SCHEDULE), batch=16, size=32, device="cuda", views=views)
+    graph_model, _, step, _, reads = _gpu_run("graph", "fp32", batches, loss_name=loss_name)
+    eager_model, _, _, _, eager_reads = _gpu_run("eager", "fp32", batches, loss_name=loss_name)
     assert isinstance(step.runner, GraphRunner)
     (captured,) = step.runner.graphs.values()
     assert captured.graph is not None  # 2 warm-up steps, then captured at step 3 and replayed at 4
@@ -263,9 +282,10 @@ def test_graph_stays_valid_after_loading_a_checkpoint(monkeypatch):
 
 
 @pytest.mark.gpu
-def test_graph_step_never_syncs_bf16():
-    batches = _batches(len(SCHEDULE), batch=16, size=32, device="cuda")
-    model, loss, step, _, reads = _gpu_run("graph", "auto", batches)
+@pytest.mark.parametrize("loss_name,views", [("dbm_drw", 1), ("dbm_ncl", 2)])
+def test_graph_step_never_syncs_bf16(loss_name, views):
+    batches = _batches(len(SCHEDULE), batch=16, size=32, device="cuda", views=views)
+    model, loss, step, _, reads = _gpu_run("graph", "auto", batches, loss_name=loss_name)
     assert step.dtype is torch.bfloat16
     assert all(r["loss"] is not None and r["loss"] == r["loss"] for r in reads)  # finite, not NaN
     torch.cuda.synchronize()

@@ -111,7 +111,8 @@ def run(
     clock="thread" (CPU only, one torch thread) times with the calling thread's CPU time (tools/timer.py)."""
     dev = torch.device(device)
     timer = Timer(dev, clock)
-    names = list(losses) if losses else loss_names()
+    # By default the losses this bench can feed (NCL's take a multi-expert model's output).
+    names = list(losses) if losses else [n for n in loss_names() if loss_class(n).model in INPUTS]
     rows = []
     for n, c in sizes:
         inputs = {kind: make(n, c, dev) for kind, make in INPUTS.items()}

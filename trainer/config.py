@@ -77,9 +77,15 @@ class ModelConfig:
     gml_base_k: int = 2  # slots every class gets before the rest is shared by the class prior
     gml_embed_dim: int = 32  # moco-dim: the projection heads' output
     gml_temperature: float = 0.1  # initial T_c (learnable, no weight decay)
+    # NCL's experts (loss ncl / ncl_linear / dbm_ncl; trainer/ncl_model.py), each a body of `arch`.
+    ncl_experts: int = 3
+    ncl_moco_dim: int = 64  # the projectors' output, the keys' size
+    ncl_queue: int = 1024  # MoCo keys per expert; the per-process batch must divide it
+    ncl_ema: float = 0.999  # key bodies' EMA momentum
+    ncl_ema_updates: int = 0  # EMA updates per step; 0: once per expert (the release's loop)
 
     def __post_init__(self) -> None:
-        from trainer.models import ARCHS
+        from trainer.classifier import ARCHS
 
         check_choice("model.arch", self.arch, ARCHS)
         if self.teacher_arch:
@@ -93,6 +99,11 @@ class ModelConfig:
                 ("gml_base_k", self.gml_base_k >= 1, ">= 1"),
                 ("gml_embed_dim", self.gml_embed_dim >= 1, ">= 1"),
                 ("gml_temperature", 0 < self.gml_temperature < math.inf, "a finite number > 0"),
+                ("ncl_experts", self.ncl_experts >= 1, ">= 1"),
+                ("ncl_moco_dim", self.ncl_moco_dim >= 1, ">= 1"),
+                ("ncl_queue", self.ncl_queue >= 1, ">= 1"),
+                ("ncl_ema", 0 <= self.ncl_ema <= 1, "in [0, 1]"),
+                ("ncl_ema_updates", self.ncl_ema_updates >= 0, ">= 0 (0: once per expert)"),
             ),
             self,
         )

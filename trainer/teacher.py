@@ -21,8 +21,8 @@ from torch import nn
 
 from losses import loss_class
 from trainer.checkpoint import CheckpointError, load_checkpoint, load_latest
+from trainer.classifier import build_classifier
 from trainer.config import ConfigError, from_dict
-from trainer.models import build_classifier
 
 log = logging.getLogger(__name__)
 

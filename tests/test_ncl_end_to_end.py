@@ -1,0 +1,159 @@
+"""DBM-NCL end to end (issue #14) through `launch.main` as a user runs it: two views per image through both
+loaders, the three experts with their key branches and queues, the NCL loss, eager and compiled; and a
+resumed run that ends where an uninterrupted one does, queues and key bodies included."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import launch
+from pipelines import DataConfig, make_loader
+from tests.helpers import tiny_argv
+from trainer import checkpoint, loop, rundir
+
+QUEUE = 48  # 3 batches of tiny_argv's 16: the pointer wraps inside an epoch
+NCL_ARGS = (
+    "--loss.name=dbm_ncl",
+    "--loss.scale=16",
+    "--loss.ncl_hcm_n=3",
+    f"--model.ncl_queue={QUEUE}",
+    "--model.ncl_moco_dim=16",
+)
+
+
+@pytest.mark.parametrize("mode", ["eager", "compile"])
+@pytest.mark.parametrize("backend", ["ffcv", "dali"])
+def test_dbm_ncl_epoch_end_to_end(demo_converted, tmp_path, backend, mode):
+    name = f"dbm_ncl_{backend}_{mode}"
+    compiled = ("--step.mode=compile", "--step.compile_backend=aot_eager") if mode == "compile" else ()
+    augment = ("--data.auto_augment=cifar10", "--data.cutout=8", "--data.view_crop_scale=[0.2, 1.0]")
+    argv = tiny_argv(demo_converted, tmp_path, name, *NCL_ARGS, *augment, *compiled, backend=backend)
+    results = launch.main(argv)
+
+    (record,) = rundir.read_metrics(tmp_path / name)
+    assert math.isfinite(record["loss"]) and record["loss"] > 0 and 0 <= record["top1"] <= 1
+    meta = json.loads((demo_converted / "test.meta.json").read_text())
+    assert results["eval_samples"] == meta["num_samples"]  # evaluation: one view, every image once
+    assert len(results["final"]["per_class"]) == meta["num_classes"]
+    # The checkpoint holds the key branch and the queues, the pointer where the epoch's batches left it.
+    state = checkpoint.load_latest(tmp_path / name)["model"]
+    steps = json.loads((demo_converted / "train.meta.json").read_text())["num_samples"] // 16
+    assert state["queues"].shape == (3, QUEUE, 16) and int(state["queue_ptr"]) == steps * 16 % QUEUE
+    torch.testing.assert_close(state["queues"].norm(dim=2), torch.ones(3, QUEUE))  # unit keys
+    assert {"key_bodies.2.conv1.weight", "key_bodies.0.bn1.running_var", "key_projectors.1.2.weight"} <= set(
+        state
+    )
+
+
+def test_ncl_linear_epoch_end_to_end(demo_converted, tmp_path):
+    """The linear-head baseline recipe's loss through the same path (eager, FFCV)."""
+    argv = tiny_argv(demo_converted, tmp_path, "ncl_linear", *NCL_ARGS, "--loss.name=ncl_linear")
+    results = launch.main(argv)
+    assert math.isfinite(results["final"]["top1"])
+    assert "classifiers.0.bias" in checkpoint.load_latest(tmp_path / "ncl_linear")["model"]
+
+
+@pytest.fixture(scope="module")
+def row_constant_converted(demo_images, convert_cli, tmp_path_factory):
+    """The demo set with every image replaced by its row means: each row is one colour, so a horizontal flip
+    leaves it unchanged, through JPEG without chroma subsampling (an 8x8 block constant along its rows
+    decodes constant along them; 2x2 chroma averaging is not mirror-symmetric) and the loaders' crops alike.
+    FFCV flips the key view with numba's unseeded per-thread generators; on these images that flip changes
+    nothing, so two runs see the same key views."""
+    images = tmp_path_factory.mktemp("row_constant_images")
+    shutil.copytree(demo_images, images, dirs_exist_ok=True)
+    for path in images.rglob("*.jpg"):
+        pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
+        rows = np.broadcast_to(pixels.mean(axis=1, keepdims=True), pixels.shape).round().astype(np.uint8)
+        Image.fromarray(rows).save(path, format="JPEG", quality=95, subsampling=0)
+    out = tmp_path_factory.mktemp("row_constant_converted")
+    for split in ("train", "test"):
+        convert_cli(images, out, split, formats="ffcv")
+    return out
+
+
+# As tests/test_resume.py: FFCV's own crops and flips are unseeded, so view 0 takes the whole image unflipped;
+# the key view's crop is the whole image too (its flip cannot be turned off: see the fixture). Device-side
+# augmentation (AutoAugment, Cutout, the key view's jitter, grey and blur) draws from seeded generators.
+RESUME = (
+    *NCL_ARGS,
+    "--run.epochs=2",
+    "--run.checkpoint_every=1",
+    "--data.auto_augment=cifar10",
+    "--data.cutout=8",
+    "--data.crop=resized",
+    "--data.crop_scale=[1.0, 1.0]",
+    "--data.view_crop_scale=[1.0, 1.0]",
+    "--data.hflip=false",
+    "--optim.schedule=cosine",
+    "--optim.warmup_epochs=1",
+    "--optim.lr=0.05",
+)
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread in both runs from their first step on (see tests/test_resume.py)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_resume_matches_an_uninterrupted_run(row_constant_converted, tmp_path, monkeypatch, one_thread):
+    data = row_constant_converted
+    # The premise: the key view the loader hands over is its own mirror image.
+    cfg = DataConfig(dir=str(data), train="train", resolution=32, batch_size=16, num_workers=1)
+    loader = make_loader(cfg, "train", views=2)
+    try:
+        images, _ = next(iter(loader))
+        assert torch.equal(images, images.flip(-1))
+    finally:
+        loader.close()
+
+    straight = launch.main(tiny_argv(data, tmp_path, "straight", *RESUME))
+    real = loop.train_one_epoch
+    calls = {"n": 0}
+
+    def dies_in_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated interruption")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_one_epoch", dies_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        launch.main(tiny_argv(data, tmp_path, "resumed", *RESUME))
+    monkeypatch.setattr(loop, "train_one_epoch", real)
+    run = tmp_path / "resumed"
+    first = checkpoint.load_latest(run)
+    assert first["epoch"] == 1
+    resumed = launch.main(["--resume", str(run)])
+
+    a, b = checkpoint.load_latest(tmp_path / "straight"), checkpoint.load_latest(run)
+    assert a["epoch"] == b["epoch"] == 2
+    assert a["model"].keys() == b["model"].keys()
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    # The queues and key bodies moved in epoch 2, so the comparison above covers their restore.
+    for key in ("queues", "key_bodies.0.conv1.weight", "key_bodies.1.bn1.running_mean"):
+        assert not torch.equal(first["model"][key], b["model"][key]), key
+    for (ka, va), (kb, vb) in zip(
+        a["optimizer"]["state"].items(), b["optimizer"]["state"].items(), strict=True
+    ):
+        assert ka == kb
+        torch.testing.assert_close(vb["momentum_buffer"], va["momentum_buffer"], rtol=1e-5, atol=1e-6)
+    ra, rb = rundir.read_metrics(tmp_path / "straight"), rundir.read_metrics(run)
+    assert [r["epoch"] for r in rb] == [1, 2]
+    for x, y in zip(ra, rb, strict=True):
+        for field in ("loss", "lr", "top1", "many", "medium", "few"):
+            assert (x[field] is None) == (y[field] is None), field
+            assert x[field] is None or x[field] == pytest.approx(y[field], rel=1e-5, abs=1e-5), field
+    assert straight["final"]["top1"] == pytest.approx(resumed["final"]["top1"], abs=1e-9)

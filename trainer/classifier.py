@@ -1,0 +1,159 @@
+"""The classifier every loss but NCL and GML trains, and the bodies and heads all models are built from.
+
+`build_classifier(cfg, num_classes, head, mean=..., std=..., views=1)` stacks `Normalize` (uint8 -> float, the
+model's first operation, so it fuses into the compiled step) -> a body from `ARCHS` (pooled features f) -> a
+classifier from `HEADS` ("linear": nn.Linear with bias; "cosine": raw cosines, the loss applies the scale) ->
+BCL's two projection heads when the loss takes several views (spec/losses.md §4.4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from losses import CosineClassifier, ModelOutput
+from pipelines.augment import Normalize
+from trainer.config import ModelConfig
+from trainer.resnet_cifar import ResNetCifar, kaiming_init_
+from trainer.resnet_imagenet import PlacesResNet152, TorchvisionBody
+
+
+@dataclass(frozen=True)
+class Arch:
+    build: Callable[[ModelConfig], nn.Module]  # -> body with a `feature_dim` attribute
+    cifar_init: bool  # True: kaiming-normal on the heads' Linear weights too (the CIFAR code's `apply`)
+    bcl_hidden: int  # BCL MLP width; 0 = the feature dimension (upstream BCL's large-scale heads)
+    bcl_embed: int
+
+
+ARCHS: dict[str, Arch] = {
+    "resnet32": Arch(lambda cfg: ResNetCifar(5), True, 512, 128),
+    "resnet20": Arch(lambda cfg: ResNetCifar(3), True, 512, 128),
+    "resnet56": Arch(lambda cfg: ResNetCifar(9), True, 512, 128),
+    "resnet8": Arch(lambda cfg: ResNetCifar(1), True, 512, 128),
+    # Narrow ResNet-8 (32-d features) for tests and the CPU demo.
+    "resnet_tiny": Arch(lambda cfg: ResNetCifar(1, (8, 16, 32)), True, 64, 32),
+    "resnet18": Arch(lambda cfg: TorchvisionBody("resnet18"), False, 0, 1024),
+    "resnet50": Arch(lambda cfg: TorchvisionBody("resnet50"), False, 0, 1024),
+    "resnext50_32x4d": Arch(lambda cfg: TorchvisionBody("resnext50_32x4d"), False, 0, 1024),
+    "resnext101_32x8d": Arch(lambda cfg: TorchvisionBody("resnext101_32x8d"), False, 0, 1024),  # GML teacher
+    "resnet152_places": Arch(lambda cfg: PlacesResNet152(cfg.pretrained), False, 0, 1024),
+}
+
+HEADS: dict[str, Callable[[int, int], nn.Module]] = {
+    "linear": lambda d, c: nn.Linear(d, c),
+    "cosine": lambda d, c: CosineClassifier(d, c),
+}
+
+
+def _mlp(d: int, hidden: int, embed: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(d, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, embed)
+    )
+
+
+class LongTailClassifier(nn.Module):
+    """normalize -> body -> classifier (+ BCL heads). See `build_classifier`."""
+
+    def __init__(
+        self,
+        normalize: nn.Module,
+        body: nn.Module,
+        classifier: nn.Module,
+        bcl: tuple[int, int] | None,
+        *,
+        views: int,
+        channels_last: bool,
+        head_fp32: bool,
+    ) -> None:
+        super().__init__()
+        self.normalize = normalize
+        self.body = body
+        self.classifier = classifier
+        self.channels_last = channels_last
+        self.head_fp32 = head_fp32
+        d = body.feature_dim
+        self.feature_dim = d
+        self.views = views  # images per sample in a training batch (the loss's num_views), view-major
+        self.bcl = bcl is not None
+        if bcl is not None:
+            hidden, embed = bcl
+            self.head = _mlp(d, hidden or d, embed)  # on the features of all 3 views
+            self.head_fc = _mlp(d, hidden or d, embed)  # on the raw class vectors -> class centres
+            # Every rank computes the centres from the same (replicated) weights: its BatchNorm1d has
+            # nothing to synchronise, and `trainer.sync_bn.convert_sync_bn` leaves it alone.
+            self.head_fc.sync_bn = False
+
+    def class_vectors(self) -> Tensor:
+        """The raw (un-normalised) class vectors as rows, [C, d]: BCL's `W^T`."""
+        w = self.classifier.weight
+        return w.t() if isinstance(self.classifier, CosineClassifier) else w
+
+    def _heads(self, f: Tensor, contrast: bool) -> ModelOutput:
+        if not contrast:
+            return ModelOutput(f.float(), self.classifier(f).float())
+        # A BCL training batch stacks [v0; v1; v2] (one encoder pass, BN statistics shared across views):
+        # classify view 0, contrast the others. The projection MLP runs on all 3B rows, so its BatchNorm1d
+        # statistics include view 0 (and view 0's features get the gradient that flows through them), and
+        # view 0's embeddings are dropped afterwards, as the released code does.
+        b = f.shape[0] // self.views
+        logits = self.classifier(f[:b])
+        embeddings = F.normalize(self.head(f)[b:].float(), dim=1)
+        centers = F.normalize(self.head_fc(self.class_vectors()).float(), dim=1)
+        return ModelOutput(f[:b].float(), logits.float(), embeddings, centers)
+
+    def forward(self, images: Tensor, labels: Tensor | None = None) -> ModelOutput:
+        """`labels` are not used: every model takes them (see the module docstring)."""
+        if self.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)  # no-op for the loaders' batches
+        f = self.body(self.normalize(images))
+        contrast = self.bcl and self.training  # in eval mode there is one view and only the logits
+        if contrast and f.shape[0] % self.views:
+            raise ValueError(
+                f"BCL model: a training batch stacks {self.views} views, got {f.shape[0]} images"
+            )
+        if self.head_fp32:
+            # Raw cosines feed an arccos (DBM) and a scale of ~30: keep the (small) heads out of bf16.
+            with torch.autocast(f.device.type, enabled=False):
+                return self._heads(f.float(), contrast)
+        return self._heads(f, contrast)
+
+
+def build_classifier(
+    cfg: ModelConfig,
+    num_classes: int,
+    head: str,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    views: int = 1,
+) -> LongTailClassifier:
+    """The model for `cfg.arch` (validated by ModelConfig) with a `head` classifier over `num_classes`;
+    inputs are uint8 NCHW. `views` > 1 (the loss's `num_views`: BCL) adds the contrastive heads."""
+    bcl_heads = views > 1
+    if head not in HEADS:
+        raise ValueError(f"unknown classifier head {head!r}; valid: {', '.join(HEADS)}")
+    arch = ARCHS[cfg.arch]
+    body = arch.build(cfg)
+    classifier = HEADS[head](body.feature_dim, num_classes)
+    hidden = cfg.bcl_hidden or arch.bcl_hidden
+    embed = cfg.bcl_embed or arch.bcl_embed
+    model = LongTailClassifier(
+        Normalize(mean, std),
+        body,
+        classifier,
+        (hidden, embed) if bcl_heads else None,
+        views=views,
+        channels_last=cfg.channels_last,
+        head_fp32=cfg.head_fp32,
+    )
+    if arch.cifar_init:
+        for module in (model.classifier, *([model.head, model.head_fc] if bcl_heads else [])):
+            module.apply(kaiming_init_)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model

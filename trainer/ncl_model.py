@@ -1,0 +1,220 @@
+"""DBM-NCL's model (fidelity-audit §4.1): K experts, each with a MoCo key branch, and all of its state
+updated inside its own training forward.
+
+Per expert (`dbm_ltr:cifar/models/resnet_ncl.py:797-961`): a body (`model.arch`: a CIFAR ResNet, built by
+`trainer.models`, model kind "ncl_experts"), a classifier (the cosine head initialised as the release's
+FCNorm, or a linear head), a trainable projector d-d-e; and a key branch: a separately initialised body that
+follows the expert's body by EMA, a projector that keeps its random initialisation (the release's EMA loop
+covers only `backbone` and `module`, `train_fn/ncl.py:43-50`), and a queue of Q keys.
+
+Input: the loaders' view-major uint8 batch [2N, 3, H, W], view 0 (rows :N) for classification, view 1 for
+the keys. The training forward, in order: queries and raw outputs from view 0; keys from view 1 under
+no_grad (one batch permutation shared by the experts for shuffle-BN, drawn on the device); the contrastive
+similarities against the queue as it stands; then, in place, the keys enqueued at a device-side pointer
+and the EMA of the key bodies, the release's `mul_(m).add_(1 - m, p)` repeated `ema_updates` times,
+by default once per expert: its loop over the K experts updates every expert's key body on each pass, so
+the effective momentum is 0.999^3 with 3 experts. The EMA after the forward and before the backward is
+where the release does it. Nothing reads a tensor on the host and shapes are static, so the forward
+compiles whole and can be captured in a CUDA graph.
+Evaluation: one view; `logits` = the mean of the experts' raw outputs (`validate.py:78`).
+
+Queues, the pointer, the key bodies (parameters without gradient) and key projectors are in state_dict.
+
+Several processes (DDP): each rank enqueues its own keys, but DDP broadcasts every buffer from rank 0 before
+each forward, so the queues (and pointer) of the other ranks are overwritten by rank 0's: in effect one
+queue holding rank 0's keys only, filled at the per-rank batch rate, with the other ranks' keys dropped.
+The key bodies stay equal across ranks (their EMA follows bodies that DDP keeps equal; their BN statistics
+are broadcast too), and shuffle-BN permutes within a rank only. The release trains on one GPU and gathers
+nothing; the CIFAR recipes are single-process like it. A multi-process NCL would need MoCo's all-gather of
+the keys before the enqueue (and the queue left out of the broadcast).
+
+Deviations from the release, none of which changes what is computed: the queues are one [K, Q, e] buffer of
+keys as rows with one pointer (the release: per expert an [e, Q] queue and its own pointer, which move
+together since every expert enqueues the same batch); evaluation runs neither the key branch nor the
+projectors (their outputs never enter the prediction); under bf16 autocast the heads, projectors and
+similarities stay in fp32 (the release trains in fp32); q's gradient reads a saved copy of the queue
+(`saved_copy`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from losses.heads import CosineClassifier
+from losses.output import ExpertOutput
+from pipelines.augment import Normalize
+
+
+def fcnorm_classifier(in_features: int, num_classes: int) -> CosineClassifier:
+    """The cosine head with the release's FCNorm initialisation: weight [C, d] ~ U(-1, 1), then
+    `renorm_(2, 1, 1e-5).mul_(1e5)`, which scales each *feature* column (not each class vector) to unit
+    norm. In `CosineClassifier`'s [d, C] layout that is each row. The forward is the same as FCNorm's."""
+    head = CosineClassifier(in_features, num_classes)
+    with torch.no_grad():
+        head.weight.uniform_(-1.0, 1.0)
+        head.weight.div_(head.weight.norm(dim=1, keepdim=True).clamp_min(1e-12))
+    return head
+
+
+def projector(in_features: int, out_features: int) -> nn.Sequential:
+    """The release's `mlp` head: Linear(d, d) -> ReLU -> Linear(d, e), with biases and default init."""
+    return nn.Sequential(nn.Linear(in_features, in_features), nn.ReLU(), nn.Linear(in_features, out_features))
+
+
+def saved_copy(buffer: Tensor) -> Tensor:
+    """A copy of `buffer` (along dim 1) for the backward to keep, when the forward then writes it in place.
+
+    q's gradient needs the queue as it was; the enqueue overwrites it before the backward runs. A `clone()`
+    suffices eagerly but not under Inductor (PyTorch 2.14): the min-cut partitioner treats a clone as cheap,
+    recomputes it in the backward from the buffer, after the write, and the gradients come out silently
+    wrong (pytorch/pytorch#197039 fixes the partitioner). `index_select` is outside its recompute
+    allow-list, so its result is saved. `test_ncl_model.py` checks both the helper and the whole model.
+    """
+    return buffer.index_select(1, torch.arange(buffer.shape[1], device=buffer.device))
+
+
+NCL_HEADS: dict[str, Callable[[int, int], nn.Module]] = {
+    "cosine": fcnorm_classifier,
+    "linear": lambda d, c: nn.Linear(d, c),  # the release's FC: default init, with bias
+}
+
+
+class NCLModel(nn.Module):
+    """K experts + MoCo key branches; `forward(uint8 images, labels=None) -> losses.output.ExpertOutput`.
+
+    `body()` builds one fresh body (a module with `feature_dim`): called 2K times, for the K experts and the
+    K key bodies, so each starts from its own random initialisation."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        body: Callable[[], nn.Module],
+        mean: Sequence[float],
+        std: Sequence[float],
+        head: str = "cosine",
+        experts: int = 3,
+        moco_dim: int = 64,
+        queue_size: int = 1024,
+        ema_momentum: float = 0.999,
+        ema_updates: int | None = None,
+        shuffle_bn: bool = True,
+        channels_last: bool = False,
+        head_fp32: bool = True,
+    ) -> None:
+        super().__init__()
+        if head not in NCL_HEADS:
+            raise ValueError(f"NCL model: unknown classifier head {head!r}; valid: {', '.join(NCL_HEADS)}")
+        ema_updates = experts if ema_updates is None else ema_updates
+        if experts < 1 or moco_dim < 1 or queue_size < 1 or ema_updates < 0:
+            raise ValueError(
+                f"NCL model: need experts, moco_dim, queue_size >= 1 and ema_updates >= 0, got {experts}, "
+                f"{moco_dim}, {queue_size}, {ema_updates}"
+            )
+        if not 0.0 <= ema_momentum <= 1.0:
+            raise ValueError(f"NCL model: ema_momentum must be in [0, 1], got {ema_momentum}")
+        self.num_experts, self.queue_size = experts, queue_size
+        self.ema_momentum, self.ema_updates = ema_momentum, ema_updates
+        self.shuffle_bn, self.channels_last, self.head_fp32 = shuffle_bn, channels_last, head_fp32
+        self.normalize = Normalize(mean, std)
+        self.bodies = nn.ModuleList(body() for _ in range(experts))
+        d = self.bodies[0].feature_dim
+        self.feature_dim = d
+        self.classifiers = nn.ModuleList(NCL_HEADS[head](d, num_classes) for _ in range(experts))
+        self.projectors = nn.ModuleList(projector(d, moco_dim) for _ in range(experts))
+        # Key branch: its own random initialisation (not a copy), never given a gradient.
+        self.key_bodies = nn.ModuleList(body() for _ in range(experts))
+        self.key_projectors = nn.ModuleList(projector(d, moco_dim) for _ in range(experts))
+        for p in [*self.key_bodies.parameters(), *self.key_projectors.parameters()]:
+            p.requires_grad_(False)
+        # Queue rows are keys (the release stores their transpose, [e, Q]); unit random vectors to start.
+        self.register_buffer("queues", F.normalize(torch.randn(experts, queue_size, moco_dim), dim=2))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    def batch_size(self, images: int) -> int:
+        """Images per view of a training batch of `images` rows; the checks the queue needs."""
+        if images % 2:
+            raise ValueError(
+                f"NCL model: a training batch stacks 2 views (classification, key), got {images} images"
+            )
+        n = images // 2
+        if n == 0 or self.queue_size % n:
+            raise ValueError(
+                f"NCL model: the batch size per process ({n}) must divide the MoCo queue size "
+                f"({self.queue_size}): the queue is overwritten one whole batch at a time"
+            )
+        return n
+
+    def _head_precision(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+        # Raw cosines feed an arccos (DBM), the similarities a 1/0.2 scale: heads stay out of bf16.
+        return torch.autocast(device.type, enabled=False) if self.head_fp32 else contextlib.nullcontext()
+
+    def forward(self, images: Tensor, labels: Tensor | None = None) -> ExpertOutput:
+        """`labels` are not used: every model takes them (trainer.models)."""
+        if self.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)  # no-op for the loaders' batches
+        x = self.normalize(images)
+        if not self.training:
+            return self._heads([body(x) for body in self.bodies], None)
+        n = self.batch_size(x.shape[0])
+        features = [body(x[:n]) for body in self.bodies]
+        with torch.no_grad():
+            keys = self._keys(x[n:])
+        output = self._heads(features, keys)  # reads the queue before this batch's keys enter it
+        with torch.no_grad():
+            self._enqueue(keys)
+            self._momentum_update()
+        return output
+
+    def _keys(self, x: Tensor) -> Tensor:
+        """L2-normalised keys [K, N, e] of the key view, in the batch's order."""
+        order = None
+        if self.shuffle_bn:
+            # One permutation for all experts, drawn on the device (capturable). On one process BN's batch
+            # statistics do not depend on the order, so this changes only rounding; it is kept as released.
+            order = torch.rand(x.shape[0], device=x.device).argsort()
+            x = x[order]
+        features = [body(x) for body in self.key_bodies]
+        with self._head_precision(x.device):
+            if self.head_fp32:
+                features = [f.float() for f in features]
+            pairs = zip(self.key_projectors, features, strict=True)
+            keys = torch.stack([F.normalize(p(f), dim=1) for p, f in pairs]).float()
+        return keys if order is None else keys[:, order.argsort()]
+
+    def _heads(self, features: list[Tensor], keys: Tensor | None) -> ExpertOutput:
+        with self._head_precision(features[0].device):
+            if self.head_fp32:
+                features = [f.float() for f in features]
+            raw = torch.stack([c(f) for c, f in zip(self.classifiers, features, strict=True)]).float()
+            contrast = None
+            if keys is not None:
+                q = torch.stack(
+                    [F.normalize(p(f), dim=1) for p, f in zip(self.projectors, features, strict=True)]
+                ).float()
+                positive = (q * keys).sum(dim=2, keepdim=True)  # [K, N, 1]
+                negative = torch.bmm(q, saved_copy(self.queues).transpose(1, 2))  # [K, N, Q]
+                contrast = torch.cat([positive, negative], dim=2)
+        return ExpertOutput(torch.cat(features, dim=1).float(), raw.mean(dim=0), raw, contrast)
+
+    def _enqueue(self, keys: Tensor) -> None:
+        """Write the batch's keys at the pointer and advance it, on the device (no `.item()`)."""
+        n = keys.shape[1]
+        slots = self.queue_ptr + torch.arange(n, device=keys.device)
+        self.queues.index_copy_(1, slots, keys.to(self.queues.dtype))
+        self.queue_ptr.copy_((self.queue_ptr + n) % self.queue_size)
+
+    def _momentum_update(self) -> None:
+        """key = m * key + (1 - m) * body, `ema_updates` times, over parameters only (BN running
+        statistics of the key bodies come from their own forwards, as released)."""
+        ema = [p for body in self.key_bodies for p in body.parameters()]
+        source = [p.detach() for body in self.bodies for p in body.parameters()]
+        for _ in range(self.ema_updates):
+            torch._foreach_mul_(ema, self.ema_momentum)
+            torch._foreach_add_(ema, source, alpha=1.0 - self.ema_momentum)
