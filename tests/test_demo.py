@@ -21,7 +21,7 @@ SMOKE = [
 
 
 @pytest.mark.slow
-def test_demo_converts_trains_both_losses_and_prints_their_table(tmp_path, capfd):
+def test_demo_converts_trains_every_loss_and_prints_their_table(tmp_path, capfd):
     out, runs = tmp_path / "demo", tmp_path / "runs"
     assert main(["--out", str(out), "--runs", str(runs), *SMOKE]) == 0
     printed = capfd.readouterr().out
@@ -30,8 +30,8 @@ def test_demo_converts_trains_both_losses_and_prints_their_table(tmp_path, capfd
         assert data_path(out / "converted", split, "ffcv").is_file()
         assert any(data_path(out / "converted", split, "dali").glob("*.tar"))
     table = printed[printed.index("(final epoch, top-1 %)") :]
-    for loss in ("ce", "dbm_ce"):
-        run_dir = runs / f"demo_{loss}_ffcv"
+    for loss in ("ce", "dbm_ce", "dbm_bs"):  # the default comparison, on the default (DALI) backend
+        run_dir = runs / f"demo_{loss}_dali"
         final = json.loads((run_dir / "results.json").read_text())["final"]
         config = tomllib.loads(
             (run_dir / "config.toml").read_text()
@@ -44,3 +44,4 @@ def test_demo_converts_trains_both_losses_and_prints_their_table(tmp_path, capfd
         row = next(line.split() for line in table.splitlines() if line.startswith(f"{loss} "))
         assert float(row[-1]) == pytest.approx(100 * final["top1"], abs=0.005)  # overall column
     assert "chance level 8.3%" in printed
+    assert (runs / "demo_per_class.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

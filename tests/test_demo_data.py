@@ -37,8 +37,15 @@ def test_long_tail_profile_keeps_an_image_in_every_class():
 
 
 def test_default_set_has_many_medium_and_few_classes():
-    groups = Counter(shot_group(n) for n in long_tail_counts(12, 300, 100.0))
-    assert groups["many"] >= 2 and groups["medium"] >= 2 and groups["few"] >= 2
+    """The demo's defaults (n_max 300, IF 30): 4 many, 5 medium and 3 few classes of 18, 13 and 10 images."""
+    import inspect
+
+    defaults = inspect.signature(make_demo_data).parameters
+    n_max, imbalance = defaults["n_max"].default, defaults["imbalance"].default
+    counts = long_tail_counts(defaults["num_classes"].default, n_max, imbalance)
+    groups = Counter(shot_group(n) for n in counts)
+    assert (groups["many"], groups["medium"], groups["few"]) == (4, 5, 3)
+    assert counts[-3:] == [18, 13, 10]
 
 
 def test_lists_images_and_balanced_test(demo_images):

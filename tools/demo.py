@@ -1,4 +1,4 @@
-"""`make demo`: generate the embedded long-tailed set, convert it, train with DBM and with plain CE, compare.
+"""`make demo`: generate the embedded long-tailed set, convert it, train plain CE, DBM-CE and DBM-BS, compare.
 
     python -m tools.demo --out data/demo                       # what `make demo` runs
     python -m tools.demo --out /tmp/demo --run.epochs=1        # any --section.key=value goes to every run
@@ -19,7 +19,9 @@ from pathlib import Path
 
 from pipelines.config import SUFFIXES, data_path
 from pipelines.convert import ConvertOptions, SplitRequest, convert, summary_line
+from pipelines.fileio import atomic_write_bytes
 from pipelines.meta import META_SUFFIX, read_meta
+from tools.compare_runs import figure_png
 from tools.make_demo_data import make_demo_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,8 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", type=Path, default=Path("data/demo"))
     p.add_argument("--config", default="configs/demo.toml")
-    p.add_argument("--losses", default="ce,dbm_ce", help="comma-separated loss names to compare")
-    p.add_argument("--backend", default="ffcv", choices=tuple(SUFFIXES))
+    p.add_argument("--losses", default="ce,dbm_ce,dbm_bs", help="comma-separated loss names to compare")
+    # DALI: no per-process JIT compile (FFCV's first pass costs ~20 s in each of the demo's runs)
+    p.add_argument("--backend", default="dali", choices=tuple(SUFFIXES))
     p.add_argument("--runs", type=Path, default=Path("runs"))
     args, overrides = p.parse_known_args(argv)  # anything else: --section.key=value for every run
     start = time.perf_counter()
@@ -94,10 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     print()
     print(table(results))
+    figure = args.runs / "demo_per_class.png"  # every loss's per-class accuracy against training count
+    atomic_write_bytes(figure, figure_png(list(results), list(results.values())))
     chance = 1 / read_meta(converted / "train").num_classes
     print(
         f"\nchance level {100 * chance:.1f}%; demo finished in {time.perf_counter() - start:.0f} s; "
-        f"run folders under {args.runs}/"
+        f"run folders under {args.runs}/, per-class accuracy of every loss in {figure}"
     )
     return 0
 

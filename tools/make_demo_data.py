@@ -183,8 +183,8 @@ def make_demo_data(
     *,
     num_classes: int = 12,
     n_max: int = 300,
-    imbalance: float = 100.0,
-    test_per_class: int = 30,
+    imbalance: float = 30.0,
+    test_per_class: int = 50,
     size: tuple[int, int] = (64, 64),
     seed: int = 0,
     quality: int = 92,
@@ -226,8 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("data/demo/images"))
     p.add_argument("--classes", type=int, default=12, help=f"number of classes (2..{len(CLASS_NAMES)})")
     p.add_argument("--n-max", type=int, default=300, help="training images of the most frequent class")
-    p.add_argument("--imbalance", type=float, default=100.0, help="n_max / n_min")
-    p.add_argument("--test-per-class", type=int, default=30)
+    p.add_argument("--imbalance", type=float, default=30.0, help="n_max / n_min")
+    p.add_argument("--test-per-class", type=int, default=50)
     p.add_argument(
         "--size", type=parse_size, default=(64, 64), help="WIDTHxHEIGHT of every image (default 64x64)"
     )
