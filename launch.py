@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from trainer.config import Config, ConfigError, load_config
+from trainer.config import Config, ConfigError
+from trainer.recipe import launcher_precision, load_config
 
 log = logging.getLogger("launch")
 
@@ -50,28 +51,6 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     if not args.resume and not args.config:
         p.error("one of --config or --resume is required")
     return args, overrides
-
-
-def launcher_precision(overrides: list[str]) -> list[str]:
-    """`accelerate launch --mixed_precision bf16` as `--step.precision=bf16` (the step runs its own autocast,
-    so Accelerate's would otherwise be ignored). Accelerate exports "no" when the flag is absent too, so "no"
-    cannot mean fp32 here: `--step.precision=fp32` says that. fp16 is refused: its loss scaler reads a
-    host-side flag every step, which a captured, sync-free step cannot do, and bf16 needs no scaler."""
-    flag = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
-    if flag in ("", "no"):
-        return overrides
-    if flag != "bf16":
-        raise ConfigError(
-            f"accelerate launch --mixed_precision {flag}: fastlt's step runs in bf16 or fp32 (fp16 needs a "
-            "gradient scaler that syncs with the host every step); use --mixed_precision bf16 or "
-            "--step.precision=fp32"
-        )
-    explicit = [o for o in overrides if o.lstrip("-").split("=", 1)[0] == "step.precision"]
-    if explicit and explicit[-1].split("=", 1)[1] != flag:
-        raise ConfigError(
-            f"accelerate launch --mixed_precision {flag} and {explicit[-1]} disagree: give only one of them"
-        )
-    return [*overrides, f"--step.precision={flag}"]
 
 
 class LaunchError(RuntimeError):

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from losses import loss_class
-from trainer.config import Config, ConfigError, dump_toml, load_config
+from trainer.config import Config, ConfigError
 from trainer.models import check_model
+from trainer.recipe import dump_toml, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "configs").glob("*.toml"))

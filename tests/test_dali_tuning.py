@@ -8,12 +8,12 @@ import os
 import pytest
 
 from pipelines import DataConfig, make_loader
-from pipelines.dali_backend import (
+from pipelines.dali_backend import PREFETCH
+from pipelines.dali_tuning import (
     DALI_DEVICE_PADDING,
     DALI_HOST_PADDING,
     NVIDIA_DEVICE_PADDING,
     NVIDIA_HOST_PADDING,
-    PREFETCH,
     decoder_args,
 )
 from pipelines.loader import LoaderSpec

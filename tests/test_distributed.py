@@ -14,7 +14,7 @@ import pytest
 import launch
 from tests.helpers import free_port, tiny_argv
 from trainer import checkpoint, loop, rundir
-from trainer.config import load_config
+from trainer.recipe import load_config
 from trainer.step import unwrap
 
 ROOT = Path(__file__).resolve().parents[1]

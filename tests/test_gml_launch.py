@@ -20,7 +20,7 @@ from tests.helpers import free_port, tiny_argv
 from tests.test_resume import _close, one_thread  # noqa: F401 - one_thread is a fixture
 from trainer import checkpoint, loop, rundir
 from trainer.checkpoint import CheckpointError
-from trainer.config import load_config
+from trainer.recipe import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # numba prints a harmless KeyError from a finalizer of FFCV's compiled functions (spec/pipelines.md §2.2).

@@ -10,7 +10,8 @@ import torch
 import launch
 from tests.helpers import ROOT, tiny_argv
 from trainer import checkpoint, rundir
-from trainer.config import ConfigError, load_config
+from trainer.config import ConfigError
+from trainer.recipe import launcher_precision, load_config
 
 METRIC_FIELDS = ("epoch", "loss", "lr", "img_per_s", "top1", "many", "medium", "few", "time")
 
@@ -105,17 +106,17 @@ def test_argument_errors():
 def test_accelerates_mixed_precision_flag_maps_to_the_step(monkeypatch):
     """`accelerate launch --mixed_precision X` exports ACCELERATE_MIXED_PRECISION=X for every process."""
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
-    assert launch.launcher_precision(["--run.name=a"]) == ["--run.name=a", "--step.precision=bf16"]
-    assert launch.launcher_precision(["--step.precision=bf16"])[-1] == "--step.precision=bf16"
+    assert launcher_precision(["--run.name=a"]) == ["--run.name=a", "--step.precision=bf16"]
+    assert launcher_precision(["--step.precision=bf16"])[-1] == "--step.precision=bf16"
     with pytest.raises(ConfigError, match="--mixed_precision bf16 and --step.precision=fp32 disagree"):
-        launch.launcher_precision(["--step.precision=fp32"])
+        launcher_precision(["--step.precision=fp32"])
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
     with pytest.raises(ConfigError, match="--mixed_precision fp16: fastlt's step runs in bf16 or fp32"):
-        launch.launcher_precision([])
+        launcher_precision([])
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # accelerate's default: the recipe decides
-    assert launch.launcher_precision(["--step.precision=fp32"]) == ["--step.precision=fp32"]
+    assert launcher_precision(["--step.precision=fp32"]) == ["--step.precision=fp32"]
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
-    cfg = load_config("configs/demo.toml", launch.launcher_precision([]))
+    cfg = load_config("configs/demo.toml", launcher_precision([]))
     assert cfg.step.precision == "fp32"  # the recipe's own value
 
 

@@ -9,7 +9,8 @@ import pytest
 import launch
 from tests.helpers import tiny_argv
 from trainer import rundir
-from trainer.config import ConfigError, load_config
+from trainer.config import ConfigError
+from trainer.recipe import load_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 

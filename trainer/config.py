@@ -1,20 +1,17 @@
-"""One typed config tree: frozen dataclasses, loaded from a TOML recipe plus `--section.key=value` overrides.
+"""One typed config tree: frozen dataclasses, one section per package that consumes it.
 
 Each package owns the section it consumes: `[data]` is `pipelines.DataConfig`, `[loss]` is
-`losses.LossConfig`; the trainer's own sections are defined here, and this module composes them and loads
-them. Unknown sections or keys, values of the wrong type, unknown choices and out-of-range values are errors
-that name the key (and the valid choices), so a typo in a recipe fails before any data is read.
+`losses.LossConfig`; the trainer's own sections are defined here, and `Config` composes them. Each section
+checks its choices and ranges when it is built, naming the key; trainer/recipe.py reads and writes them
+as TOML recipes with `--section.key=value` overrides, so a typo in a recipe fails before any data is read.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
-import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from losses.config import LossConfig
@@ -173,139 +170,5 @@ class Config:
     step: StepConfig = field(default_factory=StepConfig)
 
 
-@dataclass(frozen=True)
-class Override:
-    """A command-line value: its TOML reading, and the raw text for keys typed as strings
-    (`--run.name=2024` names a run "2024"; TOML would read an integer)."""
-
-    raw: str
-    value: Any
-
-
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Check (and gently convert) one value against its dataclass annotation."""
-    if isinstance(value, Override):
-        value = value.raw if hint is str and not isinstance(value.value, str) else value.value
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        valid = typing.get_args(hint)
-        if value not in valid:
-            raise ConfigError(f"{key}: unknown value {value!r}; valid: {', '.join(map(repr, valid))}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        (item_type, _) = typing.get_args(hint)
-        return tuple(_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value))
-    if origin in (typing.Union, types.UnionType):
-        raise ConfigError(f"{key}: unsupported union type {hint}")
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    raise ConfigError(f"{key}: unsupported type {hint}")
-
-
-def _section_types(section_cls: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(section_cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(section_cls)}
-
-
-def from_dict(tree: dict[str, Any], source: str = "config") -> Config:
-    """Build a Config from nested dicts, naming the offending key and the valid ones on any mismatch."""
-    sections = {f.name: f.type for f in dataclasses.fields(Config)}
-    section_types = typing.get_type_hints(Config)
-    kwargs = {}
-    for name, values in tree.items():
-        if name not in sections:
-            raise ConfigError(f"{source}: unknown section [{name}]; valid sections: {', '.join(sections)}")
-        if not isinstance(values, dict):
-            raise ConfigError(f"{source}: [{name}] must be a table of keys")
-        cls = section_types[name]
-        fields = _section_types(cls)
-        checked = {}
-        for key, value in values.items():
-            if key not in fields:
-                raise ConfigError(
-                    f"{source}: unknown key {name}.{key}; valid keys in [{name}]: {', '.join(fields)}"
-                )
-            checked[key] = _coerce(value, fields[key], f"{source}: {name}.{key}")
-        try:
-            kwargs[name] = cls(**checked)
-        except ValueError as err:  # a section's own checks: choices and ranges, naming the key
-            raise ConfigError(f"{source}: {err}") from None
-    return Config(**kwargs)
-
-
 def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
     return {name: dict(dataclasses.asdict(getattr(cfg, name))) for name in cfg.__dataclass_fields__}
-
-
-def _parse_override_value(text: str) -> Override:
-    """Override values are TOML literals; bare words fall back to strings (`--loss.name=dbm_ce`)."""
-    try:
-        return Override(text, tomllib.loads(f"v = {text}")["v"])
-    except tomllib.TOMLDecodeError:
-        return Override(text, text)
-
-
-def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `--section.key=value` (or `section.key=value`) strings to a nested dict, returning a copy."""
-    merged = {k: dict(v) for k, v in tree.items()}
-    for raw in overrides:
-        text = raw[2:] if raw.startswith("--") else raw
-        path, sep, value = text.partition("=")
-        section, dot, key = path.partition(".")
-        if not sep or not dot or not section or not key:
-            raise ConfigError(f"override {raw!r}: expected --section.key=value")
-        merged.setdefault(section, {})[key] = _parse_override_value(value)
-    return merged
-
-
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
-    """Read a TOML recipe (or defaults when path is None) and apply command-line overrides."""
-    tree: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        path = Path(path)
-        source = str(path)
-        try:
-            tree = tomllib.loads(path.read_text())
-        except FileNotFoundError as exc:
-            raise ConfigError(f"config file not found: {path}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
-    return from_dict(apply_overrides(tree, list(overrides)), source)
-
-
-def dump_toml(cfg: Config) -> str:
-    """The resolved config as a TOML recipe that load_config reads back to the same Config."""
-    lines = []
-    for section, values in to_dict(cfg).items():
-        lines.append(f"[{section}]")
-        for key, value in values.items():
-            lines.append(f"{key} = {_toml_value(value)}")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return repr(value)

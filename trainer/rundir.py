@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.fileio import atomic_write_text
-from trainer.config import Config, dump_toml
+from trainer.config import Config
+from trainer.recipe import dump_toml
 
 CONFIG_FILE = "config.toml"
 ENV_FILE = "env.json"

@@ -22,7 +22,8 @@ from torch import nn
 from losses import loss_class
 from trainer.checkpoint import CheckpointError, load_checkpoint, load_latest
 from trainer.classifier import build_classifier
-from trainer.config import ConfigError, from_dict
+from trainer.config import ConfigError
+from trainer.recipe import from_dict
 
 log = logging.getLogger(__name__)
 
