@@ -70,3 +70,16 @@ def demo_converted(demo_images, tmp_path_factory) -> Path:
     for split in ("train", "test"):
         convert(demo_images, out, split)
     return out
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread from the first step on, for runs compared bitwise-close (resume tests): earlier
+    tests (and FFCV, which sets torch's thread count to its worker count) may leave another count behind,
+    and a different reduction order in the first steps is enough to break the agreement after two epochs."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

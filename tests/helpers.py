@@ -83,3 +83,43 @@ def output_for(name: str, **kw) -> tuple[ModelOutput | MoCoOutput, torch.Tensor]
     """Random inputs for the registered loss `name`, of the kind its model (`model` attribute) returns."""
     make = {"classifier": loss_output, "gml_student": gml_output}[loss_class(name).model]
     return make(**kw)
+
+
+def interrupted_run(argv: list[str], monkeypatch) -> None:
+    """`launch.main(argv)` killed at the start of its second epoch (a KeyboardInterrupt raised where the epoch
+    would train): what a resume test continues from its epoch-1 checkpoint."""
+    import pytest
+
+    import launch
+    from trainer import loop
+
+    real = loop.train_one_epoch
+    calls = {"n": 0}
+
+    def dies_in_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("simulated interruption")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_one_epoch", dies_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        launch.main(argv)
+    monkeypatch.setattr(loop, "train_one_epoch", real)
+
+
+def launch_failure(argv: list[str]) -> tuple[int, str]:
+    """Run `python launch.py *argv` as a user would; its exit code and the last line of its stderr, after
+    checking that it printed no traceback (an error a user meets is one line)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "launch.py"), *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return proc.returncode, proc.stderr.strip().splitlines()[-1]

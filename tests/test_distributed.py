@@ -35,6 +35,19 @@ def _torchrun(*args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", *args, str(ROOT / "launch.py")]
 
 
+def _two_processes(argv: list[str]) -> None:
+    """`torchrun --nproc_per_node 2 launch.py *argv`, which must succeed."""
+    proc = subprocess.run(
+        _torchrun("--nproc_per_node", "2", "--master_port", str(free_port())) + argv,
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    _check(proc, proc.stdout + proc.stderr)
+
+
 def _check(proc: subprocess.CompletedProcess | subprocess.Popen, out: str) -> None:
     assert proc.returncode == 0, f"exit {proc.returncode}:\n{out[-6000:]}"
 
@@ -57,15 +70,7 @@ def test_two_processes_count_every_sample_once(demo_converted, tmp_path):
     argv = tiny_argv(
         demo_converted, tmp_path, "ddp", "--data.eval_batch_size=40", "--loss.name=dbm_bs", "--loss.scale=16"
     )
-    proc = subprocess.run(
-        _torchrun("--nproc_per_node", "2", "--master_port", str(free_port())) + argv,
-        cwd=ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-    _check(proc, proc.stdout + proc.stderr)
+    _two_processes(argv)
     run = tmp_path / "ddp"
     results = json.loads((run / "results.json").read_text())
     env = json.loads((run / "env.json").read_text())
@@ -173,14 +178,6 @@ def test_two_processes_dbm_bcl_with_sync_bn(demo_converted, tmp_path, mode):
         "--data.drop_last=false",
         "--data.batch_size=20",
     )
-    proc = subprocess.run(
-        _torchrun("--nproc_per_node", "2", "--master_port", str(free_port())) + argv,
-        cwd=ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-    _check(proc, proc.stdout + proc.stderr)
+    _two_processes(argv)
     (record,) = rundir.read_metrics(tmp_path / f"bcl_{mode}")
     assert record["steps"] == 15 and record["loss"] > 0 and record["top1"] is not None

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 import launch
-from tests.helpers import free_port, tiny_argv
-from tests.test_resume import _close, one_thread  # noqa: F401 - one_thread is a fixture
-from trainer import checkpoint, loop, rundir
+from tests.helpers import free_port, interrupted_run, tiny_argv
+from tests.test_resume import _close
+from trainer import checkpoint, rundir
 from trainer.checkpoint import CheckpointError
 from trainer.recipe import load_config
 
@@ -103,24 +103,12 @@ RESUME = (
 )
 
 
-def test_resumed_student_equals_an_uninterrupted_one(demo_converted, tmp_path, monkeypatch, one_thread):  # noqa: F811
+def test_resumed_student_equals_an_uninterrupted_one(demo_converted, tmp_path, monkeypatch, one_thread):
     launch.main(tiny_argv(demo_converted, tmp_path, "teacher", *TEACHER, "--run.eval_every=0"))
     args = student_args(tmp_path / "teacher", *RESUME)
     straight = launch.main(tiny_argv(demo_converted, tmp_path, "straight", *args))
 
-    real = loop.train_one_epoch
-    calls = {"n": 0}
-
-    def dies_in_second_epoch(*a, **kw):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("simulated interruption")
-        return real(*a, **kw)
-
-    monkeypatch.setattr(loop, "train_one_epoch", dies_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        launch.main(tiny_argv(demo_converted, tmp_path, "resumed", *args))
-    monkeypatch.setattr(loop, "train_one_epoch", real)
+    interrupted_run(tiny_argv(demo_converted, tmp_path, "resumed", *args), monkeypatch)
     run = tmp_path / "resumed"
     assert checkpoint.load_latest(run)["epoch"] == 1
 

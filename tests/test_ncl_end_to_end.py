@@ -15,8 +15,8 @@ from PIL import Image
 
 import launch
 from pipelines import DataConfig, make_loader
-from tests.helpers import tiny_argv
-from trainer import checkpoint, loop, rundir
+from tests.helpers import interrupted_run, tiny_argv
+from trainer import checkpoint, rundir
 
 QUEUE = 48  # 3 batches of tiny_argv's 16: the pointer wraps inside an epoch
 NCL_ARGS = (
@@ -98,15 +98,6 @@ RESUME = (
 )
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread in both runs from their first step on (see tests/test_resume.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_resume_matches_an_uninterrupted_run(row_constant_converted, tmp_path, monkeypatch, one_thread):
     data = row_constant_converted
     # The premise: the key view the loader hands over is its own mirror image.
@@ -119,19 +110,7 @@ def test_resume_matches_an_uninterrupted_run(row_constant_converted, tmp_path, m
         loader.close()
 
     straight = launch.main(tiny_argv(data, tmp_path, "straight", *RESUME))
-    real = loop.train_one_epoch
-    calls = {"n": 0}
-
-    def dies_in_second_epoch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("simulated interruption")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "train_one_epoch", dies_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        launch.main(tiny_argv(data, tmp_path, "resumed", *RESUME))
-    monkeypatch.setattr(loop, "train_one_epoch", real)
+    interrupted_run(tiny_argv(data, tmp_path, "resumed", *RESUME), monkeypatch)
     run = tmp_path / "resumed"
     first = checkpoint.load_latest(run)
     assert first["epoch"] == 1

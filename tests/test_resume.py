@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import launch
-from tests.helpers import tiny_argv
-from trainer import checkpoint, loop, rng, rundir
+from tests.helpers import interrupted_run, tiny_argv
+from trainer import checkpoint, rng, rundir
 
 # Everything resume must restore is exercised: device-side augmentation (AutoAugment + Cutout draw from the
 # loader's per-epoch generators), a loss with epoch state (DRW switches on at the second epoch), a schedule
@@ -43,33 +43,10 @@ def _close(a, b, tol=1e-5):
     return math.isclose(a, b, rel_tol=tol, abs_tol=tol)
 
 
-@pytest.fixture
-def one_thread():
-    """Both runs use one intra-op thread from their first step on: earlier tests (and FFCV, which sets torch's
-    thread count to its worker count) may leave another count behind, and a different reduction order in
-    the first steps is enough to break bitwise-close agreement after two epochs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_resume_matches_an_uninterrupted_run(demo_converted, tmp_path, monkeypatch, one_thread):
     straight = launch.main(tiny_argv(demo_converted, tmp_path, "straight", *EXTRA))
 
-    real = loop.train_one_epoch
-    calls = {"n": 0}
-
-    def dies_in_second_epoch(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("simulated interruption")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "train_one_epoch", dies_in_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        launch.main(tiny_argv(demo_converted, tmp_path, "resumed", *EXTRA))
-    monkeypatch.setattr(loop, "train_one_epoch", real)
+    interrupted_run(tiny_argv(demo_converted, tmp_path, "resumed", *EXTRA), monkeypatch)
     run = tmp_path / "resumed"
     assert _final_state(run)["epoch"] == 1
     assert not (run / "results.json").exists()

@@ -7,14 +7,12 @@ from __future__ import annotations
 import errno
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 
 import launch
 from pipelines import DataConfig, MetaError, make_loader
-from tests.helpers import ROOT, tiny_argv
+from tests.helpers import launch_failure, tiny_argv
 from trainer import checkpoint, rundir
 from trainer.checkpoint import CheckpointError
 from trainer.config import ConfigError
@@ -129,14 +127,6 @@ def test_data_errors_are_one_line(demo_converted, tmp_path, damage):
     else:
         beton.write_bytes(beton.read_bytes()[:4096])
     argv = tiny_argv(data, tmp_path, "broken")
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "launch.py"), *argv],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
-    last = proc.stderr.strip().splitlines()[-1]
+    _, last = launch_failure(argv)
     assert last.startswith("launch.py: ") and "train.beton" in last, proc.stderr
     assert not (tmp_path / "broken").exists()  # nothing was written for a run that could not start

@@ -174,19 +174,12 @@ def test_the_loader_names_the_sample_or_skips_it_when_asked(demo_converted, tmp_
 
 def test_training_on_a_damaged_shard_ends_with_a_message_not_a_crash(demo_converted, tmp_path):
     """What the issue reported: `launch.py` on a zero-filled sample died with a segmentation fault."""
-    from tests.helpers import tiny_argv
+    from tests.helpers import launch_failure, tiny_argv
 
     data, key = _damaged_copy(demo_converted, tmp_path)
     argv = tiny_argv(
         data, tmp_path, "damaged", "--data.batch_size=64", "--data.num_workers=2", backend="dali"
     )
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "launch.py"), *argv],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 1, proc.stderr[-3000:]  # sys.exit(message): not -11 (SIGSEGV)
-    last = proc.stderr.strip().splitlines()[-1]
+    code, last = launch_failure(argv)
+    assert code == 1  # sys.exit(message): not -11 (SIGSEGV)
     assert last.startswith("launch.py: ") and f"sample '{key}' (index 4) is corrupt" in last
