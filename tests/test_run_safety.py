@@ -128,5 +128,5 @@ def test_data_errors_are_one_line(demo_converted, tmp_path, damage):
         beton.write_bytes(beton.read_bytes()[:4096])
     argv = tiny_argv(data, tmp_path, "broken")
     _, last = launch_failure(argv)
-    assert last.startswith("launch.py: ") and "train.beton" in last, proc.stderr
+    assert last.startswith("launch.py: ") and "train.beton" in last, last
     assert not (tmp_path / "broken").exists()  # nothing was written for a run that could not start
