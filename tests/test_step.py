@@ -134,12 +134,12 @@ def _compiled_equals_eager(cfg: StepConfig, loss_name: str = "dbm_drw"):
     assert model.training
 
 
-def test_traced_step_equals_eager_without_recompiles():
+def test_traced_step_equals_eager_without_recompiles(one_thread):
     # Dynamo + AOTAutograd without code generation: the same graphs and guards as Inductor, in seconds.
     _compiled_equals_eager(StepConfig(mode="compile", compile_backend="aot_eager"))
 
 
-def test_traced_ncl_step_equals_eager_without_recompiles():
+def test_traced_ncl_step_equals_eager_without_recompiles(one_thread):
     """NCL's experts through the step: the in-forward enqueue and EMA compile into the step's graph (queues,
     pointer and key bodies are in the compared state) and its eval graph averages the experts."""
     _compiled_equals_eager(StepConfig(mode="compile", compile_backend="aot_eager"), "dbm_ncl")

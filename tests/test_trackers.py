@@ -18,7 +18,14 @@ pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptio
 def test_tensorboard_gets_the_metrics_and_the_per_class_plot(demo_converted, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    argv = tiny_argv(demo_converted, tmp_path, "tb", "--run.epochs=2", '--run.trackers=["tensorboard"]')
+    argv = tiny_argv(
+        demo_converted,
+        tmp_path,
+        "tb",
+        "--run.epochs=2",
+        "--run.eval_every=1",
+        '--run.trackers=["tensorboard"]',
+    )
     launch.main(argv)
     run = tmp_path / "tb"
     (events,) = (run / "tensorboard").glob("events.out.tfevents.*")
