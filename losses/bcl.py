@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from losses.config import LossConfig
-from losses.distributed import batch_group, gather_labels, gather_rows, group_rank
+from losses.distributed import batch_group, gather_rows, gather_values, group_rank
 from losses.functional import at_least_float32
 from losses.logit_maps import DBMargin, ScaledCosine
 from losses.modules import Loss
@@ -57,7 +57,7 @@ def balanced_contrastive(
         keys, key_labels, first = anchors, anchor_labels, 0
     else:
         keys = gather_rows(anchors, group)
-        key_labels = gather_labels(anchor_labels, group)
+        key_labels = gather_values(anchor_labels, group)
         first = group_rank(group) * two_b  # this rank's anchors are keys[first : first + 2b]
     labels = torch.cat([key_labels, torch.arange(num_classes, device=target.device)])
     count = anchors.new_ones(num_classes).index_add(0, key_labels, anchors.new_ones(key_labels.shape[0]))

@@ -6,6 +6,13 @@ with a fixed signature and end with a fixed marker (JPEG: end-of-image; PNG: the
 varies), so a handful of byte reads on pages the decoder reads anyway tells most damage apart. The format is
 told by the bytes, not the member's extension (ImageNet has a PNG named .JPEG). The converter writes JPEGs
 only; foreign WebDataset shards may hold PNGs, which must not be taken for broken JPEGs.
+
+The converter writes nothing after a JPEG's end marker (`jpeg_problem`, strict), but JPEGs from elsewhere
+may carry a trailer: zero padding, a phone's metadata block. Decoders stop at the end marker and never read
+it, so a sample is accepted when the marker sits within its last `JPEG_TRAILER` bytes (`image_problem`).
+That stays safe: the two bytes FF D9 occur nowhere in a JPEG's entropy-coded data (an FF there is followed
+by 00 or a restart marker), so a sample cut or zero-filled before its end marker has none in its tail
+(short of a file cut within JPEG_TRAILER bytes of an embedded thumbnail's end).
 """
 
 from __future__ import annotations
@@ -16,27 +23,34 @@ JPEG_SOI = b"\xff\xd8\xff"  # start of image, then the first segment's marker
 JPEG_EOI = b"\xff\xd9"  # end of image: the converter writes nothing after it
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk's type and CRC: a PNG's last 8 bytes
+JPEG_TRAILER = 4096  # bytes a JPEG read from shards may carry after its end marker
 _S0, _S1, _S2 = JPEG_SOI
 _E0, _E1 = JPEG_EOI
 
 
-def jpeg_problem(data: bytes | np.ndarray) -> str | None:
-    """Why `data` is not a whole JPEG judged by its first and last bytes (None: it looks like one)."""
+def jpeg_problem(data: bytes | np.ndarray, trailer: int = 0) -> str | None:
+    """Why `data` is not a whole JPEG judged by its first and last bytes (None: it looks like one), allowing
+    up to `trailer` bytes after the end marker (0: it must be the last two bytes)."""
     if len(data) < len(JPEG_SOI) + len(JPEG_EOI):
         return f"{len(data)} bytes, too short for a JPEG"
     head, tail = bytes(data[: len(JPEG_SOI)]), bytes(data[-len(JPEG_EOI) :])
     if head != JPEG_SOI:
         return f"no JPEG start marker (it begins {head.hex(' ')}): overwritten or zero-filled"
     if tail != JPEG_EOI:
-        return f"no JPEG end marker (it ends {tail.hex(' ')}): truncated or overwritten"
+        window = bytes(data[max(len(JPEG_SOI), len(data) - trailer - len(JPEG_EOI)) :]) if trailer else b""
+        if JPEG_EOI in window:
+            return None
+        where = f" in its last {trailer + len(JPEG_EOI)} bytes" if trailer else ""
+        return f"no JPEG end marker{where} (it ends {tail.hex(' ')}): truncated or overwritten"
     return None
 
 
 def image_problem(data: bytes | np.ndarray) -> str | None:
-    """Why `data` is neither a whole JPEG nor a whole PNG (None: it looks like one of them)."""
+    """Why `data` is neither a whole JPEG (a trailer of up to `JPEG_TRAILER` bytes allowed) nor a whole PNG
+    (None: it looks like one of them)."""
     head = bytes(data[: len(PNG_SIGNATURE)])
     if head.startswith(JPEG_SOI):
-        return jpeg_problem(data)
+        return jpeg_problem(data, JPEG_TRAILER)
     if head == PNG_SIGNATURE:
         whole = len(data) >= len(PNG_SIGNATURE) + len(PNG_END)
         tail = bytes(data[-len(PNG_END) :]) if whole else b""
@@ -47,12 +61,15 @@ def image_problem(data: bytes | np.ndarray) -> str | None:
 
 
 def looks_whole(view: np.ndarray, start: int, end: int) -> bool:
-    """`image_problem(view[start:end]) is None`, fast for JPEGs: five byte reads, no copy."""
-    if end - start >= len(JPEG_SOI) + len(JPEG_EOI) and view[start] == _S0:
-        return (
-            view[start + 1] == _S1
-            and view[start + 2] == _S2
-            and view[end - 2] == _E0
-            and view[end - 1] == _E1
-        )
+    """`image_problem(view[start:end]) is None`, fast for the JPEGs that end with their marker: five byte
+    reads, no copy."""
+    if (
+        end - start >= len(JPEG_SOI) + len(JPEG_EOI)
+        and view[start] == _S0
+        and view[start + 1] == _S1
+        and view[start + 2] == _S2
+        and view[end - 2] == _E0
+        and view[end - 1] == _E1
+    ):
+        return True
     return image_problem(view[start:end]) is None

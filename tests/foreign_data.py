@@ -73,10 +73,16 @@ def png_bytes(path: Path) -> bytes:
     return buf.getvalue()
 
 
-def write_wds_shards(samples, out: Path, *, per_shard: int = 100, png_every: int = 3) -> list[str]:
+TRAILER = b"\0" * 3 + b"SEFT camera metadata" + b"\0" * 500  # what some writers put after a JPEG's end
+
+
+def write_wds_shards(
+    samples, out: Path, *, per_shard: int = 100, png_every: int = 3, trailer_every: int = 5
+) -> list[str]:
     """Shards `out/part-NNNN.tar` as webdataset's ShardWriter lays them out: per sample `<key>.jpg` (or
-    `.jpeg`, or every `png_every`-th a `.png`), `<key>.cls` (the label as text) and a `<key>.json` the
-    loader ignores. Returns the keys, in order."""
+    `.jpeg`, or every `png_every`-th a `.png`; of the JPEGs, every `trailer_every`-th carries `TRAILER`
+    after its end marker), `<key>.cls` (the label as text) and a `<key>.json` the loader ignores. Returns
+    the keys, in order."""
     out.mkdir(parents=True, exist_ok=True)
     keys = []
     for s in range(0, len(samples), per_shard):
@@ -86,7 +92,8 @@ def write_wds_shards(samples, out: Path, *, per_shard: int = 100, png_every: int
             if png_every and i % png_every == 0:
                 members.append((f"{key}.png", png_bytes(path)))
             else:
-                members.append((f"{key}.{'jpeg' if i % 2 else 'jpg'}", path.read_bytes()))
+                trailer = TRAILER if trailer_every and i % trailer_every == 1 else b""
+                members.append((f"{key}.{'jpeg' if i % 2 else 'jpg'}", path.read_bytes() + trailer))
             members += [(f"{key}.cls", f"{label}\n".encode()), (f"{key}.json", b'{"source": "test"}')]
             keys.append(key)
         write_tar(out / f"part-{s // per_shard:04d}.tar", members)

@@ -17,7 +17,7 @@ from pipelines.convert.images import (
     encode_bytes,
     target_size,
 )
-from pipelines.shards import jpeg_problem
+from pipelines.shards import image_problem, jpeg_problem
 from tests.convert_util import pattern
 
 OPTS = EncodeOptions(max_resolution=64, jpeg_quality=90, raw_max_pixels=16 * 16)
@@ -70,12 +70,14 @@ def test_small_rgb_jpeg_passes_through_for_dali_and_is_reencoded_for_ffcv():
 @pytest.mark.parametrize("tail", [b"\x00" * 7, b"camera trailer", b"\xff\xd9\x00"])
 @pytest.mark.parametrize("ffcv", [True, False])
 def test_jpeg_with_bytes_after_its_end_is_reencoded_not_passed_through(tail, ffcv):
-    """The DALI loader refuses a sample that does not end with the JPEG end marker (a truncated or zero-
-    filled one crashes DALI): so the converter never passes such a file through, however readable."""
+    """The converter's JPEGs end with their end marker, so that a strict check tells damage in its own
+    shards: a file with bytes after the marker is re-encoded, however readable (the DALI loader would
+    accept it, as it accepts foreign JPEGs with a trailer)."""
     src = jpeg(pattern(1, 2, (60, 50)), quality=97) + tail
     enc = encode_bytes(src, EncodeOptions(64, 90, ffcv=ffcv, raw_max_pixels=0))
     assert not enc.passthrough and enc.dali_bytes() != src
     assert jpeg_problem(src) is not None and jpeg_problem(enc.dali_bytes()) is None
+    assert image_problem(src) is None  # what the loader checks
     assert close(pixels(enc.dali_bytes()), pixels(src))
 
 

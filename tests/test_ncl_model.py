@@ -222,7 +222,7 @@ def test_errors_batch_must_stack_two_views_and_divide_the_queue():
     with pytest.raises(ValueError, match="2 views"):
         model(torch.zeros(7, 3, 8, 8, dtype=torch.uint8))
     with pytest.raises(
-        ValueError, match=r"batch size per process \(3\) must divide the MoCo queue size \(8\)"
+        ValueError, match=r"global batch \(3 per process x 1\) must divide the MoCo queue size \(8\)"
     ):
         model(torch.zeros(6, 3, 8, 8, dtype=torch.uint8))
     with pytest.raises(ValueError, match="unknown classifier head"):
@@ -233,13 +233,14 @@ def test_check_model_refuses_a_non_cifar_arch_and_a_queue_the_batch_does_not_div
     """Before any data is read (launch.build): ConfigErrors naming the keys at fault."""
     ncl = loss_class("dbm_ncl")
     check_model(ModelConfig(arch="resnet32"), ncl, batch_size=64, world_size=1)
-    check_model(ModelConfig(arch="resnet_tiny", ncl_queue=96), ncl, batch_size=64, world_size=2)  # 32 each
+    check_model(ModelConfig(arch="resnet_tiny", ncl_queue=128), ncl, batch_size=64, world_size=2)  # 32 each
     with pytest.raises(ConfigError, match=r"loss.name='dbm_ncl'.*model.arch='resnet50'"):
         check_model(ModelConfig(arch="resnet50"), ncl, batch_size=64, world_size=1)
-    with pytest.raises(ConfigError, match=r"model.ncl_queue=1000 .*data.batch_size=64 .*= 64"):
+    with pytest.raises(ConfigError, match=r"model.ncl_queue=1000 .*data.batch_size=64 \(the global batch"):
         check_model(ModelConfig(arch="resnet32", ncl_queue=1000), ncl, batch_size=64, world_size=1)
-    with pytest.raises(ConfigError, match=r"model.ncl_queue=96 .*data.batch_size=128 over 2 .*= 64"):
-        check_model(ModelConfig(arch="resnet32", ncl_queue=96), ncl, batch_size=128, world_size=2)
+    # Every process enqueues the whole batch's keys: the global batch, not the per-process one, must divide.
+    with pytest.raises(ConfigError, match=r"model.ncl_queue=192 .*data.batch_size=128 .*over 2 process"):
+        check_model(ModelConfig(arch="resnet32", ncl_queue=192), ncl, batch_size=128, world_size=2)
     # A classifier's loss has nothing more to check, whatever the NCL keys say.
     check_model(
         ModelConfig(arch="resnet50", ncl_queue=1000), loss_class("dbm_ce"), batch_size=64, world_size=1

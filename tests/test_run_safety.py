@@ -13,10 +13,11 @@ import pytest
 import launch
 from pipelines import DataConfig, MetaError, make_loader
 from tests.helpers import launch_failure, tiny_argv
-from trainer import checkpoint, rundir
+from trainer import checkpoint, history, rundir
 from trainer.checkpoint import CheckpointError
-from trainer.config import ConfigError
+from trainer.config import ConfigError, to_dict
 from trainer.loop import DivergedError
+from trainer.recipe import load_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
@@ -130,3 +131,16 @@ def test_data_errors_are_one_line(demo_converted, tmp_path, damage):
     _, last = launch_failure(argv)
     assert last.startswith("launch.py: ") and "train.beton" in last, last
     assert not (tmp_path / "broken").exists()  # nothing was written for a run that could not start
+
+
+@pytest.mark.parametrize(
+    "override", ["ncl_queue=512", "ncl_experts=2", "gml_queue_size=2048", "gml_base_k=4"]
+)
+def test_a_resume_names_the_queue_or_expert_key_it_would_change(override):
+    saved = {"config": to_dict(load_config(None)), "path": "run/epoch-0001.pt"}
+    key, value = override.split("=")
+    with pytest.raises(
+        CheckpointError, match=rf"--model.{key}={value} would change the model .*epoch-0001.pt"
+    ):
+        history.check_compatible(saved, load_config(None, [f"--model.{override}"]))
+    history.check_compatible(saved, load_config(None, ["--run.epochs=7"]))  # a harmless override passes

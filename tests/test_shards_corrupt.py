@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipelines.image_bytes import JPEG_TRAILER
 from pipelines.meta import read_meta
-from pipelines.shards import CorruptSampleError, ShardError, jpeg_problem, open_shards
+from pipelines.shards import CorruptSampleError, ShardError, image_problem, jpeg_problem, open_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 DAMAGE = {
@@ -183,3 +184,17 @@ def test_training_on_a_damaged_shard_ends_with_a_message_not_a_crash(demo_conver
     code, last = launch_failure(argv)
     assert code == 1  # sys.exit(message): not -11 (SIGSEGV)
     assert last.startswith("launch.py: ") and f"sample '{key}' (index 4) is corrupt" in last
+
+
+def test_a_trailer_after_the_end_marker_is_accepted_but_not_a_cut_or_a_zero_filled_end(demo_converted):
+    """Foreign JPEGs may carry bytes after their end marker (decoders never read them); the loader's check
+    accepts up to JPEG_TRAILER of them, and still tells a sample cut or zero-filled before its end."""
+    shards = open_shards(demo_converted / "test.dali", read_meta(demo_converted / "test.dali"))
+    whole = bytes(shards.jpegs(np.arange(1))[0])
+    shards.close()
+    for trailer in (b"\0", b"\0" * 7, b"SEFT trailer", b"\0" * (JPEG_TRAILER - 1), b"\xff" * JPEG_TRAILER):
+        assert image_problem(whole + trailer) is None and jpeg_problem(whole + trailer) is not None
+    assert "last 4098 bytes" in image_problem(whole + b"\0" * (JPEG_TRAILER + 1))
+    half = whole[: len(whole) // 2]
+    for cut in (half, half + bytes(len(whole) - len(half)), whole[:-1], whole[:-2] + b"\0\0"):
+        assert "no JPEG end marker" in image_problem(cut)

@@ -14,12 +14,13 @@ still in the queue; the loaders give no indices (a known deviation that touches 
 Nothing in the step reads a tensor on the host: the ring pointers, the queue and the step counter are
 device buffers updated in place, and a batch's class counts come from a one-hot cumulative sum.
 
-Under DDP every process enqueues every process's keys (`gather_rows`), so the queue, its pointers and the
-step counter stay identical on all ranks by construction. DDP would otherwise broadcast every buffer from
-rank 0 before each forward: for the queue that is 128 MB a step on ImageNet-LT (16384 x 2048 fp32) and
-512 MB on iNaturalist, all of it redundant. `RANK_IDENTICAL_BUFFERS` names them, and launch.build tells DDP
-to leave them out; BatchNorm's running statistics, which differ per rank, are still broadcast from rank 0
-(what keeps the ranks' evaluations and the rank-0 checkpoint consistent without SyncBN).
+Under DDP every process enqueues every process's keys (`losses.distributed.gather_values`), so the queue,
+its pointers and the step counter stay identical on all ranks by construction. DDP would otherwise broadcast
+every buffer from rank 0 before each forward: for the queue that is 128 MB a step on ImageNet-LT (16384 x
+2048 fp32) and 512 MB on iNaturalist, all of it redundant. `RANK_IDENTICAL_BUFFERS` names them, and
+launch.build tells DDP to leave them out; BatchNorm's running statistics, which differ per rank, are still
+broadcast from rank 0 (what keeps the ranks' evaluations and the rank-0 checkpoint consistent without
+SyncBN).
 
 Known deviations from the release (quotation2520/dbm_ltr GML/): key ids instead of dataset indices (above);
 T_s is exactly 30 (the release's exp(log(1/30))); the projection MLPs run under the step's autocast; the
@@ -34,10 +35,10 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from losses.distributed import batch_group, gather_values, rank_and_size
 from losses.functional import as_counts
 from losses.output import MoCoOutput, ModelOutput
 
@@ -105,23 +106,6 @@ def projection(d_in: int, d_out: int) -> nn.Sequential:
     )
 
 
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def gather_rows(x: Tensor) -> Tensor:
-    """Every process's rows, in rank order (no gradient): the released `concat_all_gather`. Every rank
-    then enqueues the same keys, so the queues stay identical."""
-    _, world = _rank_world()
-    if world == 1:
-        return x
-    out = x.new_empty((world * x.shape[0], *x.shape[1:]))
-    dist.all_gather_into_tensor(out, x.contiguous())
-    return out
-
-
 class GMLStudent(nn.Module):
     """The MoCo student: `student` (normalize -> body -> cosine classifier, returning `ModelOutput`), a query
     projection, a trainable key projection over the frozen `teacher`'s features, the queue and T_c.
@@ -180,11 +164,14 @@ class GMLStudent(nn.Module):
         with torch.no_grad():
             keys = self.teacher(images[2 * n :]).features
             teacher_logits = self.teacher(images[:n]).logits.float() if self.distill else None
-        rank, world = _rank_world()
+        group = batch_group()
+        rank, world = rank_and_size(group)
         first = self.steps * (n * world)  # ids of this step's keys: first .. first + N*world - 1
-        self.queue.push(
-            gather_rows(keys), gather_rows(labels), first + torch.arange(n * world, device=labels.device)
-        )
+        if group is not None:  # the released `concat_all_gather`: every rank enqueues every rank's keys
+            keys, labels_all = gather_values(keys, group), gather_values(labels, group)
+        else:
+            labels_all = labels
+        self.queue.push(keys, labels_all, first + torch.arange(n * world, device=labels.device))
         self.steps.add_(1)
         k = self.queue.size
         bank = self.embed_k(self.queue.keys[:k].clone())

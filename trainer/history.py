@@ -71,8 +71,22 @@ def save(cfg: Config, accelerator: Any, parts: Components, run_dir: Path, hist: 
     accelerator.wait_for_everyone()
 
 
-# Keys whose change makes a checkpoint's model or loss another shape than the run's: a resume refuses them.
-SHAPE_KEYS = (("model", "arch"), ("model", "bcl_hidden"), ("model", "bcl_embed"), ("loss", "name"))
+# Keys whose change makes a checkpoint's model or loss another shape than the run's, or its queues another
+# layout (GML's per-class slots follow gml_base_k): a resume refuses them by name.
+SHAPE_KEYS = tuple(
+    ("model", key)
+    for key in (
+        "arch",
+        "bcl_hidden",
+        "bcl_embed",
+        "gml_queue_size",
+        "gml_base_k",
+        "gml_embed_dim",
+        "ncl_experts",
+        "ncl_moco_dim",
+        "ncl_queue",
+    )
+) + (("loss", "name"),)
 
 
 def check_compatible(state: dict[str, Any], cfg: Config) -> None:

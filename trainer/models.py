@@ -143,19 +143,18 @@ def rank_identical_buffers(model: nn.Module) -> list[str]:
 
 def _check_ncl_experts(cfg: ModelConfig, loss: LossSpec, *, batch_size: int, world_size: int) -> None:
     """The release builds NCL for CIFAR only (its large-scale NCL path is `pass`), so the experts are CIFAR
-    ResNets; the queue is overwritten one whole per-process batch at a time."""
+    ResNets; the queue is overwritten one whole global batch at a time."""
     cifar = [name for name, arch in ARCHS.items() if arch.cifar_init]
     if cfg.arch not in cifar:
         raise ConfigError(
             f"loss.name={loss.name!r} trains NCL's CIFAR experts: model.arch must be a CIFAR ResNet "
             f"({', '.join(cifar)}), got model.arch={cfg.arch!r}"
         )
-    per_rank = batch_size // world_size
-    if batch_size % world_size == 0 and cfg.ncl_queue % per_rank:
+    if batch_size % world_size == 0 and cfg.ncl_queue % batch_size:
         raise ConfigError(
-            f"model.ncl_queue={cfg.ncl_queue} must be a multiple of the batch per process (data.batch_size="
-            f"{batch_size} over {world_size} process(es) = {per_rank}) for loss.name={loss.name!r}: the MoCo "
-            "queue is overwritten one whole batch at a time"
+            f"model.ncl_queue={cfg.ncl_queue} must be a multiple of data.batch_size={batch_size} (the global "
+            f"batch, over {world_size} process(es)) for loss.name={loss.name!r}: every process enqueues the "
+            "whole batch's keys, and the MoCo queue is overwritten one whole batch at a time"
         )
 
 

@@ -20,13 +20,15 @@ Evaluation: one view; `logits` = the mean of the experts' raw outputs (`validate
 
 Queues, the pointer, the key bodies (parameters without gradient) and key projectors are in state_dict.
 
-Several processes (DDP): each rank enqueues its own keys, but DDP broadcasts every buffer from rank 0 before
-each forward, so the queues (and pointer) of the other ranks are overwritten by rank 0's: in effect one
-queue holding rank 0's keys only, filled at the per-rank batch rate, with the other ranks' keys dropped.
-The key bodies stay equal across ranks (their EMA follows bodies that DDP keeps equal; their BN statistics
-are broadcast too), and shuffle-BN permutes within a rank only. The release trains on one GPU and gathers
-nothing; the CIFAR recipes are single-process like it. A multi-process NCL would need MoCo's all-gather of
-the keys before the enqueue (and the queue left out of the broadcast).
+Several processes (DDP): every rank enqueues every rank's keys, gathered in rank order
+(`losses.distributed.gather_values`, MoCo's `concat_all_gather`; a traceable collective, so it compiles and
+captures with the step), so the queues fill at the global batch rate and stay identical on all ranks by
+construction: one queue, as one process with the whole batch would hold (up to each rank's BatchNorm
+statistics). `RANK_IDENTICAL_BUFFERS` names them and launch.build leaves them out of DDP's broadcast from
+rank 0, which would otherwise copy 1024 x 64 x K floats a step for nothing. The key bodies stay equal across
+ranks (their EMA follows bodies that DDP keeps equal; their BN statistics are broadcast from rank 0), and
+shuffle-BN permutes within a rank only. The release trains on one GPU; the CIFAR recipes are single-process
+like it.
 
 Deviations from the release, none of which changes what is computed: the queues are one [K, Q, e] buffer of
 keys as rows with one pointer (the release: per expert an [e, Q] queue and its own pointer, which move
@@ -46,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from losses.distributed import batch_group, gather_values, rank_and_size
 from losses.heads import CosineClassifier
 from losses.output import ExpertOutput
 from pipelines.augment import Normalize
@@ -90,6 +93,8 @@ class NCLModel(nn.Module):
 
     `body()` builds one fresh body (a module with `feature_dim`): called 2K times, for the K experts and the
     K key bodies, so each starts from its own random initialisation."""
+
+    RANK_IDENTICAL_BUFFERS = ("queues", "queue_ptr")  # every rank enqueues the same gathered keys
 
     def __init__(
         self,
@@ -138,15 +143,16 @@ class NCLModel(nn.Module):
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
     def batch_size(self, images: int) -> int:
-        """Images per view of a training batch of `images` rows; the checks the queue needs."""
+        """Images per view of this process's training batch of `images` rows; the checks the queue needs."""
         if images % 2:
             raise ValueError(
                 f"NCL model: a training batch stacks 2 views (classification, key), got {images} images"
             )
         n = images // 2
-        if n == 0 or self.queue_size % n:
+        world = rank_and_size(batch_group())[1]
+        if n == 0 or self.queue_size % (n * world):
             raise ValueError(
-                f"NCL model: the batch size per process ({n}) must divide the MoCo queue size "
+                f"NCL model: the global batch ({n} per process x {world}) must divide the MoCo queue size "
                 f"({self.queue_size}): the queue is overwritten one whole batch at a time"
             )
         return n
@@ -204,7 +210,11 @@ class NCLModel(nn.Module):
         return ExpertOutput(torch.cat(features, dim=1).float(), raw.mean(dim=0), raw, contrast)
 
     def _enqueue(self, keys: Tensor) -> None:
-        """Write the batch's keys at the pointer and advance it, on the device (no `.item()`)."""
+        """Write the global batch's keys [K, N x world, e] at the pointer and advance it, on the device (no
+        `.item()`)."""
+        group = batch_group()
+        if group is not None:  # rows are the gathered dimension: [N, K, e] per rank, back to [K, N x W, e]
+            keys = gather_values(keys.transpose(0, 1), group).transpose(0, 1)
         n = keys.shape[1]
         slots = self.queue_ptr + torch.arange(n, device=keys.device)
         self.queues.index_copy_(1, slots, keys.to(self.queues.dtype))
