@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from losses.config import LossConfig
-from losses.distributed import batch_group, gather_rows, gather_values, group_rank
+from losses.distributed import batch_group, gather_rows, gather_values, rank_and_size
 from losses.functional import at_least_float32
 from losses.logit_maps import DBMargin, ScaledCosine
 from losses.modules import Loss
@@ -58,7 +58,7 @@ def balanced_contrastive(
     else:
         keys = gather_rows(anchors, group)
         key_labels = gather_values(anchor_labels, group)
-        first = group_rank(group) * two_b  # this rank's anchors are keys[first : first + 2b]
+        first = rank_and_size(group)[0] * two_b  # this rank's anchors are keys[first : first + 2b]
     labels = torch.cat([key_labels, torch.arange(num_classes, device=target.device)])
     count = anchors.new_ones(num_classes).index_add(0, key_labels, anchors.new_ones(key_labels.shape[0]))
     with torch.autocast(anchors.device.type, enabled=False):  # similarities / T in full precision

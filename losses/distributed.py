@@ -27,10 +27,6 @@ def batch_group() -> dist.ProcessGroup | None:
     return dist.group.WORLD
 
 
-def group_rank(group: dist.ProcessGroup) -> int:
-    return dist.get_rank(group)
-
-
 def rank_and_size(group: dist.ProcessGroup | None) -> tuple[int, int]:
     """This process's rank in `group` and the group's size; (0, 1) for None (one process)."""
     return (0, 1) if group is None else (dist.get_rank(group), dist.get_world_size(group))
@@ -49,9 +45,12 @@ def gather_rows(x: Tensor, group: dist.ProcessGroup) -> Tensor:
     return fc.all_gather_single_autograd(x.contiguous(), gather_dim=0, group=group)
 
 
-def gather_values(x: Tensor, group: dist.ProcessGroup) -> Tensor:
+def gather_values(x: Tensor, group: dist.ProcessGroup | None) -> Tensor:
     """`gather_rows` for tensors without gradient (labels, MoCo keys): every rank's `x` along dim 0, in rank
-    order. Every rank gets the same result, so a queue each rank fills with it stays identical on all."""
+    order; `x` itself for group None (one process). Every rank gets the same result, so a queue each rank
+    fills with it stays identical on all."""
+    if group is None:
+        return x
     from torch.distributed import _functional_collectives as fc
 
     return fc.wait_tensor(fc.all_gather_single(x.contiguous(), gather_dim=0, group=group))

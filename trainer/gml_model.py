@@ -167,11 +167,12 @@ class GMLStudent(nn.Module):
         group = batch_group()
         rank, world = rank_and_size(group)
         first = self.steps * (n * world)  # ids of this step's keys: first .. first + N*world - 1
-        if group is not None:  # the released `concat_all_gather`: every rank enqueues every rank's keys
-            keys, labels_all = gather_values(keys, group), gather_values(labels, group)
-        else:
-            labels_all = labels
-        self.queue.push(keys, labels_all, first + torch.arange(n * world, device=labels.device))
+        # The released `concat_all_gather`: every rank enqueues every rank's keys.
+        self.queue.push(
+            gather_values(keys, group),
+            gather_values(labels, group),
+            first + torch.arange(n * world, device=labels.device),
+        )
         self.steps.add_(1)
         k = self.queue.size
         bank = self.embed_k(self.queue.keys[:k].clone())

@@ -212,9 +212,8 @@ class NCLModel(nn.Module):
     def _enqueue(self, keys: Tensor) -> None:
         """Write the global batch's keys [K, N x world, e] at the pointer and advance it, on the device (no
         `.item()`)."""
-        group = batch_group()
-        if group is not None:  # rows are the gathered dimension: [N, K, e] per rank, back to [K, N x W, e]
-            keys = gather_values(keys.transpose(0, 1), group).transpose(0, 1)
+        # Rows are the gathered dimension: [N, K, e] per rank, back to [K, N x W, e] (views, no copy).
+        keys = gather_values(keys.transpose(0, 1), batch_group()).transpose(0, 1)
         n = keys.shape[1]
         slots = self.queue_ptr + torch.arange(n, device=keys.device)
         self.queues.index_copy_(1, slots, keys.to(self.queues.dtype))
