@@ -36,7 +36,7 @@ def tracked_files(root: Path) -> list[Path]:
 
 
 def _ships(word: str, root: Path) -> bool:
-    """Whether a path-like word (`docs/spec/x.md`, `./review/`) names something in the repository."""
+    """Whether a path-like word (`docs/FIDELITY.md`, `./tools/`) names something in the repository."""
     word = word.strip("./")
     return bool(word) and (root / word).exists()
 
