@@ -44,9 +44,11 @@ gpu-check:
 bench: $(STAMP)
 	$(PY) -m tools.benchmark --out bench_out
 
+# check_refs: no citation of a document the repository does not ship (tools/check_refs.py).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) -m tools.check_refs
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,6 +1,7 @@
-"""fastlt losses: the cosine classifier, DBM, FBL, the re-balancing bases (CE, DRW, BS, LDAM), BCL and NCL.
+"""fastlt losses: the cosine classifier, DBM, FBL, the re-balancing bases (CE, DRW, BS, LDAM), BCL, NCL, GML.
 
-Imports only torch. See spec/losses.md for the formulas and DESIGN.md for the contract.
+Imports only torch. Each function and part states its formula in its docstring. The contract with the model
+and the loader: docs/ARCHITECTURE.md, "Seams and their contracts"; fidelity to the releases: docs/FIDELITY.md.
 """
 
 from losses.bcl import balanced_contrastive

@@ -1,4 +1,4 @@
-"""Balanced Contrastive Learning (spec/losses.md §4.4): BalSCL on views 1-2 plus the class centres.
+"""Balanced Contrastive Learning (BCL, CVPR 2022): BalSCL on views 1-2 plus the class centres.
 
 Under several processes BalSCL contrasts over the global batch (`losses.distributed`), as the released
 code's single loss on DataParallel's gathered outputs; the classification term stays per rank (a mean

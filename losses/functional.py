@@ -1,4 +1,4 @@
-"""The losses' pure functions (spec/losses.md §3-§5): tensors in, tensors out, differentiable.
+"""The losses' pure functions (DBM, FBL, DRW, LDAM, priors): tensors in, tensors out, differentiable.
 
 Class-count helpers return float32 tensors on the device of `class_counts` (CPU for a list); they are
 computed once, when a loss is built. `dbm_logits` and `fbl_logits` run in every step.

@@ -1,20 +1,11 @@
 """GML (Gaussian-mixture likelihood, ICML 2023) and DBM-GML: a supervised term, a contrast against a
-class-balanced queue, and knowledge distillation from a frozen teacher (spec/fidelity-audit.md §4.2).
+class-balanced queue, and knowledge distillation from a frozen teacher.
 
-The released `GMLLoss` (quotation2520/dbm_ltr GML/losses.py), which the MoCo student of
-trainer/gml_model.py feeds through `MoCoOutput`:
-
-* supervised: `CE(s·cos + log p)` with s = 1/T_s = 30 (`gml`), or DBM-BS, `CE(DBM(cos; s, K, τ, λ) + log p)`
-  (`dbm_gml`, the paper's change: only this term differs);
-* contrast: for each query and class c, the log-mean-exp of its similarities to the class-c keys of the
-  queue, `LME_c = log mean_{k in c} exp(q·k / T_c)`, used as logits of `CE(LME + log p)`. Released twice,
-  with split gradients: `con` divides by a detached T_c (it trains the embeddings, every key counts) and
-  `con_T` detaches the similarities (it trains only T_c, and leaves out the keys of the query's own image);
-* distillation: `T²·KL(softmax(s·cos_t/T) || softmax(s·cos/T))` summed over classes, mean over the batch,
-  at T = 4, between the raw scaled cosines (no prior, no margin) of student and teacher.
-
-Total: `gml_gamma·sup + gml_beta·(con + con_T) + gml_alpha·KD`. The release uses α = β = γ = 1 on
-CIFAR-100-LT and α = 0 (no distillation) on ImageNet-LT.
+The released `GMLLoss` (quotation2520/dbm_ltr `GML/losses.py`), fed a `MoCoOutput` by the MoCo student of
+trainer/gml_model.py. Supervised: `CE(s·cos + log p)` with s = 1/T_s = 30 (`gml`), or DBM-BS (`dbm_gml`,
+the DBM paper's one change); contrast: `gml_contrast`; distillation: `distill_kl` at T = 4 between the raw
+scaled cosines of student and teacher. Total: `gml_gamma·sup + gml_beta·(con + con_T) + gml_alpha·KD`;
+the release uses α = β = γ = 1 on CIFAR-100-LT and α = 0 (no distillation) on ImageNet-LT.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The cosine ("normed") classifier of spec/losses.md §2: unit-norm class vectors, no bias, raw cosines."""
+"""The cosine ("normed", `--use_norm`) classifier: unit-norm class vectors, no bias, raw cosines."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Logit maps (spec/losses.md §2-§5): forward(output, target) -> the logits the objective sees.
+"""Logit maps (scaled cosine, DBM, LDAM, FBL): forward(output, target) -> the logits the objective sees.
 
 Float32 (or float64) logits [N, C], or for the target-column-only margins (DBM, LDAM) `TargetLogits`.
 """
@@ -33,7 +33,8 @@ class ScaledCosine(Part):
 
 
 class DBMargin(Part):
-    """DBM logits (§3): class margin from the counts, instance margin on hard positives, applied in angle."""
+    """DBM logits (`functional.dbm_logits`): class margin from the counts, instance margin on hard positives,
+    added to the target angle."""
 
     uses = ("scale", "max_margin", "tau", "lambda_inst", "margin_norm", "detach_difficulty")
 
@@ -51,7 +52,8 @@ class DBMargin(Part):
 
 
 class LDAMargin(Part):
-    """LDAM (§4.6): subtract m_y from the target column (CosFace-style), then scale every column."""
+    """LDAM (`functional.ldam_margins`): subtract m_y from the target column (CosFace-style), then scale
+    every column."""
 
     uses = ("ldam_max_margin", "ldam_scale")
 
@@ -66,7 +68,7 @@ class LDAMargin(Part):
 
 
 class FeatureBalance(Part):
-    """FBL (§5): every column lowered by `curr * A * λ_c / ||f||`; the curriculum is a 0-dim buffer.
+    """FBL (ICME 2022): every column lowered by `curr * A * λ_c / ||f||`; the curriculum is a 0-dim buffer.
 
     In eval mode the curriculum counts as 0 (plain CE), as the released validation does.
     """

@@ -1,27 +1,13 @@
-"""Nested Collaborative Learning (spec/losses.md §4.5, fidelity-audit §4.1): `ncl`, `ncl_linear`, `dbm_ncl`.
+"""Nested Collaborative Learning (NCL, CVPR 2022) as the DBM release runs it: `ncl`, `ncl_linear`, `dbm_ncl`.
 
 K experts classify the same view. With ℓ_k = map(expert k's raw output) + log n_c (raw counts) and m the
 hard-category mask taken from expert 0's raw output:
 
     L = Σ_k CE(ℓ_k) + Σ_k CE(ℓ_k ⊙ m) + NBOD(ℓ) + NBOD(ℓ ⊙ m) + w Σ_k InfoNCE_k
 
-as the DBM release's `NIL_NBOD` plus its combiner's MoCo term (`dbm_ltr:cifar/losses/ncl.py`,
-`cifar/models/resnet_ncl.py:389-451`). Each loss is the usual composition of parts (`losses.modules.Loss`):
-the map is one of the registry's logit maps applied to every expert's rows (DBM for `dbm_ncl`, s·cos for
-`ncl`, the logits as they are for `ncl_linear`), the objective `NestedBalanced` (mask, CE, NBOD), the
-contrastive term `ExpertContrast` (InfoNCE). The model (`trainer/ncl_model.py`, model kind "ncl_experts")
-hands over `ExpertOutput`: `expert_logits` [K, N, C] and `contrast_logits` [K, N, 1+Q] (it owns the queue
-and enqueues).
-
-The class counts enter as log n_c, not log p_c: the two differ by a constant that softmax ignores, but the
-masked logits ℓ ⊙ m keep it on the kept columns only, so the hard-category terms would change.
-
-Deviations from the release, none of which changes a CIFAR-LT result: the mask is `topk` of the scores with
-the target at +inf where the release sorts with the target at 999999 (the same set but between tied
-non-target scores); DBM's target logit uses the guarded form (finite where the release's arccos gives NaN,
-fidelity-audit §1.3); the margins' reference count is n_min (`margin_norm = "min"`) where the release takes
-the last label's count, the same on CIFAR-LT, whose last class is the rarest; the temperature divides
-inside the loss (the model hands over the raw similarities).
+as the release's `NIL_NBOD` plus its combiner's MoCo term (quotation2520/dbm_ltr `cifar/losses/ncl.py`,
+`cifar/models/resnet_ncl.py:389-451`). The model (`trainer/ncl_model.py`, kind "ncl_experts") hands over an
+`ExpertOutput` and owns the queue. What differs from the release: docs/FIDELITY.md, "NCL".
 """
 
 from __future__ import annotations
@@ -96,7 +82,10 @@ def info_nce(contrast: Tensor, temperature: float) -> Tensor:
 
 class NestedBalanced(Part):
     """NCL's classification objective: `nil_nbod` on the experts' logits + log n_c, with the hard-category
-    mask from expert 0's raw output (before any margin or scale)."""
+    mask from expert 0's raw output (before any margin or scale).
+
+    log n_c, not log p_c: the two differ by a constant that softmax ignores, but the masked logits ℓ ⊙ m
+    keep it on the kept columns only, so the hard-category terms would change."""
 
     uses = ("ncl_hcm_n", "ncl_diversity")
 

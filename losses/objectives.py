@@ -1,4 +1,4 @@
-"""Objectives (spec/losses.md §4): forward(logits, target) -> 0-dim loss.
+"""Objectives (CE, DRW, Balanced Softmax): forward(logits, target) -> 0-dim loss.
 
 `logits` is a float tensor [N, C] or, from DBM and LDAM, `TargetLogits` (see `functional.cross_entropy`).
 """
@@ -33,7 +33,7 @@ class BalancedSoftmax(Part):
 
 
 class DeferredReweighting(Part):
-    """DRW (§4.2): CE until the switch epoch, class-balanced weighted CE from it on.
+    """DRW (`functional.drw_weights`): CE until the switch epoch, class-balanced weighted CE from it on.
 
     The switch is `drw_epoch` (0-indexed; 160 of 200 as released) or, when `drw_fraction` > 0,
     round(drw_fraction * epochs). Weighted mean with the batch's weight sum as denominator (PyTorch's).

@@ -1,4 +1,5 @@
-"""What a model hands to a loss: one named tuple, the single seam between the model and every objective."""
+"""What a model hands to a loss (`ModelOutput`, or GML's `MoCoOutput`, NCL's `ExpertOutput`): the one seam
+between a model and every objective."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ class MoCoOutput(NamedTuple):
 
 
 class ExpertOutput(NamedTuple):
-    """A multi-expert model's outputs for one batch (NCL, spec/losses.md §4.5).
+    """A multi-expert model's outputs for one batch (NCL).
 
     A sibling of `ModelOutput` rather than two more optional fields on it, for the same reason as
     `MoCoOutput`. The trainer reads only `logits` (training accuracy, evaluation), which means the same

@@ -5,11 +5,8 @@ randomness from an optional `torch.Generator`, no host syncs (they can run insid
     images = aug(images, generator=g)                   # uint8 in, uint8 out, same layout
     x = Normalize(mean, std)(images)                    # the model's first op: float32
 
-Inside a compiled step call them without `generator` (dynamo cannot trace a Generator argument); they then
-draw from the global RNG, seeded like the rest of the run. Contrastive views (BCL): `ColorJitter`,
-`RandomGrayscale`, `GaussianBlur`. `build_batch_augment(..., jitter=(b, c, s, h))` puts a p = 1 ColorJitter
-before the policy (the large-scale BCL recipes' view 0); policy "cifar10_dbm" is the released DBM CIFAR
-AutoAugment with PIL's arithmetic (torchvision's "cifar10" stays).
+Compiled, they take no `generator` (`ops.generator_as_default` lends its state). Policy "cifar10_dbm" is the
+released DBM CIFAR AutoAugment with PIL's arithmetic (torchvision's "cifar10" stays).
 """
 
 from .autoaugment import BatchAutoAugment

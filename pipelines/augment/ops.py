@@ -1,24 +1,8 @@
 """One op per sample, the whole batch in one pass: the dispatcher every policy builds on.
 
-`apply_ops(x, op, arg, present, fill)` applies to sample i the op `OPS[op[i]]` with argument `arg[i]`
-(see `policies` for what the argument means per op). Ops fall into three families, each run once over the
-batch and each the identity for samples whose op belongs to another family:
-
-1. lookup-table ops (brightness, contrast, posterize, solarize, autocontrast, equalize, invert): one gather;
-2. blends that need neighbours (colour, sharpness);
-3. geometric ops (shear, translate, rotate): one `grid_sample`.
-
-`present` is the static set of op names a stage can draw; families with no op in it are skipped entirely,
-so e.g. a stage that only draws colour ops never resamples the image. Nothing here reads a tensor value on
-the host, so the pass can live inside a compiled or CUDA-graph-captured step.
-
-A compiled augmentation cannot take a `torch.Generator` argument (Dynamo does not trace one); it draws from
-the default generator instead. `generator_as_default(g)` lends `g`'s state to the default generator for
-one call and takes the advanced state back, so a compiled module keeps the loader's per-epoch stream:
-
-    compiled = torch.compile(aug, fullgraph=True, dynamic=False)
-    with generator_as_default(g):
-        images = compiled(images)
+`apply_ops(x, op, arg, present, fill)` applies to sample i the op `OPS[op[i]]` with argument `arg[i]`, one
+pass per family of ops present. Nothing here reads a tensor value on the host, so the pass can live inside a
+compiled or CUDA-graph-captured step; `generator_as_default` keeps a loader's per-epoch random stream there.
 """
 
 from __future__ import annotations
@@ -46,7 +30,15 @@ def check_ops(names: Iterable[str]) -> frozenset[str]:
 def apply_ops(
     x: torch.Tensor, op: torch.Tensor, arg: torch.Tensor, present: Iterable[str], fill: torch.Tensor
 ) -> torch.Tensor:
-    """uint8 N x C x H x W -> uint8, sample i transformed by op `op[i]` (int64, N) with `arg[i]` (N)."""
+    """uint8 N x C x H x W -> uint8, sample i transformed by op `op[i]` (int64, N) with `arg[i]` (N).
+
+    `arg` means what the comment in `policies` before the magnitude functions says. Ops fall into three
+    families, each run once over the batch and each the identity for samples whose op belongs to another:
+    lookup-table ops (brightness, contrast, posterize, solarize, autocontrast, equalize, invert: one gather),
+    blends that need neighbours (colour, sharpness), and geometric ops (shear, translate, rotate: one
+    `grid_sample`). `present` is the static set of op names a stage can draw; families with no op in it are
+    skipped, so a stage that only draws colour ops never resamples the image.
+    """
     present = check_ops(present)
     if present & LUT_OPS:
         x = lut_ops(x, op, arg, present)
@@ -93,7 +85,15 @@ def generator_as_default(generator: torch.Generator | None) -> Iterator[None]:
     """Within the block the default generator of `generator`'s device continues `generator`'s stream;
     afterwards `generator` holds the advanced state and the default generator its own again. Draws in the
     block are those `generator` would have made (eager), and as reproducible (compiled). State reads are
-    host-side (seed and offset on CUDA): no device sync. None: a no-op."""
+    host-side (seed and offset on CUDA): no device sync. None: a no-op.
+
+    A compiled augmentation cannot take a `torch.Generator` argument (Dynamo does not trace one), so it
+    draws from the default generator, lent `g`'s state here:
+
+        compiled = torch.compile(aug, fullgraph=True, dynamic=False)
+        with generator_as_default(g):
+            images = compiled(images)
+    """
     if generator is None:
         yield
         return

@@ -2,17 +2,10 @@
 
 DeepVoltaire's policy (dbm_ltr cifar/aug/autoaug.py) calls `ImageEnhance.{Brightness, Color, Contrast,
 Sharpness}(img).enhance(f)` and `ImageOps.*`. Their uint8 results differ from torchvision's tensor kernels
-(`colour.py`) by one level in up to half of the pixels (PIL's fixed-point grey, its integer contrast mean,
-its blend `degenerate + f * (image - degenerate)` in float32 with truncation), so this module reproduces
-PIL's arithmetic (Pillow's ImageEnhance.py, ImageOps.py, libImaging/Blend.c, Convert.c, Filter.c):
-
-- grey level: (19595 R + 38470 G + 7471 B + 0x8000) >> 16;
-- Contrast's degenerate: the grey image's mean, rounded half up to an integer;
-- Sharpness's degenerate: the 3 x 3 SMOOTH kernel [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13, rounded, on the
-  interior (border pixels unchanged);
-- AutoContrast: per channel, int(v * 255 / (hi - lo) - lo * 255 / (hi - lo)) in double precision.
-
-Posterize, Solarize (with PIL's float threshold), Equalize and Invert already equal PIL's in `colour.py`.
+(`colour.py`) by one level in up to half of the pixels, so this module reproduces PIL's arithmetic bit for
+bit (Pillow's ImageEnhance.py, ImageOps.py, libImaging/Blend.c, Convert.c, Filter.c; each function states
+its formula). Posterize, Solarize (with PIL's float threshold), Equalize and Invert already equal PIL's in
+`colour.py`.
 """
 
 from __future__ import annotations
@@ -49,7 +42,8 @@ def _contrast_mean(x: torch.Tensor) -> torch.Tensor:
 
 
 def _smooth(x: torch.Tensor) -> torch.Tensor:
-    """`img.filter(ImageFilter.SMOOTH)`: round(weighted sum / 13) inside, the border copied. The weighted
+    """`img.filter(ImageFilter.SMOOTH)`: the 3 x 3 kernel [[1, 1, 1], [1, 5, 1], [1, 1, 1]], round(weighted
+    sum / 13) inside, the border copied. The weighted
     sum is an integer, so PIL's float32 `sum + 0.5` truncation is exactly (sum + 6) // 13."""
     h, w = x.shape[-2:]
     if h < 3 or w < 3:
@@ -80,7 +74,8 @@ def pil_enhance(name: str, x: torch.Tensor, factor: torch.Tensor) -> torch.Tenso
 
 
 def pil_autocontrast(x: torch.Tensor) -> torch.Tensor:
-    """`ImageOps.autocontrast(img)` (cutoff 0), per sample and channel."""
+    """`ImageOps.autocontrast(img)` (cutoff 0), per sample and channel: int(v * 255 / (hi - lo) - lo * 255 /
+    (hi - lo)) in double precision; a flat channel is left as it is."""
     # int16: Inductor's CPU code for a uint8 min-reduction returns 0 (torch 2.14.1, contiguous layout)
     wide = x.to(torch.int16)
     lo = wide.amin(dim=(2, 3), keepdim=True).to(torch.float64)

@@ -2,25 +2,9 @@
 
 Op names follow torchvision's `transforms.v2.AutoAugment` / `RandAugment` (and timm's RandAugment for the
 `timm` style). The AutoAugment tables are the 25 two-op sub-policies of the paper, as torchvision ships
-them: `(op, probability, magnitude bin)`, with bin None for ops that take no magnitude.
-
-Every batched kernel receives one physical argument per sample (`arg`):
-
-    ShearX/ShearY        shear factor (the tangent: x_in = x + arg * y, about the top-left corner)
-    TranslateX/Y         shift in pixels
-    Rotate               degrees, counter-clockwise
-    Brightness, Color, Contrast, Sharpness    enhancement factor minus one (0 = identity; torchvision's
-                         signed magnitude, kept as such because its blends weigh the degenerate image by -m)
-    Posterize            bits kept (0..8)
-    Solarize             threshold in 0..256 units (pixels >= arg are inverted)
-    SolarizeAdd          amount added to pixels below 128
-    Identity, AutoContrast, Equalize, Invert  (ignored)
-
-The functions below map a policy's magnitude (a bin index, or timm's 0..10 level) to that argument. The
-"cifar10_dbm" policy runs PIL's kernels (`geometric.pil_affine_ops`, `pil_colour`), whose arguments differ
-for the geometric ops: ShearX/Y is PIL's coefficient (x_in = x + arg * y, sampled bicubically),
-TranslateX/Y a fractional shift in pixels (input = output + arg), Rotate degrees counter-clockwise about
-the centre (nearest), all three in PIL's conventions.
+them: `(op, probability, magnitude bin)`, with bin None for ops that take no magnitude. The functions
+after the tables map a policy's magnitude (a bin index, or timm's 0..10 level) to the kernels' one argument
+per sample; the comment before them says what that argument means for each op.
 """
 
 from __future__ import annotations
@@ -159,6 +143,25 @@ TIMM_RANDAUGMENT_OPS: tuple[str, ...] = (
     "TranslateY",
 )
 TIMM_LEVEL_MAX = 10.0  # timm's _LEVEL_DENOM: magnitudes live on 0..10
+
+
+# Every batched kernel receives one physical argument per sample (`arg`):
+#
+#     ShearX/ShearY        shear factor (the tangent: x_in = x + arg * y, about the top-left corner)
+#     TranslateX/Y         shift in pixels
+#     Rotate               degrees, counter-clockwise
+#     Brightness, Color, Contrast, Sharpness    enhancement factor minus one (0 = identity; torchvision's
+#                          signed magnitude, kept as such because its blends weigh the degenerate image by -m)
+#     Posterize            bits kept (0..8)
+#     Solarize             threshold in 0..256 units (pixels >= arg are inverted)
+#     SolarizeAdd          amount added to pixels below 128
+#     Identity, AutoContrast, Equalize, Invert  (ignored)
+#
+# The functions below map a policy's magnitude (a bin index, or timm's 0..10 level) to that argument. The
+# "cifar10_dbm" policy runs PIL's kernels (`geometric.pil_affine_ops`, `pil_colour`), whose arguments differ
+# for the geometric ops: ShearX/Y is PIL's coefficient (x_in = x + arg * y, sampled bicubically),
+# TranslateX/Y a fractional shift in pixels (input = output + arg), Rotate degrees counter-clockwise about
+# the centre (nearest), all three in PIL's conventions.
 
 
 # Ops whose torchvision magnitude gets a random sign.

@@ -5,13 +5,8 @@ Two flavours share the kernels:
 - `style="torchvision"` (default): torchvision's `transforms.v2.RandAugment` — 14 ops (Identity included),
   magnitude `m` a bin of `num_magnitude_bins` (31) grids, every drawn op applied.
 - `style="timm"`: timm's `rand-m{m}-n{n}-mstd{s}` — its 15 ops (Invert, SolarizeAdd, relative translate),
-  magnitude on timm's 0..10 level scale, each drawn op applied with probability 0.5. This is the recipe of
-  the large-scale papers ("rand-n2-m10-mstd0.5", fill = the ImageNet mean). timm resamples with random
-  bilinear/bicubic interpolation on PIL images; here geometric ops sample nearest, like torchvision.
-
-`magnitude_std > 0` draws each op's magnitude from N(m, std), clipped to the scale (0..bins-1, or 0..10),
-per sample and per op (timm's `mstd`); `inf` draws it uniformly from [0, m], as timm does. Between bins the
-torchvision grids are interpolated linearly.
+  magnitude on timm's 0..10 level scale, each drawn op applied with probability 0.5: the large-scale papers'
+  "rand-n2-m10-mstd0.5" (fill = the ImageNet mean), sampled nearest (docs/FIDELITY.md, difference 5).
 """
 
 from __future__ import annotations
@@ -36,6 +31,10 @@ from .policies import (
 
 
 class BatchRandAugment(nn.Module):
+    """`num_ops` ops per image at magnitude `magnitude`. `magnitude_std > 0` draws each op's magnitude from
+    N(m, std), clipped to the scale (0..bins-1, or 0..10), per sample and per op (timm's `mstd`); `inf` draws
+    it uniformly from [0, m], as timm does. Between bins the torchvision grids are interpolated linearly."""
+
     def __init__(
         self,
         num_ops: int = 2,

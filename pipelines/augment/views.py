@@ -2,7 +2,8 @@
 
 Per sample, as the papers' torchvision pipelines: ColorJitter(0.4, 0.4, 0.4, 0.1) with probability 0.8,
 RandomGrayscale(0.2), and, in the CIFAR recipe, GaussianBlur(sigma ~ U[0.1, 2]) with probability 0.5.
-The crop and flip of these views happen in the loaders (spec/losses.md §4.4, §6.1-6.2).
+The crop and flip of these views happen in the loaders (RandomResizedCrop, scale `data.view_crop_scale`, and a
+flip), before this recipe.
 """
 
 from __future__ import annotations
