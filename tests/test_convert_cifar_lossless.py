@@ -67,10 +67,14 @@ def test_dali_decodes_every_stored_image_to_the_source_pixels(cifar):
         assert got.shape == pixels.shape and np.array_equal(got, pixels), split
 
 
-@pytest.mark.parametrize("backend", ["ffcv", "dali"])
-def test_eval_loader_returns_the_source_pixels(cifar, backend):
+@pytest.mark.parametrize(
+    "backend, device",
+    [("ffcv", "cpu"), ("dali", "cpu"), pytest.param("dali", "cuda", marks=pytest.mark.gpu)],
+)
+def test_eval_loader_returns_the_source_pixels(cifar, backend, device):
     """The whole evaluation path at 32 px and crop ratio 1 (the CIFAR recipes' setting): no resampling, so
-    each backend's batches are the dataset's test images, exactly, in file order."""
+    each backend's batches are the dataset's test images, exactly, in file order (on a GPU, DALI's `mixed`
+    decoder takes the PNGs)."""
     out, expected = cifar
     cfg = DataConfig(
         backend=backend,
@@ -83,9 +87,9 @@ def test_eval_loader_returns_the_source_pixels(cifar, backend):
         num_workers=1,
     )
     images, labels = [], []
-    for x, y in make_loader(cfg, "eval"):
-        images.append(x.permute(0, 2, 3, 1).numpy())
-        labels.append(y.numpy())
+    for x, y in make_loader(cfg, "eval", device=device):
+        images.append(x.permute(0, 2, 3, 1).cpu().numpy())
+        labels.append(y.cpu().numpy())
     pixels, want = expected["test"]
     assert np.array_equal(np.concatenate(labels), want)
     assert np.array_equal(np.concatenate(images), pixels)

@@ -282,7 +282,7 @@ def expected(tables: dict[str, dict], plan: Plan) -> str:
     """The published figures of the planned rows (what --dry-run shows beside the commands)."""
     out = []
     for name, rows in plan.rows.items():
-        out.append(f"\n{name}: {tables[name]['title']}")
+        out.append(f"\n{name}: {tables[name]['title']}; the published figures (%)")
         out.append(f"  {'method':<14} {'recipe':<32} " + " ".join(f"{g:>7}" for g in GROUPS))
         for row, _ in rows:
             out.append(
