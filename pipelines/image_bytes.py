@@ -4,8 +4,8 @@ A sample whose bytes were zero-filled, overwritten or cut short still sits in a 
 index gives; a DALI decoder fed such bytes can crash the whole process with no message. Both formats begin
 with a fixed signature and end with a fixed marker (JPEG: end-of-image; PNG: the IEND chunk, whose CRC never
 varies), so a handful of byte reads on pages the decoder reads anyway tells most damage apart. The format is
-told by the bytes, not the member's extension (ImageNet has a PNG named .JPEG). The converter writes JPEGs
-only; foreign WebDataset shards may hold PNGs, which must not be taken for broken JPEGs.
+told by the bytes, not the member's extension (ImageNet has a PNG named .JPEG). The converter writes JPEGs,
+and PNGs for tiny images (CIFAR, stored losslessly); foreign shards may hold either.
 
 The converter writes nothing after a JPEG's end marker (`jpeg_problem`, strict), but JPEGs from elsewhere
 may carry a trailer: zero padding, a phone's metadata block. Decoders stop at the end marker and never read

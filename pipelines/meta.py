@@ -5,8 +5,9 @@ meta file itself, the `.beton`, or the `.dali` folder. The JSON shape is a contr
 
     {"dataset", "split", "stem", "num_classes", "num_samples", "class_counts": [...],
      "max_resolution", "jpeg_quality", "seed",
-     "formats": {"ffcv": {"file": "<stem>.beton"},
-                 "dali": {"dir": "<stem>.dali", "shards": [names], "samples_per_shard": [...]}},
+     "formats": {"ffcv": {"file": "<stem>.beton", "encoding": "raw" | "jpeg" | "jpeg+raw"},
+                 "dali": {"dir": "<stem>.dali", "shards": [names], "samples_per_shard": [...],
+                          "encoding": "png" | "jpeg" | "jpeg+png"}},
      "skipped": [{"path", "line", "error"}]}
 
 plus optional `class_names`, `source`, `imb_ratio` and `format_version`; readers ignore keys they do not

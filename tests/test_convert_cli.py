@@ -204,7 +204,7 @@ def test_cifar_via_cli_is_exact_for_ffcv(tmp_path):
 def test_failure_inside_writing_cleans_up(tree, tmp_path, monkeypatch):
     calls = []
 
-    def boom(self, key, jpeg, label):
+    def boom(self, key, image, label, ext="jpg"):
         calls.append(key)
         if len(calls) == 3:
             raise KeyboardInterrupt

@@ -7,9 +7,11 @@ import io
 import cv2
 import numpy as np
 import pytest
-from PIL import Image, ImageOps, JpegImagePlugin
+from PIL import Image, ImageOps
 
 from pipelines.convert.images import (
+    DALI_JPG,
+    DALI_PNG,
     FFCV_JPG,
     FFCV_RAW,
     EncodeOptions,
@@ -148,23 +150,23 @@ def test_exif_orientation_is_applied(orientation):
     assert close(np.asarray(dali.convert("RGB")), upright, tol=5)
 
 
-def test_tiny_images_are_raw_for_ffcv_and_near_lossless_jpeg_for_dali():
+def test_tiny_images_are_raw_for_ffcv_and_png_for_dali():
     arr = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     enc = encode_array(arr, EncodeOptions(max_resolution=512, jpeg_quality=90))
     assert enc.ffcv_mode == FFCV_RAW and np.array_equal(ffcv_pixels(enc), arr)  # exact
+    assert enc.dali_ext == DALI_PNG and image_problem(enc.dali_bytes()) is None
     dali = Image.open(io.BytesIO(enc.dali_bytes()))
-    assert JpegImagePlugin.get_sampling(dali) == 0  # 4:4:4, no chroma subsampling
-    q95 = Image.open(io.BytesIO(cv2.imencode(".jpg", arr, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()))
-    assert (
-        dali.quantization == q95.quantization
-    )  # quality 95 (the --jpeg-quality 90 is raised for tiny images)
-    smooth = pattern(1, 1, (32, 32))
-    assert close(pixels(encode_array(smooth, OPTS).dali_bytes()), smooth, tol=1.5)
+    assert dali.format == "PNG" and dali.mode == "RGB"
+    assert np.array_equal(np.asarray(dali), arr)  # lossless
+    only_dali = encode_array(arr, EncodeOptions(ffcv=False))
+    assert only_dali.dali_bytes() == enc.dali_bytes() and only_dali.ffcv_data is None
+    tiny_jpeg = jpeg(arr)  # a tiny JPEG file passes through unchanged: it is the source
+    assert encode_bytes(tiny_jpeg, EncodeOptions()).dali_bytes() == tiny_jpeg
 
 
 def test_arrays_larger_than_raw_limit_are_jpeg():
     enc = encode_array(pattern(1, 1, (80, 60)), EncodeOptions(max_resolution=512, raw_max_pixels=64 * 64))
-    assert enc.ffcv_mode == FFCV_JPG and enc.dali_same_as_ffcv
+    assert enc.ffcv_mode == FFCV_JPG and enc.dali_same_as_ffcv and enc.dali_ext == DALI_JPG
     with pytest.raises(ValueError, match="HxWx3 uint8"):
         encode_array(np.zeros((4, 4), np.uint8), OPTS)
 

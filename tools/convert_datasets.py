@@ -79,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--raw-max-pixels",
         type=int,
         default=64 * 64,
-        help="FFCV stores images of at most this many pixels as raw pixels (default 4096)",
+        help="images of at most this many pixels are stored losslessly: raw (FFCV), PNG (DALI); default 4096",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (or progress lines)")
     p.add_argument(

@@ -3,10 +3,11 @@
 One call per sample produces what both writers need from a single decode:
 - for FFCV, the RGBImageField payload: JPEG at `jpeg_quality` (as FFCV's 'jpg' mode writes it: cv2, RGB->BGR),
   or raw uint8 pixels for tiny images (FFCV's 'smart' mode idea: no decode cost, no JPEG loss);
-- for DALI, JPEG bytes: the source file itself when nothing has to change (a JPEG, RGB, small enough, no EXIF
-  rotation, nothing after its end marker), otherwise the same JPEG that FFCV gets (tiny images: q >= 95, no
-  chroma subsampling). Every DALI sample thus starts and ends with the JPEG markers the loader checks
-  (`shards.jpeg_problem`), so a sample that does not is damage, never a quirk of its source.
+- for DALI, encoded bytes: the source file itself when nothing has to change (a JPEG, RGB, small enough, no
+  EXIF rotation, nothing after its end marker), a lossless PNG for tiny images (CIFAR: the dataset's exact
+  pixels, as FFCV's raw payload), otherwise the same JPEG that FFCV gets. Every DALI sample thus starts and
+  ends with the JPEG or PNG markers the loader checks (`image_bytes.image_problem`), so a sample that does not
+  is damage, never a quirk of its source.
 CMYK and grayscale JPEGs, PNG data behind a .JPEG name, palette/alpha images and EXIF orientation all end as
 upright RGB.
 """
@@ -35,7 +36,7 @@ _TRANSPOSE = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
-TINY_JPEG_QUALITY = 95
+DALI_JPG, DALI_PNG = "jpg", "png"  # a DALI sample's encoding, named as its WebDataset member extension
 MAX_SIDE = 65535  # JPEG's limit, and FFCV's (16-bit sizes)
 
 # cv2 would otherwise spawn its own threads inside every worker process and oversubscribe the cores.
@@ -47,8 +48,8 @@ class EncodeOptions:
     max_resolution: int = 512  # longest side; 0 = keep the source size
     jpeg_quality: int = 90
     ffcv: bool = True  # produce the FFCV payload
-    dali: bool = True  # produce the DALI JPEG
-    raw_max_pixels: int = 64 * 64  # FFCV stores images of at most this many pixels raw
+    dali: bool = True  # produce the DALI payload
+    raw_max_pixels: int = 64 * 64  # FFCV stores images of at most this many pixels raw, DALI as PNG
 
 
 class Encoded(NamedTuple):
@@ -56,12 +57,13 @@ class Encoded(NamedTuple):
     height: int
     ffcv_mode: int  # FFCV_JPG or FFCV_RAW (meaningless when no FFCV payload was asked for)
     ffcv_data: bytes | None
-    dali_jpeg: bytes | None  # None with dali_same_as_ffcv: the FFCV JPEG is the DALI one
+    dali_data: bytes | None  # None with dali_same_as_ffcv: the FFCV JPEG is the DALI one
     dali_same_as_ffcv: bool = False
-    passthrough: bool = False  # dali_jpeg is the source file, byte for byte
+    passthrough: bool = False  # dali_data is the source file, byte for byte
+    dali_ext: str = DALI_JPG  # DALI_JPG or DALI_PNG
 
     def dali_bytes(self) -> bytes | None:
-        return self.ffcv_data if self.dali_same_as_ffcv else self.dali_jpeg
+        return self.ffcv_data if self.dali_same_as_ffcv else self.dali_data
 
 
 def target_size(width: int, height: int, max_resolution: int) -> tuple[int, int]:
@@ -73,13 +75,21 @@ def target_size(width: int, height: int, max_resolution: int) -> tuple[int, int]
     return max(1, int(ratio * width)), max(1, int(ratio * height))
 
 
-def encode_jpeg(rgb: np.ndarray, quality: int, subsampling_444: bool = False) -> bytes:
+def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
     params = [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)]
-    if subsampling_444:
-        params += [int(cv2.IMWRITE_JPEG_SAMPLING_FACTOR), int(cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444)]
     ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
     if not ok:
         raise ValueError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    """Lossless: DALI's `decoders.image` gives back these exact pixels (on CPU, and in `mixed` mode)."""
+    ok, buf = cv2.imencode(
+        ".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [int(cv2.IMWRITE_PNG_COMPRESSION), 6]
+    )
+    if not ok:
+        raise ValueError("PNG encoding failed")
     return buf.tobytes()
 
 
@@ -105,7 +115,7 @@ def encode_array(rgb: np.ndarray, opts: EncodeOptions, source: bytes | None = No
         rgb = cv2.resize(rgb, (tw, th), interpolation=cv2.INTER_AREA)
     rgb = np.ascontiguousarray(rgb)
     tiny = tw * th <= opts.raw_max_pixels
-    ffcv_mode, ffcv_data, dali, same = FFCV_JPG, None, None, False
+    ffcv_mode, ffcv_data, dali, same, ext = FFCV_JPG, None, None, False, DALI_JPG
     if opts.ffcv and tiny:
         ffcv_mode, ffcv_data = FFCV_RAW, rgb.tobytes()
     elif opts.ffcv:
@@ -113,10 +123,11 @@ def encode_array(rgb: np.ndarray, opts: EncodeOptions, source: bytes | None = No
         same = opts.dali and source is None
     if opts.dali and source is not None:
         dali = source
+    elif opts.dali and tiny:
+        dali, ext = encode_png(rgb), DALI_PNG
     elif opts.dali and not same:
-        q = max(opts.jpeg_quality, TINY_JPEG_QUALITY) if tiny else opts.jpeg_quality
-        dali = encode_jpeg(rgb, q, subsampling_444=tiny)
-    return Encoded(tw, th, ffcv_mode, ffcv_data, dali, same, source is not None and opts.dali)
+        dali = encode_jpeg(rgb, opts.jpeg_quality)
+    return Encoded(tw, th, ffcv_mode, ffcv_data, dali, same, source is not None and opts.dali, ext)
 
 
 def decode(data: bytes, opts: EncodeOptions) -> tuple[np.ndarray | None, bool, tuple[int, int]]:

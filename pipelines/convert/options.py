@@ -21,7 +21,7 @@ class ConvertOptions:
     skip_bad: bool = False
     overwrite: bool = False
     allow_empty_classes: bool = False
-    raw_max_pixels: int = 64 * 64  # FFCV stores images of at most this many pixels raw (CIFAR, tiny images)
+    raw_max_pixels: int = 64 * 64  # images of at most this many pixels: raw for FFCV, PNG for DALI (CIFAR)
     progress: bool = True
     progress_interval: float = DEFAULT_INTERVAL  # seconds between log lines when stderr is not a terminal
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..meta import DatasetMeta, write_meta
 from .beton import BetonWriter, page_size_for
+from .images import DALI_JPG, DALI_PNG, FFCV_JPG, FFCV_RAW
 from .options import ConvertOptions
 from .outputs import OutputPlan, SampleDigest, check_kept, merged_formats, output_names, plan_outputs
 from .pool import encoded_stream
@@ -42,6 +43,10 @@ __all__ = [
     "summary_line",
 ]
 Notify = Callable[[str], None]
+# What the meta's per-format `encoding` says: "raw" and "png" are the exact pixels, "jpeg" is lossy; a
+# conversion whose samples differ ("jpeg+raw": tiny and large images in one split) lists both, sorted.
+FFCV_ENCODING = {FFCV_RAW: "raw", FFCV_JPG: "jpeg"}
+DALI_ENCODING = {DALI_PNG: "png", DALI_JPG: "jpeg"}
 
 
 class ConversionError(RuntimeError):
@@ -155,6 +160,8 @@ class _Written:
     skipped: list[dict]
     images: int = 0
     passthrough: int = 0
+    ffcv_encodings: set[str] = field(default_factory=set)
+    dali_encodings: set[str] = field(default_factory=set)
     digest: SampleDigest = field(default_factory=SampleDigest)
 
 
@@ -181,8 +188,10 @@ def _write_all(
             label = int(samples.labels[j])
             if beton is not None:
                 beton.add(result.ffcv_mode, result.width, result.height, result.ffcv_data, label)
+                done.ffcv_encodings.add(FFCV_ENCODING[result.ffcv_mode])
             if shards is not None:
-                shards.add(f"{done.images:08d}", result.dali_bytes(), label)
+                shards.add(f"{done.images:08d}", result.dali_bytes(), label, result.dali_ext)
+                done.dali_encodings.add(DALI_ENCODING[result.dali_ext])
             done.counts[label] += 1
             done.images += 1
             done.passthrough += result.passthrough
@@ -224,6 +233,7 @@ def _convert(
             "bytes": staging.path(names["ffcv"]).stat().st_size,
             "raw_max_pixels": opts.raw_max_pixels,
             "page_size": beton.page_size,
+            "encoding": "+".join(sorted(done.ffcv_encodings)),
             "samples_digest": digest,
         }
     if shards is not None:
@@ -233,6 +243,7 @@ def _convert(
             "samples_per_shard": per_shard,
             "bytes": shards.bytes_written,
             "passthrough_jpegs": done.passthrough,
+            "encoding": "+".join(sorted(done.dali_encodings)),
             "samples_digest": digest,
         }
     meta = DatasetMeta(

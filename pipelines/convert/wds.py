@@ -1,4 +1,4 @@
-"""WebDataset tar shards (`<key>.jpg`, `<key>.cls`) with the index files DALI's `fn.readers.webdataset` takes.
+"""WebDataset tar shards (`<key>.jpg` or `.png`, `<key>.cls`) and the index files DALI's readers take.
 
 The tar is written by hand (ustar headers, 512-byte blocks) so every member's data offset is known as it is
 written; the index is the `v1.2` format of DALI's `wds2idx`: a `v1.2 <samples>` line, then per sample
@@ -47,21 +47,22 @@ class ShardWriter:
         self._index: list[str] = []
         self._offset = 0
 
-    def add(self, key: str, jpeg: bytes, label: int) -> None:
+    def add(self, key: str, image: bytes, label: int, ext: str = "jpg") -> None:
+        """Append one sample: its encoded image as member `<key>.<ext>` and its label as `<key>.cls`."""
         if "." in key or "/" in key:
             raise ValueError(f"webdataset keys may not contain '.' or '/': {key!r}")
         if self._fp is None or self.counts[-1] >= self.shard_size:
             self._open_next()
         parts = []
         with naming(self.dir / self.shards[-1]):  # a full disk names the shard
-            for ext, payload in (("jpg", jpeg), ("cls", str(int(label)).encode("ascii"))):
-                name = f"{key}.{ext}"
+            for kind, payload in ((ext, image), ("cls", str(int(label)).encode("ascii"))):
+                name = f"{key}.{kind}"
                 header = _member_header(name, len(payload))
                 data_offset = self._offset + len(header)
                 self._write(header)
                 self._write(payload)
                 self._write(bytes(-len(payload) % BLOCK))
-                parts.append(f"{ext} {data_offset} {len(payload)} {name}")
+                parts.append(f"{kind} {data_offset} {len(payload)} {name}")
         self._index.append(" ".join(parts))
         self.counts[-1] += 1
 
