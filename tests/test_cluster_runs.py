@@ -20,6 +20,8 @@ import launch
 from tests.helpers import free_port, launch_failure, tiny_argv
 from tests.test_resume import EXTRA, _close
 from trainer import checkpoint, rundir, stop
+from trainer.config import to_dict
+from trainer.recipe import load_config
 from trainer.rundir import RunDirError
 from trainer.runlock import LOCK_FILE, STALE_S, RunLock
 
@@ -116,9 +118,15 @@ def test_a_second_starter_is_refused_with_the_holders_name(tmp_path):
         assert (owner["pid"], owner["host"]) == (os.getpid(), HOST) and owner["started"] > 0
         with pytest.raises(RunDirError, match=rf"r is in use by pid {os.getpid()} on {HOST} \(started 20"):
             RunLock(run).acquire()
-        with pytest.raises(RunDirError, match="is in use by pid"):
-            launch.main(tiny_argv(tmp_path / "data", tmp_path, "r"))
-        assert (run / LOCK_FILE).exists()  # the refused starter left the holder's lock alone
+        argv = tiny_argv(tmp_path / "data", tmp_path, "r", "--run.epochs=2")
+        with pytest.raises(RunDirError, match="is in use by pid"):  # the same run name
+            launch.main(argv)
+        cfg = load_config(argv[1], argv[2:])  # a run that wrote its config and first checkpoint
+        rundir.start_run_dir(run, cfg, {})
+        checkpoint.save_checkpoint(checkpoint.checkpoint_path(run, 1), {"epoch": 1, "config": to_dict(cfg)})
+        with pytest.raises(RunDirError, match="is in use by pid"):  # a --resume of the running run
+            launch.main(["--resume", str(run)])
+        assert (run / LOCK_FILE).exists()  # the refused starters left the holder's lock alone
     assert not (run / LOCK_FILE).exists()
 
 
