@@ -210,11 +210,10 @@ def test_the_slurm_script_asks_for_a_signal_requeues_and_resumes(tmp_path):
     assert "#SBATCH --signal=B:USR1@" in script and "#SBATCH --requeue" in script
     assert "scontrol requeue" in script
     argv = ["--config", "configs/demo.toml", f"--run.out_dir={tmp_path}", "--run.name=r", "--data.dir=/d"]
-    assert _dry_run(tmp_path, *argv, restart="1") == argv  # nothing to resume yet: a fresh start
     ckpt = checkpoint.checkpoint_path(tmp_path / "r", 3)
     ckpt.parent.mkdir(parents=True)
     ckpt.write_bytes(b"")
     assert _dry_run(tmp_path, *argv, restart=None) == argv  # a first submission never resumes by itself
     assert _dry_run(tmp_path, *argv, restart="2") == ["--resume", str(tmp_path / "r"), *argv[2:]]
     (tmp_path / "r" / rundir.RESULTS_FILE).write_text("{}")
-    assert _dry_run(tmp_path, *argv, restart="2") == argv  # finished: launch.py says so
+    assert _dry_run(tmp_path, *argv, restart="2") == argv  # finished: a fresh start, which launch.py refuses
