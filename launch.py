@@ -220,11 +220,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     Everything that can fail on the user's input (the config and its overrides, the checkpoint a resume
     continues and whether the overrides fit it, the data) is checked before the run folder is written."""
+    from trainer import stop
+
+    # SIGTERM / SIGUSR1: every rank stops at the next host read point, checkpointed (trainer/stop.py).
+    with stop.handlers():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> dict[str, Any]:
     args, overrides = parse_args(sys.argv[1:] if argv is None else list(argv))
     overrides = launcher_precision(overrides)
     from trainer import checkpoint, history, rundir, trackers
     from trainer.config import to_dict
     from trainer.environment import environment
+    from trainer.runlock import RunLock
 
     state = None
     if args.resume:
@@ -234,6 +243,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cfg = load_config(run_dir / rundir.CONFIG_FILE, overrides)
         state = checkpoint.load_latest(run_dir)
         history.check_compatible(state, cfg)
+        done = state["epoch"]
+        if done > cfg.run.epochs or (done == cfg.run.epochs and (run_dir / rundir.RESULTS_FILE).is_file()):
+            raise ConfigError(
+                f"run.epochs={cfg.run.epochs}: the run in {run_dir} has already finished epoch {done}; "
+                f"give --run.epochs=N with N > {done} to train it on"
+            )
     else:
         cfg = load_config(args.config, overrides)
         run_dir = rundir.run_dir_for(cfg)
@@ -245,7 +260,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from trainer.loop import fit
 
     accelerator = make_accelerator(cfg)
-    parts = build(cfg, accelerator)
+    # One run per folder: rank 0 holds the lock for the run's life; every rank stops when it cannot.
+    lock, refusal = RunLock(run_dir), [None]
+    if accelerator.is_main_process:
+        try:
+            lock.acquire()
+        except rundir.RunDirError as err:
+            refusal = [str(err)]
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(refusal)
+    if refusal[0]:
+        raise rundir.RunDirError(refusal[0])
+    try:
+        parts = build(cfg, accelerator)
+    except BaseException:
+        lock.forget_folder_if_unused()  # a run that could not start leaves no folder behind
+        raise
     try:
         hist = history.restore(accelerator, parts, state) if state is not None else history.History()
         if accelerator.is_main_process:
@@ -263,6 +295,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     finally:
         parts.close()
         accelerator.end_training()  # flushes and closes the trackers
+        lock.release()
 
 
 if __name__ == "__main__":
@@ -271,9 +304,14 @@ if __name__ == "__main__":
     from trainer.checkpoint import CheckpointError
     from trainer.loop import DivergedError
     from trainer.rundir import RunDirError
+    from trainer.stop import EXIT_CODE, Stopped
 
     try:
         main()
+    except Stopped as err:  # checkpointed; a batch script requeues the job on this exit status
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"launch.py: {err}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_CODE)
     except (ConfigError, LaunchError, RunDirError, CheckpointError, DataError, DivergedError) as err:
         sys.exit(f"launch.py: {err}")
     except FileNotFoundError as err:  # a data path or a shard's index file: the message names it

@@ -7,6 +7,11 @@ import os
 import tempfile
 from pathlib import Path
 
+# Temporary files are `.<name>.<random>.fastlt-tmp`: a sweep of leftovers (TEMP_GLOB) never takes a user's
+# own `.notes.tmp`.
+TEMP_SUFFIX = ".fastlt-tmp"
+TEMP_GLOB = f".*{TEMP_SUFFIX}"
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = True) -> None:
     """Write to a temporary file beside `path`, flush it (to disk with `fsync`), then rename over `path`.
@@ -14,7 +19,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = Tr
     The file gets the permissions a plain `open(path, "w")` would (mkstemp alone makes it 0600), so a meta
     file or a run's metrics are as readable as the rest of the output."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

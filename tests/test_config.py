@@ -163,3 +163,69 @@ def test_every_recipe_loads_and_round_trips(path, tmp_path):
     assert load_config(again) == cfg
     # The model the loss needs fits the recipe (NCL: a CIFAR ResNet, a queue the batch divides), one process.
     check_model(cfg.model, loss_class(cfg.loss.name), batch_size=cfg.data.batch_size, world_size=1)
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "../up", "/abs", "a\\b", "nul\0"])
+def test_run_name_is_one_folder_name(name):
+    with pytest.raises(ConfigError, match=r"run\.name: must be one folder name"):
+        load_config(None, [f"--run.name={name}"])
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**31), str(2**64)])
+def test_run_seed_out_of_range_names_the_key(seed):
+    with pytest.raises(ConfigError, match=r"run\.seed: must be in 0 \.\. 2\*\*31 - 1"):
+        load_config(None, [f"--run.seed={seed}"])
+    assert load_config(None, [f"--run.seed={2**31 - 1}"]).run.seed == 2**31 - 1
+
+
+HOSTILE = [
+    "line\nbreak",
+    'say "hi"',
+    "back\\slash\\",
+    "tab\tcr\rnul\0bell\x07del\x7f",
+    "ünïcødé ✓ 😀",
+    "'",
+    "][",
+]
+
+
+def test_every_string_key_round_trips_through_config_toml():
+    """config.toml must read back whatever strings a run was given: every string key, hostile values
+    (set past the sections' own checks, which some of them would refuse)."""
+    import dataclasses
+    import tomllib
+    import typing
+
+    from trainer.config import to_dict
+
+    cfg = Config()
+    string_keys = [
+        (section.name, f.name)
+        for section in dataclasses.fields(Config)
+        for f in dataclasses.fields(getattr(cfg, section.name))
+        if typing.get_type_hints(type(getattr(cfg, section.name)))[f.name] is str
+    ]
+    assert len(string_keys) > 10
+    for value in HOSTILE:
+        for section, key in string_keys:
+            object.__setattr__(getattr(cfg, section), key, value)
+        tree = tomllib.loads(dump_toml(cfg))
+        for section, key in string_keys:
+            assert tree[section][key] == value, (section, key, value)
+        assert tree["run"] == {
+            k: list(v) if isinstance(v, tuple) else v for k, v in to_dict(cfg)["run"].items()
+        }
+    good = load_config(None, ['--run.name=ünï "q" x', "--run.wandb_project=a\tb\\c"])
+    assert load_config_text(dump_toml(good)) == good
+
+
+def load_config_text(text: str) -> Config:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return load_config(_write(Path(tmp), text))
+
+
+def test_a_string_that_is_not_utf8_is_refused_by_key():
+    with pytest.raises(ConfigError, match=r"run\.name: .* is not valid UTF-8"):
+        load_config(None, ["--run.name=bad\udcff"])

@@ -242,3 +242,51 @@ def test_folder_reader_sorted_classes(tmp_path):
     assert s.root == tmp_path / "train"
     with pytest.raises(SplitError, match="not a directory"):
         read_split(SplitRequest("folder", tmp_path, split="val"))
+
+
+def test_folder_reader_follows_symlinks_but_not_loops_and_reads_each_file_once(tmp_path):
+    tree = tmp_path / "train"
+    for name in ("a", "b"):
+        (tree / name).mkdir(parents=True)
+        (tree / name / f"{name}0.jpg").write_bytes(b"x")
+    shared = tmp_path / "elsewhere"  # datasets assembled from symlinks: followed
+    shared.mkdir()
+    (shared / "s.jpg").write_bytes(b"x")
+    (tree / "a" / "linked").symlink_to(shared)
+    (tree / "a" / "loop").symlink_to("..")  # back to the tree: b's images must not become a's
+    (tree / "b" / "again.jpg").symlink_to(tree / "a" / "a0.jpg")  # the same file under a second name
+    with pytest.warns(SplitWarning) as caught:
+        s = read_split(SplitRequest("folder", tmp_path, split="train"))
+    assert sorted(s.paths) == ["a/a0.jpg", "a/linked/s.jpg", "b/b0.jpg"]
+    assert s.class_counts() == [2, 1]
+    text = " | ".join(str(w.message) for w in caught)
+    assert "a/loop" in text and "not followed" in text
+    assert "b/again.jpg is a/a0.jpg" in text
+
+
+@pytest.mark.parametrize(
+    "line, kind", [("/etc/passwd 0", "is absolute"), ("../other/x.jpg 0", "leaves --root")]
+)
+def test_split_file_paths_stay_inside_root_unless_allowed(tmp_path, line, kind):
+    (tmp_path / "l.txt").write_text(f"a.jpg 0\n{line}\n")
+    with pytest.raises(SplitError, match=rf"l.txt line 2: path '.*' {kind}.*--allow-outside-root"):
+        read_split(SplitRequest("imagenet_lt", tmp_path, split_file=tmp_path / "l.txt"))
+    s = read_split(
+        SplitRequest("imagenet_lt", tmp_path, split_file=tmp_path / "l.txt", allow_outside_root=True)
+    )
+    assert s.paths[1] == line.split()[0]
+    (tmp_path / "ok.txt").write_text("sub/../a.jpg 0\n..a.jpg 1\n")  # `..` inside root, a name starting ..
+    assert (
+        read_split(SplitRequest("imagenet_lt", tmp_path, split_file=tmp_path / "ok.txt")).paths[1]
+        == "..a.jpg"
+    )
+
+
+def test_inat_json_paths_stay_inside_root(tmp_path):
+    doc = {
+        "images": [{"id": 1, "file_name": "train/a.jpg"}, {"id": 2, "file_name": "../b.jpg"}],
+        "annotations": [{"image_id": 1, "category_id": 0}, {"image_id": 2, "category_id": 0}],
+    }
+    (tmp_path / "train2018.json").write_text(json.dumps(doc))
+    with pytest.raises(SplitError, match=r"train2018.json images\[1\]: path '../b.jpg' leaves --root"):
+        read_split(SplitRequest("inat2018", tmp_path, split_file=tmp_path / "train2018.json"))

@@ -54,7 +54,7 @@ def test_one_epoch_writes_the_run_folder(demo_converted, tmp_path, backend):
     (path,) = checkpoint.checkpoints(run)
     state = torch.load(path, weights_only=True)
     assert path.name == "epoch-0001.pt" and state["epoch"] == 1 and "model" in state and "optimizer" in state
-    assert not list(run.rglob("*.tmp"))  # atomic writes leave no temporaries
+    assert not list(run.rglob("*tmp"))  # atomic writes leave no temporaries
 
 
 def test_an_existing_run_is_replaced_only_when_asked(demo_converted, tmp_path):

@@ -71,6 +71,10 @@ def test_a_failed_resume_leaves_the_run_folder_as_it_was(demo_converted, tmp_pat
         launch.main(["--resume", str(run), "--model.arch=resnet8"])
     with pytest.raises(FileNotFoundError, match="elsewhere"):
         launch.main(["--resume", str(run), f"--data.dir={tmp_path / 'elsewhere'}", "--run.epochs=2"])
+    with pytest.raises(
+        ConfigError, match=r"run.epochs=1: the run in .* already finished epoch 1; give --run"
+    ):
+        launch.main(["--resume", str(run)])  # not "resuming after epoch 1 of 1" and nothing trained
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
     launch.main(["--resume", str(run), "--run.epochs=2"])  # a plain resume still works afterwards
     assert [r["epoch"] for r in rundir.read_metrics(run)] == [1, 2]
@@ -90,12 +94,12 @@ def test_resume_falls_back_to_an_older_checkpoint_and_cleans_interrupted_writes(
     assert [p.name for p in checkpoint.checkpoints(run)] == ["epoch-0003.pt", "epoch-0002.pt"]  # keep 2
     newest = checkpoint.checkpoints(run)[0]
     newest.write_bytes(newest.read_bytes()[:1000])  # damaged after it was written
-    stale = run / rundir.CHECKPOINT_DIR / ".epoch-0004.pt.abc123.tmp"
+    stale = run / rundir.CHECKPOINT_DIR / ".epoch-0004.pt.abc123.fastlt-tmp"
     stale.write_bytes(bytes(3 << 20))  # what a kill during a save leaves
     with caplog.at_level("WARNING"):
         launch.main(["--resume", str(run), "--run.epochs=4"])
     assert "epoch-0003.pt: cannot read checkpoint" in caplog.text and "falling back" in caplog.text
-    assert ".epoch-0004.pt.abc123.tmp (3.0 MB)" in caplog.text and not stale.exists()
+    assert ".epoch-0004.pt.abc123.fastlt-tmp (3.0 MB)" in caplog.text and not stale.exists()
     assert [r["epoch"] for r in rundir.read_metrics(run)] == [1, 2, 3, 4]  # epoch 3 trained again
     assert [p.name for p in checkpoint.checkpoints(run)] == ["epoch-0004.pt", "epoch-0003.pt"]
 
@@ -114,7 +118,7 @@ def test_a_full_disk_while_checkpointing_names_the_file_and_keeps_the_others(tmp
     monkeypatch.undo()
     assert checkpoint.checkpoints(tmp_path) == [first]
     assert checkpoint.load_latest(tmp_path)["epoch"] == 1
-    assert not list(first.parent.glob(".*.tmp"))
+    assert not list(first.parent.glob(".*.fastlt-tmp"))
 
 
 @pytest.mark.parametrize("damage", ["missing", "truncated"])
@@ -144,3 +148,38 @@ def test_a_resume_names_the_queue_or_expert_key_it_would_change(override):
     ):
         history.check_compatible(saved, load_config(None, [f"--model.{override}"]))
     history.check_compatible(saved, load_config(None, ["--run.epochs=7"]))  # a harmless override passes
+
+
+def test_a_checkpoint_damaged_inside_a_tensor_is_named_and_the_older_one_used(tmp_path, caplog):
+    import torch
+
+    weights = torch.arange(4096, dtype=torch.float32)
+    for epoch in (1, 2):
+        checkpoint.save_checkpoint(
+            checkpoint.checkpoint_path(tmp_path, epoch), {"epoch": epoch, "w": weights}
+        )
+    newest = checkpoint.checkpoints(tmp_path)[0]
+    data = bytearray(newest.read_bytes())
+    at = bytes(data).find(weights.numpy().tobytes()) + 1000  # inside the tensor's stored bytes
+    data[at] ^= 0x10  # one flipped bit: the zip still unpacks, the tensor still loads
+    newest.write_bytes(bytes(data))
+    with caplog.at_level("WARNING"):
+        state = checkpoint.load_latest(tmp_path)
+    assert state["epoch"] == 1 and state["path"].endswith("epoch-0001.pt")
+    assert "epoch-0002.pt: checksum mismatch" in caplog.text and "falling back" in caplog.text
+    legacy = checkpoint.checkpoint_path(tmp_path, 3)  # written before checksums: still loads
+    torch.save({"format_version": 1, "epoch": 3}, legacy)
+    assert checkpoint.load_latest(tmp_path)["epoch"] == 3
+
+
+def test_the_sweep_of_interrupted_writes_leaves_a_users_tmp_files(tmp_path):
+    from pipelines.fileio import atomic_write_text
+
+    atomic_write_text(tmp_path / "config.toml", "x = 1\n")
+    ours = tmp_path / ".config.toml.k2j3.fastlt-tmp"
+    ours.write_text("partial")
+    theirs = [tmp_path / ".notes.tmp", tmp_path / ".config.toml.mine.tmp"]
+    for path in theirs:
+        path.write_text("a user's file")
+    assert [p for p, _ in rundir.clean_stale(tmp_path)] == [ours]
+    assert all(p.exists() for p in theirs) and (tmp_path / "config.toml").read_text() == "x = 1\n"

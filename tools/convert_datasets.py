@@ -76,6 +76,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs of the same stem")
     p.add_argument("--allow-empty-classes", action="store_true", help="convert even if a class has no image")
     p.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="split-file paths may be absolute or leave --root with ../ (refused by default)",
+    )
+    p.add_argument(
         "--raw-max-pixels",
         type=int,
         default=64 * 64,
@@ -125,7 +130,13 @@ def _run(args: argparse.Namespace) -> int:
         print(f"convert_datasets: {exc}", file=sys.stderr)
         return 2
     request = SplitRequest(
-        args.dataset, args.root, args.split_file, args.split, args.imb_ratio, args.num_classes
+        args.dataset,
+        args.root,
+        args.split_file,
+        args.split,
+        args.imb_ratio,
+        args.num_classes,
+        allow_outside_root=args.allow_outside_root,
     )
     try:
         summary = convert(request, args.out, opts, notify=_say)

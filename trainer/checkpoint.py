@@ -6,10 +6,16 @@ one `torch.save` file, `checkpoints/epoch-NNNN.pt`, written under a temporary na
 interrupted save leaves the earlier ones intact; the newest `run.keep_checkpoints` are kept, so a file that
 was damaged later still leaves an older one to resume from. Everything in it is tensors and plain Python
 values, so it loads with `weights_only=True`.
+
+Each file also holds a SHA-256 (`"sha256"`) of everything else in it, every tensor's bytes and every
+value, checked on load: a file damaged after it was written (a flipped bit inside a tensor loads without
+error) is reported by name and an older one is used, as a truncated one is. The file stays a plain
+`torch.load`-able one; files written before the checksum existed load unverified.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import re
@@ -22,6 +28,7 @@ from pipelines.fileio import atomic_write_bytes
 from trainer.rundir import CHECKPOINT_DIR
 
 FORMAT_VERSION = 1
+DIGEST_KEY = "sha256"
 _NAME = re.compile(r"epoch-(\d+)\.pt")
 
 log = logging.getLogger(__name__)
@@ -45,13 +52,48 @@ def checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    path = Path(path)
+def digest(state: Any) -> str:
+    """SHA-256 over a checkpoint's contents in order: keys, values, each tensor's dtype, shape and bytes."""
+    h = hashlib.sha256()
+    _feed(h, state)
+    return h.hexdigest()
+
+
+def _feed(h: Any, obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous().reshape(-1)
+        h.update(f"T{t.dtype}{tuple(obj.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)};".encode())
+        for key, value in obj.items():
+            _feed(h, key)
+            _feed(h, value)
+    elif isinstance(obj, list | tuple):
+        h.update(f"{type(obj).__name__}{len(obj)};".encode())
+        for value in obj:
+            _feed(h, value)
+    else:  # None, bool, int, float, str: repr round-trips them
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+
+
+def encode(state: dict[str, Any]) -> bytes:
+    """The bytes of a checkpoint file holding `state` and its checksum (tensors copied to the host: later
+    steps do not change them)."""
+    full = {"format_version": FORMAT_VERSION, **state}
+    full[DIGEST_KEY] = digest(full)
     buf = io.BytesIO()
-    torch.save({"format_version": FORMAT_VERSION, **state}, buf)
+    torch.save(full, buf)
+    return buf.getvalue()
+
+
+def save_checkpoint(path: Path, state: dict[str, Any] | bytes) -> None:
+    """Write `state` (or what `encode` made of it earlier) to `path` atomically."""
+    path = Path(path)
+    data = state if isinstance(state, bytes) else encode(state)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, buf.getvalue())
+        atomic_write_bytes(path, data)
     except OSError as exc:
         raise CheckpointError(
             f"{path}: cannot write the checkpoint ({exc.strerror or exc}); the earlier checkpoints are kept"
@@ -69,9 +111,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is reported with the file name
         raise CheckpointError(f"{path}: cannot read checkpoint: {exc}") from exc
+    expected = state.pop(DIGEST_KEY, None) if isinstance(state, dict) else None
+    if expected is not None and expected != digest(state):
+        raise CheckpointError(f"{path}: checksum mismatch, the file was damaged after it was written")
+    return state
 
 
 def load_latest(run_dir: Path) -> dict[str, Any]:

@@ -22,11 +22,16 @@ class ConfigError(ValueError):
     """A recipe or override that does not fit the config tree."""
 
 
+def _one_component(name: str) -> bool:
+    """A run's folder is `run.out_dir/run.name`: the name must stay one folder inside out_dir."""
+    return name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     name: str = "run"
     out_dir: str = "runs"
-    seed: int = 0
+    seed: int = 0  # 0 .. 2**31 - 1: NumPy takes 32-bit seeds, and each process adds its rank to it
     epochs: int = 90
     log_every: int = 50  # steps between host reads of the device-side loss accumulators
     eval_every: int = 1  # epochs (0: only at the end)
@@ -46,7 +51,12 @@ class RunConfig:
         check_ranges(
             "run",
             (
-                ("name", bool(self.name) and "/" not in self.name, "a non-empty folder name"),
+                (
+                    "name",
+                    _one_component(self.name),
+                    "one folder name: not '', '.' or '..'; no '/', '\\', NUL",
+                ),
+                ("seed", 0 <= self.seed < 2**31, "in 0 .. 2**31 - 1"),
                 ("epochs", self.epochs >= 1, ">= 1"),
                 ("log_every", self.log_every >= 1, ">= 1"),
                 ("eval_every", self.eval_every >= 0, ">= 0"),

@@ -49,26 +49,34 @@ def better(report: dict[str, Any], best: dict[str, Any] | None) -> bool:
 def save(cfg: Config, accelerator: Any, parts: Components, run_dir: Path, hist: History) -> None:
     """Write the checkpoint of the epochs finished so far and drop the oldest beyond `run.keep_checkpoints`
     (a collective: every rank's RNG states are gathered; rank 0 writes)."""
+    encoded = snapshot(cfg, accelerator, parts, hist)
+    if accelerator.is_main_process:
+        ckpt.save_checkpoint(ckpt.checkpoint_path(run_dir, hist.epoch), encoded)
+        ckpt.prune(run_dir, cfg.run.keep_checkpoints)
+    accelerator.wait_for_everyone()
+
+
+def snapshot(cfg: Config, accelerator: Any, parts: Components, hist: History) -> bytes | None:
+    """The checkpoint of the epochs finished so far, as file bytes on rank 0 (None elsewhere): what `save`
+    writes, or what a stopped run writes later (a collective: every rank's RNG states are gathered)."""
     from accelerate.utils import gather_object
 
     rng = gather_object([rng_state()])  # every rank's generators, in rank order (a collective)
-    if accelerator.is_main_process:
-        ckpt.save_checkpoint(
-            ckpt.checkpoint_path(run_dir, hist.epoch),
-            {
-                "epoch": hist.epoch,
-                "model": unwrap(parts.model).state_dict(),
-                "optimizer": parts.optimizer.state_dict(),
-                "rng": rng,
-                "best": hist.best,
-                "last_eval": hist.last_eval,
-                "history": hist.records,
-                "world_size": accelerator.num_processes,
-                "config": to_dict(cfg),
-            },
-        )
-        ckpt.prune(run_dir, cfg.run.keep_checkpoints)
-    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return None
+    return ckpt.encode(
+        {
+            "epoch": hist.epoch,
+            "model": unwrap(parts.model).state_dict(),
+            "optimizer": parts.optimizer.state_dict(),
+            "rng": rng,
+            "best": hist.best,
+            "last_eval": hist.last_eval,
+            "history": hist.records,
+            "world_size": accelerator.num_processes,
+            "config": to_dict(cfg),
+        }
+    )
 
 
 # Keys whose change makes a checkpoint's model or loss another shape than the run's, or its queues another

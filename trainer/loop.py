@@ -5,6 +5,7 @@ per epoch it sets the loss's and the loader's epoch, trains (learning rate writt
 device tensor every step, host reads only every `run.log_every` steps), evaluates every `run.eval_every`
 epochs and at the end, appends a line to metrics.jsonl, and checkpoints every `run.checkpoint_every` epochs
 and at the end. `fit(..., resume=True)` reloads the last checkpoint and goes on exactly where it stopped.
+A stop signal (trainer/stop.py) ends the run at the next log point with the epoch-start state checkpointed.
 
 Epochs are numbered from 1 in everything written (metrics, results, checkpoints) and from 0 in the calls
 the loss and the loaders receive (`set_epoch(epoch)`), as in the papers' code.
@@ -25,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pipelines.clock import duration
-from trainer import history, rundir, trackers
+from trainer import checkpoint, history, rundir, stop, trackers
 from trainer.config import Config, OptimConfig
 from trainer.lead import HostLead, NoLead
 from trainer.optim import SGD
@@ -115,6 +116,9 @@ def train_one_epoch(
             if m["loss"] is not None and not math.isfinite(m["loss"]):
                 bar.close()
                 raise DivergedError(epoch, done, steps, lr, m["loss"])  # every rank reads the same sum
+            if done < steps and stop.agreed(step.device):  # a signal: every rank stops after this step
+                bar.close()
+                raise stop.StopRequested(done)
             now = time.perf_counter()
             if m["steps"]:
                 loss_sum += m["loss"] * m["steps"]
@@ -184,6 +188,23 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}"
 
 
+def _stop(
+    cfg: Config,
+    accelerator: Any,
+    run_dir: Path,
+    hist: history.History,
+    start_state: bytes | None,
+    during: bool,
+) -> None:
+    """Write the epoch-start checkpoint if it is not on disk yet (rank 0), then raise `stop.Stopped`."""
+    path = checkpoint.checkpoint_path(run_dir, hist.epoch)
+    if accelerator.is_main_process and start_state is not None:
+        checkpoint.save_checkpoint(path, start_state)
+        checkpoint.prune(run_dir, cfg.run.keep_checkpoints)
+    accelerator.wait_for_everyone()
+    raise stop.Stopped(run_dir, hist.epoch, cfg.run.epochs, path, during)
+
+
 def fit(
     cfg: Config, accelerator: Any, parts: Components, run_dir: Path, hist: history.History
 ) -> dict[str, Any]:
@@ -197,10 +218,17 @@ def fit(
         rundir.write_metrics(run_dir, hist.records)  # drops lines written after the checkpoint
     if hist.epoch:
         accelerator.print(f"resuming {run_dir} after epoch {hist.epoch} of {epochs}", flush=True)
+    # A run stopped by a signal saves the state at the start of its epoch (trainer/stop.py): the checkpoint
+    # of the last finished epoch, encoded in memory when that epoch wrote none (a resume wrote its own).
+    on_disk, start_state = (hist.epoch if hist.epoch else None), None
     bar = main and run.progress and sys.stdout.isatty()  # a batch job's log gets plain lines instead
     for images, labels in parts.train_loader.synthetic_batches(len(parts.class_counts)):
         parts.train_step.prepare(images, labels)  # compile / capture before the loaders' threads start
     for epoch in range(hist.epoch, epochs):
+        if on_disk != hist.epoch:
+            start_state = history.snapshot(cfg, accelerator, parts, hist)
+        if stop.agreed(accelerator.device):
+            _stop(cfg, accelerator, run_dir, hist, start_state, during=False)
         start = time.perf_counter()
         parts.loss.set_epoch(epoch, epochs)
         parts.train_loader.set_epoch(epoch)
@@ -219,6 +247,8 @@ def fit(
                     log_lines=main and not bar,
                 )
             )
+        except stop.StopRequested:
+            _stop(cfg, accelerator, run_dir, hist, start_state, during=True)
         except DivergedError as err:
             rec.update(loss=err.loss, lr=err.lr, diverged_at_step=err.step, time=time.perf_counter() - start)
             if main:
@@ -246,6 +276,7 @@ def fit(
         accelerator.print(_summary(rec), flush=True)
         if last or (run.checkpoint_every > 0 and (epoch + 1) % run.checkpoint_every == 0):
             history.save(cfg, accelerator, parts, run_dir, hist)
+            on_disk, start_state = hist.epoch, None
     results = history.results(cfg, parts.class_counts, hist)
     if main:
         history.finish(cfg, run_dir, parts.class_counts, results)

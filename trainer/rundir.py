@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pipelines.fileio import atomic_write_text
+from pipelines.fileio import TEMP_GLOB, atomic_write_text
 from trainer.config import Config
 from trainer.recipe import dump_toml
 
@@ -74,17 +74,18 @@ def clear_run(run_dir: Path) -> None:
     if ckpt_dir.is_dir():
         for path in ckpt_dir.glob("*.pt"):
             path.unlink()
-        for path in ckpt_dir.glob(".*.tmp"):
+        for path in ckpt_dir.glob(TEMP_GLOB):
             path.unlink()
 
 
 def clean_stale(run_dir: Path) -> list[tuple[Path, int]]:
     """Remove the temporary files an interrupted write left in the run folder (a checkpoint killed mid-write
-    leaves a full-size one); return them with their sizes so the caller can say what it freed. Only this
-    run's own writers name files `.<name>.*.tmp`, and only the main process of a run writes them."""
+    leaves a full-size one); return them with their sizes so the caller can say what it freed. Only fastlt's
+    atomic writes name files like `TEMP_GLOB` (a user's own `.notes.tmp` stays), and only the main process of
+    a run writes them, under the run's lock."""
     removed = []
     for folder in (run_dir, run_dir / CHECKPOINT_DIR):
-        for path in folder.glob(".*.tmp") if folder.is_dir() else ():
+        for path in folder.glob(TEMP_GLOB) if folder.is_dir() else ():
             size = path.stat().st_size
             path.unlink(missing_ok=True)
             removed.append((path, size))

@@ -29,6 +29,7 @@ class SplitRequest:
     split: str | None = None
     imb_ratio: float | None = None
     num_classes: int | None = None  # expected number of classes, where the source does not say
+    allow_outside_root: bool = False  # split-file paths may be absolute or leave root with `..`
 
 
 @dataclass

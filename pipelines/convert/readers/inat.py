@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..samples import SampleList, SplitError, SplitRequest
 from . import register
-from .lists import given_num_classes, read_list_file, resolve_split_file, split_name
+from .lists import check_inside_root, given_num_classes, read_list_file, resolve_split_file, split_name
 
 
 @register("inat2018")
@@ -72,6 +72,10 @@ def read_coco_json(request: SplitRequest, path: Path) -> SampleList:
             f"{path}: {len(unlabeled)} image(s) without annotation{hint}, first images[{i}] "
             f"(id {images[i]['id']}, {images[i]['file_name']})"
         )
+
+    check_inside_root(
+        request, path, [str(img["file_name"]) for img in images], [f"images[{i}]" for i in range(len(images))]
+    )
 
     # The class count is known from `categories` (or --num-classes): a category_id beyond it is an error that
     # names its entry, never an extra class.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -73,6 +74,22 @@ def parse_list(path: Path) -> tuple[list[str], list[int], list[int]]:
     return paths, labels, lines
 
 
+def check_inside_root(request: SplitRequest, origin: Path, paths: list[str], where: list[str]) -> None:
+    """Split-file paths are relative to --root and stay inside it (a list from elsewhere must not make the
+    converter read /etc or ../other_dataset), unless --allow-outside-root says they may. `where[i]` locates
+    paths[i] in `origin` ("line 12", "images[3]")."""
+    if request.allow_outside_root:
+        return
+    for path, at in zip(paths, where, strict=True):
+        norm = os.path.normpath(path)
+        if os.path.isabs(path) or norm == ".." or norm.startswith(".." + os.sep):
+            kind = "is absolute" if os.path.isabs(path) else "leaves --root"
+            raise SplitError(
+                f"{origin} {at}: path {path!r} {kind}; paths are relative to --root "
+                "(pass --allow-outside-root to read it anyway)"
+            )
+
+
 def given_num_classes(request: SplitRequest) -> int | None:
     if request.num_classes is not None and request.num_classes < 1:
         raise SplitError(f"--num-classes must be >= 1, got {request.num_classes}")
@@ -81,6 +98,7 @@ def given_num_classes(request: SplitRequest) -> int | None:
 
 def read_list_file(request: SplitRequest, path: Path) -> SampleList:
     paths, labels, lines = parse_list(path)
+    check_inside_root(request, path, paths, [f"line {n}" for n in lines])
     given = given_num_classes(request)
     return SampleList(
         dataset=request.dataset,
