@@ -247,7 +247,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     accelerator = make_accelerator(cfg)
     parts = build(cfg, accelerator)
     try:
-        hist = history.restore(accelerator, parts, state) if state is not None else history.History()
+        hist = (
+            history.restore(accelerator, parts.model, parts.optimizer, state)
+            if state is not None
+            else history.History()
+        )
         if accelerator.is_main_process:
             if cfg.run.overwrite and not args.resume:
                 rundir.clear_run(run_dir)

@@ -1,5 +1,5 @@
 """GML (Gaussian-mixture likelihood, ICML 2023) and DBM-GML: a supervised term, a contrast against a
-class-balanced queue, and knowledge distillation from a frozen teacher (spec/fidelity-audit.md §4.2).
+class-balanced queue, and knowledge distillation from a frozen teacher.
 
 The released `GMLLoss` (quotation2520/dbm_ltr GML/losses.py), which the MoCo student of
 trainer/gml_model.py feeds through `MoCoOutput`:
@@ -19,6 +19,7 @@ CIFAR-100-LT and α = 0 (no distillation) on ImageNet-LT.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
@@ -158,11 +159,9 @@ class GML(Loss):
     name, head, num_views, parts = "gml", "cosine", 3, (ScaledCosine, BalancedSoftmax, GMLTerms)
     model: ClassVar[str] = "gml_student"
 
-    @property
-    def distills(self) -> bool:
-        """Whether the loss reads the teacher's logits (gml_alpha > 0): the student runs the teacher on the
-        cls view only then."""
-        return self.contrast.gml_alpha > 0
+    def __init__(self, class_counts: Sequence[int] | Tensor, cfg: LossConfig) -> None:
+        super().__init__(class_counts, cfg)
+        self.distills = cfg.gml_alpha > 0  # the student runs the teacher on the cls view only then
 
 
 class DBMGML(GML):

@@ -245,7 +245,7 @@ def fit(
         trackers.log_epoch(accelerator, rec, epoch + 1)
         accelerator.print(_summary(rec), flush=True)
         if last or (run.checkpoint_every > 0 and (epoch + 1) % run.checkpoint_every == 0):
-            history.save(cfg, accelerator, parts, run_dir, hist)
+            history.save(cfg, accelerator, parts.model, parts.optimizer, run_dir, hist)
     results = history.results(cfg, parts.class_counts, hist)
     if main:
         history.finish(cfg, run_dir, parts.class_counts, results)
