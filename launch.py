@@ -279,7 +279,11 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
         lock.forget_folder_if_unused()  # a run that could not start leaves no folder behind
         raise
     try:
-        hist = history.restore(accelerator, parts, state) if state is not None else history.History()
+        hist = (
+            history.restore(accelerator, parts.model, parts.optimizer, state)
+            if state is not None
+            else history.History()
+        )
         if accelerator.is_main_process:
             if cfg.run.overwrite and not args.resume:
                 rundir.clear_run(run_dir)

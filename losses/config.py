@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import get_args
 
-MARGIN_NORMS = ("min", "last")
+from losses.functional import MarginNorm
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class LossConfig:
     tau: float = 1.0
     lambda_inst: float = 1.0
     # "min": n_ref = n_min, as the paper writes it; "last": the released code's count of the last label.
-    margin_norm: Literal["min", "last"] = "min"
+    margin_norm: MarginNorm = "min"
     detach_difficulty: bool = False
     drw_epoch: int = 160  # 0-indexed epoch DRW switches on (160 of 200 as released)
     drw_fraction: float = 0.0  # > 0: DRW starts at this fraction of the run instead of drw_epoch
@@ -47,14 +47,14 @@ class LossConfig:
     ncl_temperature: float = 0.2  # InfoNCE's T
 
     def __post_init__(self) -> None:
-        from losses.registry import LOSSES  # the registry imports the losses, which read this class
+        # Imported here: the registry imports the losses, whose parts read this class (a check, not a use).
+        from losses.registry import LOSSES
 
         if self.name not in LOSSES:
             raise ValueError(f"loss.name: unknown loss {self.name!r}; valid: {', '.join(LOSSES)}")
-        if self.margin_norm not in MARGIN_NORMS:
-            raise ValueError(
-                f"loss.margin_norm: must be one of {', '.join(MARGIN_NORMS)}; got {self.margin_norm!r}"
-            )
+        if self.margin_norm not in get_args(MarginNorm):
+            choices = ", ".join(get_args(MarginNorm))
+            raise ValueError(f"loss.margin_norm: must be one of {choices}; got {self.margin_norm!r}")
         for key, ok, rule in (
             ("scale", self.scale > 0, "> 0"),
             ("max_margin", self.max_margin >= 0, ">= 0"),

@@ -7,13 +7,14 @@ computed once, when a loss is built. `dbm_logits` and `fbl_logits` run in every 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
 from losses.cross_entropy import TargetLogits, one_hot_mask, target_column
 
-MARGIN_NORMS = ("min", "last")
+MarginNorm = Literal["min", "last"]  # DBM's reference count: n_min (the paper) or the last label's (released)
 
 
 def at_least_float32(x: Tensor) -> Tensor:
@@ -44,8 +45,8 @@ def class_margins(
     label order. "last" (the released code): n_ref = the count of the last label index, which exceeds K for
     classes rarer than that one when labels are not sorted by frequency.
     """
-    if margin_norm not in MARGIN_NORMS:
-        raise ValueError(f"margin_norm must be one of {', '.join(MARGIN_NORMS)}; got {margin_norm!r}")
+    if margin_norm not in get_args(MarginNorm):
+        raise ValueError(f"margin_norm must be one of {', '.join(get_args(MarginNorm))}; got {margin_norm!r}")
     n = as_counts(class_counts)
     ref = n.min() if margin_norm == "min" else n[-1]
     return (max_margin * (ref / n) ** tau).float()

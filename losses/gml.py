@@ -10,6 +10,7 @@ the release uses α = β = γ = 1 on CIFAR-100-LT and α = 0 (no distillation) o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
@@ -149,11 +150,9 @@ class GML(Loss):
     name, head, num_views, parts = "gml", "cosine", 3, (ScaledCosine, BalancedSoftmax, GMLTerms)
     model: ClassVar[str] = "gml_student"
 
-    @property
-    def distills(self) -> bool:
-        """Whether the loss reads the teacher's logits (gml_alpha > 0): the student runs the teacher on the
-        cls view only then."""
-        return self.contrast.gml_alpha > 0
+    def __init__(self, class_counts: Sequence[int] | Tensor, cfg: LossConfig) -> None:
+        super().__init__(class_counts, cfg)
+        self.distills = cfg.gml_alpha > 0  # the student runs the teacher on the cls view only then
 
 
 class DBMGML(GML):

@@ -2,7 +2,8 @@
 
 Every loss is an `nn.Module` with `forward(output: ModelOutput, target) -> 0-dim loss`, class attributes
 `head` ("linear" or "cosine": the classifier it needs), `num_views` (augmented views per image it expects)
-and `model` (the kind of model that feeds it: a key of trainer.models.MODELS), and `set_epoch(epoch,
+and `model` (the kind of model that feeds it: a key of trainer.models.MODELS), the attribute `distills`
+(whether that model must run a teacher: GML's gml_alpha > 0, so set per instance), and `set_epoch(epoch,
 epochs)`, called once per epoch before its steps.
 """
 
@@ -29,6 +30,7 @@ class Loss(nn.Module):
     head: ClassVar[str]
     num_views: ClassVar[int] = 1
     model: ClassVar[str] = "classifier"  # a key of trainer.models.MODELS (GML's MoCo student: "gml_student")
+    distills: bool = False  # the model must hand over a teacher's logits (GML with gml_alpha > 0)
     parts: ClassVar[tuple[type[Part], ...]]
 
     def __init__(self, class_counts: Sequence[int] | Tensor, cfg: LossConfig) -> None:

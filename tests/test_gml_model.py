@@ -19,10 +19,7 @@ from torch._dynamo.utils import counters
 from losses import build_loss
 from losses.output import MoCoOutput, ModelOutput
 from trainer.checkpoint import load_checkpoint, save_checkpoint
-from trainer.config import (
-    ModelConfig,
-    OptimConfig,
-)
+from trainer.config import ConfigError, ModelConfig, OptimConfig
 from trainer.gml_model import ClassBalancedQueue, GMLStudent, queue_layout
 from trainer.models import build_classifier
 from trainer.optim import build_optimizer, param_groups
@@ -75,7 +72,7 @@ def test_layout_hand_worked_and_as_released():
         assert starts.tolist() == want_starts.tolist() and sizes.tolist() == want_sizes.tolist()
         assert sizes.sum() == k and sizes.min() >= base
     assert queue_layout(cifar100_if100, 4096, 2)[1][[0, -1]].tolist() == [182, 3]
-    with pytest.raises(ValueError, match="queue_size >= classes"):
+    with pytest.raises(ConfigError, match=r"model.gml_queue_size=7: .* 4 classes, at least 8"):
         queue_layout(COUNTS, 7, 2)
 
 

@@ -208,6 +208,13 @@ def test_every_loss_names_a_registered_model():
     assert not model.bcl
 
 
+def test_every_model_kinds_shape_keys_are_model_keys():
+    """A kind's `shape_keys` are [model] keys (a resume compares them by name: a typo fails only then)."""
+    keys = set(ModelConfig.__dataclass_fields__)
+    for name, kind in MODELS.items():
+        assert kind.shape_keys and set(kind.shape_keys) <= keys - {"arch"}, name
+
+
 def test_a_classifier_takes_the_labels_and_ignores_them():
     """Every model's forward is forward(images, labels=None): the step always passes the labels."""
     model = _build("resnet_tiny", 4, "cosine", views=3).eval()

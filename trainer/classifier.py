@@ -1,59 +1,38 @@
-"""The classifier every loss but NCL and GML trains, and the bodies and heads all models are built from.
+"""The classifier every loss but NCL's and GML's trains (model kind "classifier"), and the heads kinds share.
 
 `build_classifier(cfg, num_classes, head, mean=..., std=..., views=1)` stacks `Normalize` (uint8 -> float, the
 model's first operation, so it fuses into the compiled step) -> a body from `ARCHS` (pooled features f) -> a
 classifier from `HEADS` ("linear": nn.Linear with bias; "cosine": raw cosines, the loss applies the scale) ->
-BCL's two projection heads when the loss takes several views (spec/losses.md §4.4).
+BCL's two projection heads when the loss takes several views.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from losses import CosineClassifier, ModelOutput
+from losses import CosineClassifier, Loss, ModelOutput
 from pipelines.augment import Normalize
+from trainer.archs import ARCHS
 from trainer.config import ModelConfig
-from trainer.resnet_cifar import ResNetCifar, kaiming_init_
-from trainer.resnet_imagenet import PlacesResNet152, TorchvisionBody
-
-
-@dataclass(frozen=True)
-class Arch:
-    build: Callable[[ModelConfig], nn.Module]  # -> body with a `feature_dim` attribute
-    cifar_init: bool  # True: kaiming-normal on the heads' Linear weights too (the CIFAR code's `apply`)
-    bcl_hidden: int  # BCL MLP width; 0 = the feature dimension (upstream BCL's large-scale heads)
-    bcl_embed: int
-
-
-ARCHS: dict[str, Arch] = {
-    "resnet32": Arch(lambda cfg: ResNetCifar(5), True, 512, 128),
-    "resnet20": Arch(lambda cfg: ResNetCifar(3), True, 512, 128),
-    "resnet56": Arch(lambda cfg: ResNetCifar(9), True, 512, 128),
-    "resnet8": Arch(lambda cfg: ResNetCifar(1), True, 512, 128),
-    # Narrow ResNet-8 (32-d features) for tests and the CPU demo.
-    "resnet_tiny": Arch(lambda cfg: ResNetCifar(1, (8, 16, 32)), True, 64, 32),
-    "resnet18": Arch(lambda cfg: TorchvisionBody("resnet18"), False, 0, 1024),
-    "resnet50": Arch(lambda cfg: TorchvisionBody("resnet50"), False, 0, 1024),
-    "resnext50_32x4d": Arch(lambda cfg: TorchvisionBody("resnext50_32x4d"), False, 0, 1024),
-    "resnext101_32x8d": Arch(lambda cfg: TorchvisionBody("resnext101_32x8d"), False, 0, 1024),  # GML teacher
-    "resnet152_places": Arch(lambda cfg: PlacesResNet152(cfg.pretrained), False, 0, 1024),
-}
+from trainer.resnet_cifar import kaiming_init_
 
 HEADS: dict[str, Callable[[int, int], nn.Module]] = {
     "linear": lambda d, c: nn.Linear(d, c),
     "cosine": lambda d, c: CosineClassifier(d, c),
 }
 
+SHAPE_KEYS = ("bcl_hidden", "bcl_embed")  # [model] keys that size this kind's parameters (besides arch)
 
-def _mlp(d: int, hidden: int, embed: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Linear(d, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, embed)
-    )
+
+def mlp(d: int, hidden: int, out: int, *, batch_norm: bool = True) -> nn.Sequential:
+    """Linear(d, hidden) -> [BatchNorm1d] -> ReLU -> Linear(hidden, out), PyTorch's default init: BCL's and
+    GML's projection heads (with BatchNorm), NCL's projectors (without)."""
+    norm = [nn.BatchNorm1d(hidden)] if batch_norm else []
+    return nn.Sequential(nn.Linear(d, hidden), *norm, nn.ReLU(inplace=True), nn.Linear(hidden, out))
 
 
 class LongTailClassifier(nn.Module):
@@ -82,8 +61,8 @@ class LongTailClassifier(nn.Module):
         self.bcl = bcl is not None
         if bcl is not None:
             hidden, embed = bcl
-            self.head = _mlp(d, hidden or d, embed)  # on the features of all 3 views
-            self.head_fc = _mlp(d, hidden or d, embed)  # on the raw class vectors -> class centres
+            self.head = mlp(d, hidden or d, embed)  # on the features of all 3 views
+            self.head_fc = mlp(d, hidden or d, embed)  # on the raw class vectors -> class centres
             # Every rank computes the centres from the same (replicated) weights: its BatchNorm1d has
             # nothing to synchronise, and `trainer.sync_bn.convert_sync_bn` leaves it alone.
             self.head_fc.sync_bn = False
@@ -138,7 +117,7 @@ def build_classifier(
     if head not in HEADS:
         raise ValueError(f"unknown classifier head {head!r}; valid: {', '.join(HEADS)}")
     arch = ARCHS[cfg.arch]
-    body = arch.build(cfg)
+    body = arch.build(cfg.pretrained)
     classifier = HEADS[head](body.feature_dim, num_classes)
     hidden = cfg.bcl_hidden or arch.bcl_hidden
     embed = cfg.bcl_embed or arch.bcl_embed
@@ -157,3 +136,8 @@ def build_classifier(
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def build(cfg: ModelConfig, loss: Loss, *, num_classes: int, class_counts, mean, std) -> nn.Module:
+    """The "classifier" kind's builder (trainer.models.MODELS): the loss's head, BCL's heads for its views."""
+    return build_classifier(cfg, num_classes, loss.head, mean=mean, std=std, views=loss.num_views)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from losses.config import LossConfig
 from pipelines.config import DataConfig, check_choice, check_ranges
+from trainer.archs import ARCHS
 
 
 class ConfigError(ValueError):
@@ -44,7 +45,7 @@ class RunConfig:
     wandb_project: str = "fastlt"
 
     def __post_init__(self) -> None:
-        from trainer.trackers import TRACKERS
+        from trainer.trackers import TRACKERS  # here: trackers reads this section (an import cycle otherwise)
 
         for name in self.trackers:
             check_choice("run.trackers", name, TRACKERS)
@@ -69,7 +70,7 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "resnet50"  # a key of trainer.models.ARCHS
+    arch: str = "resnet50"  # a key of trainer.archs.ARCHS
     # Places-LT's frozen ResNet-152: a state_dict file, or torchvision:ResNet152_Weights.IMAGENET1K_V1
     pretrained: str = ""
     channels_last: bool = True
@@ -77,6 +78,8 @@ class ModelConfig:
     bcl_hidden: int = 0  # BCL projection MLP width; 0: the arch's default (CIFAR 512, large: feature dim)
     bcl_embed: int = 0  # BCL embedding size; 0: the arch's default (CIFAR 128, large 1024)
     sync_bn: bool = False  # BatchNorm statistics over every process's batch under DDP (trainer/sync_bn.py)
+    # The model kinds' own keys stay flat in this section, so recipes keep `model.gml_*` / `model.ncl_*`;
+    # their ranges are checked here only (the kinds' modules check what needs the data or the batch).
     # GML's MoCo student (loss gml / dbm_gml; trainer/gml_model.py): its frozen teacher and its queue.
     teacher: str = ""  # the teacher's run folder (its newest checkpoint) or a checkpoint file
     teacher_arch: str = ""  # a key of ARCHS the teacher must be; "": whatever the checkpoint holds
@@ -87,13 +90,11 @@ class ModelConfig:
     # NCL's experts (loss ncl / ncl_linear / dbm_ncl; trainer/ncl_model.py), each a body of `arch`.
     ncl_experts: int = 3
     ncl_moco_dim: int = 64  # the projectors' output, the keys' size
-    ncl_queue: int = 1024  # MoCo keys per expert; the per-process batch must divide it
+    ncl_queue: int = 1024  # MoCo keys per expert; the global batch (data.batch_size) must divide it
     ncl_ema: float = 0.999  # key bodies' EMA momentum
     ncl_ema_updates: int = 0  # EMA updates per step; 0: once per expert (the release's loop)
 
     def __post_init__(self) -> None:
-        from trainer.classifier import ARCHS
-
         check_choice("model.arch", self.arch, ARCHS)
         if self.teacher_arch:
             check_choice("model.teacher_arch", self.teacher_arch, ARCHS)
@@ -129,7 +130,9 @@ class OptimConfig:
     gamma: float = 0.01
 
     def __post_init__(self) -> None:
-        from trainer.schedule import SCHEDULES
+        from trainer.schedule import (
+            SCHEDULES,
+        )  # here: schedule reads this section (an import cycle otherwise)
 
         check_choice("optim.schedule", self.schedule, SCHEDULES)
         check_ranges(
@@ -163,7 +166,7 @@ class StepConfig:
     ddp_bf16_grads: bool = False  # DDP all-reduces gradients in bf16 (half the traffic; a compression hook)
 
     def __post_init__(self) -> None:
-        from trainer.runners import RUNNERS
+        from trainer.step import RUNNERS  # here: the step reads this section (an import cycle otherwise)
 
         check_choice("step.mode", self.mode, RUNNERS)
         check_choice("step.precision", self.precision, typing.get_args(Precision))

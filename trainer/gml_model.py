@@ -1,32 +1,12 @@
-"""GML's MoCo student (quotation2520/dbm_ltr GML/moco/builder.py with `set_distiller`): a cosine classifier
-whose key encoder is a frozen teacher, and a class-balanced queue of the teacher's features.
+"""GML's MoCo student (model kind "gml_student"): a cosine classifier whose key encoder is a frozen teacher,
+and a class-balanced queue of the teacher's features (quotation2520/dbm_ltr GML/moco/builder.py with
+`set_distiller`).
 
-Training batches stack three views of each image, view-major: [cls; q; k] ([3N, 3, H, W], uint8). The
-student encodes [cls; q] in one pass (BatchNorm statistics over both, as released), classifies cls and
-projects q to a query; the teacher encodes k into a key (and cls into distillation logits). The keys enter
-the queue, then the whole queue is projected by the trainable key head and compared with the queries: a
-query's own key is among them, as released. Evaluation is the student alone: one view, raw cosines.
-
-Each key carries an id, `step * global batch + position`, so that the loss's temperature term can leave out
-a query's own key. The release uses dataset indices, which also leave out an older key of the same image
-still in the queue; the loaders give no indices (a known deviation that touches only T_c's gradient).
-
-Nothing in the step reads a tensor on the host: the ring pointers, the queue and the step counter are
-device buffers updated in place, and a batch's class counts come from a one-hot cumulative sum.
-
-Under DDP every process enqueues every process's keys (`losses.distributed.gather_values`), so the queue,
-its pointers and the step counter stay identical on all ranks by construction. DDP would otherwise broadcast
-every buffer from rank 0 before each forward: for the queue that is 128 MB a step on ImageNet-LT (16384 x
-2048 fp32) and 512 MB on iNaturalist, all of it redundant. `RANK_IDENTICAL_BUFFERS` names them, and
-launch.build tells DDP to leave them out; BatchNorm's running statistics, which differ per rank, are still
-broadcast from rank 0 (what keeps the ranks' evaluations and the rank-0 checkpoint consistent without
-SyncBN).
-
-Known deviations from the release (quotation2520/dbm_ltr GML/): key ids instead of dataset indices (above);
-T_s is exactly 30 (the release's exp(log(1/30))); the projection MLPs run under the step's autocast; the
-class sums run in `segment_reduce`'s order, not a one-hot matmul's; the queue has one spare row for
-overflowing keys; distillation uses the raw scaled cosines; BatchNorm is per rank (the release uses SyncBN
-on ImageNet-LT).
+`build` makes it for a loss from `[model]` (`teacher`, `teacher_arch`, `gml_*`); `SHAPE_KEYS` are the keys
+a resumed run may not change. Invariant: nothing in the step reads a tensor on the host (the queue, its
+pointers and the step counter are device buffers updated in place), and under DDP every rank enqueues every
+rank's keys, so those buffers are identical on all ranks by construction (`RANK_IDENTICAL_BUFFERS`:
+launch.build keeps them out of DDP's per-forward broadcast, 128 MB a step on ImageNet-LT).
 """
 
 from __future__ import annotations
@@ -38,9 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from losses import Loss
 from losses.distributed import batch_group, gather_values, rank_and_size
 from losses.functional import as_counts
 from losses.output import MoCoOutput, ModelOutput
+from trainer.classifier import build_classifier, mlp
+from trainer.config import ConfigError, ModelConfig
+from trainer.teacher import load_teacher
+
+SHAPE_KEYS = ("gml_queue_size", "gml_base_k", "gml_embed_dim")  # the queue's layout and the heads' size
 
 
 def queue_layout(class_counts: Sequence[int] | Tensor, size: int, base: int) -> tuple[Tensor, Tensor]:
@@ -49,10 +35,10 @@ def queue_layout(class_counts: Sequence[int] | Tensor, size: int, base: int) -> 
     in float64; the last boundary is clipped to `size`)."""
     n = as_counts(class_counts)
     c = n.numel()
-    if base < 1 or size < c * base:
-        raise ValueError(
-            f"queue: need base_k >= 1 and queue_size >= classes * base_k = {c * base}, "
-            f"got queue_size={size}, base_k={base}"
+    if size < c * base:  # the one check that the queue fits the classes (ModelConfig checks the ranges)
+        raise ConfigError(
+            f"model.gml_queue_size={size}: the queue needs model.gml_base_k={base} slots for each of the "
+            f"data's {c} classes, at least {c * base}"
         )
     position = torch.arange(1, c + 1, dtype=torch.float64) * base + (size - c * base) * n.cumsum(0) / n.sum()
     ends = position.ceil().long().clamp_max(size)
@@ -99,13 +85,6 @@ class ClassBalancedQueue(nn.Module):
         return f"size={self.size}, classes={self.num_classes}, dim={self.keys.shape[1]}"
 
 
-def projection(d_in: int, d_out: int) -> nn.Sequential:
-    """GML's `MLP(d, d, dim)` (mlp=True): Linear, BatchNorm1d, ReLU, Linear, PyTorch's default init."""
-    return nn.Sequential(
-        nn.Linear(d_in, d_in), nn.BatchNorm1d(d_in), nn.ReLU(inplace=True), nn.Linear(d_in, d_out)
-    )
-
-
 class GMLStudent(nn.Module):
     """The MoCo student: `student` (normalize -> body -> cosine classifier, returning `ModelOutput`), a query
     projection, a trainable key projection over the frozen `teacher`'s features, the queue and T_c.
@@ -113,6 +92,21 @@ class GMLStudent(nn.Module):
     `teacher` maps the same uint8 images to a `ModelOutput` (features [N, d_t], logits [N, C]); it is frozen
     here and stays in eval mode whatever `train()` says. `distill`: also run the teacher on the cls view
     for the distillation logits (the loss's gml_alpha > 0).
+
+    Training batches stack three views of each image, view-major: [cls; q; k] ([3N, 3, H, W], uint8). The
+    student encodes [cls; q] in one pass (BatchNorm statistics over both, as released), classifies cls and
+    projects q to a query; the teacher encodes k into a key (and cls into distillation logits). The keys
+    enter the queue, then the whole queue is projected by the trainable key head and compared with the
+    queries: a query's own key is among them, as released. Evaluation is the student alone: one view, raw
+    cosines. BatchNorm's running statistics, which differ per rank, are still broadcast from rank 0.
+
+    Each key carries an id, `step * global batch + position`, so that the loss's temperature term can leave
+    out a query's own key. Deviations from the release: key ids instead of dataset indices (which would also
+    leave out an older key of the same image still in the queue: only T_c's gradient differs); T_s is
+    exactly 30 (the release's exp(log(1/30))); the projection MLPs run under the step's autocast; the class
+    sums run in `segment_reduce`'s order, not a one-hot matmul's; the queue has one spare row for
+    overflowing keys; distillation uses the raw scaled cosines; BatchNorm is per rank (the release uses
+    SyncBN on ImageNet-LT).
     """
 
     RANK_IDENTICAL_BUFFERS = ("steps",)
@@ -130,14 +124,12 @@ class GMLStudent(nn.Module):
         distill: bool = True,
     ) -> None:
         super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"GML student: temperature must be > 0, got {temperature}")
         self.student = student
         self.teacher = teacher.requires_grad_(False).eval()
         self.distill = distill
         d, d_t = student.feature_dim, teacher.feature_dim
-        self.embed_q = projection(d, embed_dim)
-        self.embed_k = projection(d_t, embed_dim)
+        self.embed_q = mlp(d, d, embed_dim)  # GML's `MLP(d, d, dim)` (mlp=True)
+        self.embed_k = mlp(d_t, d_t, embed_dim)
         if d == d_t:  # as released: the key head starts as a copy of the query head
             self.embed_k.load_state_dict(self.embed_q.state_dict())
         self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)))
@@ -188,3 +180,21 @@ class GMLStudent(nn.Module):
             temperature=self.log_temperature.exp(),
             teacher_logits=teacher_logits,
         )
+
+
+def build(cfg: ModelConfig, loss: Loss, *, num_classes: int, class_counts, mean, std) -> GMLStudent:
+    """The student (one view: no BCL heads) with the frozen teacher of `model.teacher`, which must have a
+    cosine head when the loss distils (its raw cosines are scaled like the student's)."""
+    teacher = load_teacher(
+        cfg.teacher, num_classes=num_classes, arch=cfg.teacher_arch, head="cosine" if loss.distills else ""
+    )
+    return GMLStudent(
+        build_classifier(cfg, num_classes, loss.head, mean=mean, std=std),
+        teacher,
+        class_counts,
+        queue_size=cfg.gml_queue_size,
+        base_k=cfg.gml_base_k,
+        embed_dim=cfg.gml_embed_dim,
+        temperature=cfg.gml_temperature,
+        distill=loss.distills,
+    )

@@ -2,7 +2,7 @@
 
 `fit` (trainer/loop.py) keeps one `History`, saves it with the model and optimizer every few epochs
 (`save`), gets it back on resume (`restore`), and turns it into results.json and the per-class plot
-(`results`, `finish`).
+(`results`, `finish`). A resume never changes the shape of the model it loads (`check_compatible`).
 """
 
 from __future__ import annotations
@@ -11,17 +11,18 @@ import logging
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+from torch import nn
 
 from trainer import checkpoint as ckpt
 from trainer import rundir
 from trainer.config import Config, to_dict
+from trainer.models import MODELS
+from trainer.optim import SGD
 from trainer.plot import plot_per_class_accuracy
 from trainer.rng import rng_state, set_rng_state
 from trainer.step import unwrap
-
-if TYPE_CHECKING:
-    from trainer.loop import Components
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +47,21 @@ def better(report: dict[str, Any], best: dict[str, Any] | None) -> bool:
     return report.get("top1") is not None and (best is None or report["top1"] > best["top1"])
 
 
-def save(cfg: Config, accelerator: Any, parts: Components, run_dir: Path, hist: History) -> None:
+def save(
+    cfg: Config, accelerator: Any, model: nn.Module, optimizer: SGD, run_dir: Path, hist: History
+) -> None:
     """Write the checkpoint of the epochs finished so far and drop the oldest beyond `run.keep_checkpoints`
     (a collective: every rank's RNG states are gathered; rank 0 writes)."""
-    encoded = snapshot(cfg, accelerator, parts, hist)
+    encoded = snapshot(cfg, accelerator, model, optimizer, hist)
     if accelerator.is_main_process:
         ckpt.save_checkpoint(ckpt.checkpoint_path(run_dir, hist.epoch), encoded)
         ckpt.prune(run_dir, cfg.run.keep_checkpoints)
     accelerator.wait_for_everyone()
 
 
-def snapshot(cfg: Config, accelerator: Any, parts: Components, hist: History) -> bytes | None:
+def snapshot(
+    cfg: Config, accelerator: Any, model: nn.Module, optimizer: SGD, hist: History
+) -> bytes | None:
     """The checkpoint of the epochs finished so far, as file bytes on rank 0 (None elsewhere): what `save`
     writes, or what a stopped run writes later (a collective: every rank's RNG states are gathered)."""
     from accelerate.utils import gather_object
@@ -67,8 +72,8 @@ def snapshot(cfg: Config, accelerator: Any, parts: Components, hist: History) ->
     return ckpt.encode(
         {
             "epoch": hist.epoch,
-            "model": unwrap(parts.model).state_dict(),
-            "optimizer": parts.optimizer.state_dict(),
+            "model": unwrap(model).state_dict(),
+            "optimizer": optimizer.state_dict(),
             "rng": rng,
             "best": hist.best,
             "last_eval": hist.last_eval,
@@ -80,21 +85,13 @@ def snapshot(cfg: Config, accelerator: Any, parts: Components, hist: History) ->
 
 
 # Keys whose change makes a checkpoint's model or loss another shape than the run's, or its queues another
-# layout (GML's per-class slots follow gml_base_k): a resume refuses them by name.
-SHAPE_KEYS = tuple(
-    ("model", key)
-    for key in (
-        "arch",
-        "bcl_hidden",
-        "bcl_embed",
-        "gml_queue_size",
-        "gml_base_k",
-        "gml_embed_dim",
-        "ncl_experts",
-        "ncl_moco_dim",
-        "ncl_queue",
-    )
-) + (("loss", "name"),)
+# layout: the body, every model kind's own keys (trainer.models.MODELS) and the loss (its head and views).
+# Every kind's keys, not only the run's: a resume refuses them by name whichever loss the run trains.
+SHAPE_KEYS = (
+    ("model", "arch"),
+    *(("model", key) for key in dict.fromkeys(k for kind in MODELS.values() for k in kind.shape_keys)),
+    ("loss", "name"),
+)
 
 
 def check_compatible(state: dict[str, Any], cfg: Config) -> None:
@@ -111,12 +108,12 @@ def check_compatible(state: dict[str, Any], cfg: Config) -> None:
             )
 
 
-def restore(accelerator: Any, parts: Components, state: dict[str, Any]) -> History:
+def restore(accelerator: Any, model: nn.Module, optimizer: SGD, state: dict[str, Any]) -> History:
     """Load a checkpoint into the run's model and optimizer (in place: a captured step graph stays valid)
     and this rank's generators; return the history it carries."""
     try:
-        unwrap(parts.model).load_state_dict(state["model"])  # copies: parameters keep their addresses
-        parts.optimizer.load_state_dict(state["optimizer"])  # trainer.optim.SGD: so do its state tensors
+        unwrap(model).load_state_dict(state["model"])  # copies: parameters keep their addresses
+        optimizer.load_state_dict(state["optimizer"])  # trainer.optim.SGD: so do its state tensors
     except (RuntimeError, ValueError, KeyError) as err:
         first = str(err).strip().splitlines()
         detail = next((line.strip() for line in first[1:] if line.strip()), first[0] if first else "")

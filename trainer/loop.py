@@ -226,7 +226,7 @@ def fit(
         parts.train_step.prepare(images, labels)  # compile / capture before the loaders' threads start
     for epoch in range(hist.epoch, epochs):
         if on_disk != hist.epoch:
-            start_state = history.snapshot(cfg, accelerator, parts, hist)
+            start_state = history.snapshot(cfg, accelerator, parts.model, parts.optimizer, hist)
         if stop.agreed(accelerator.device):
             _stop(cfg, accelerator, run_dir, hist, start_state, during=False)
         start = time.perf_counter()
@@ -275,7 +275,7 @@ def fit(
         trackers.log_epoch(accelerator, rec, epoch + 1)
         accelerator.print(_summary(rec), flush=True)
         if last or (run.checkpoint_every > 0 and (epoch + 1) % run.checkpoint_every == 0):
-            history.save(cfg, accelerator, parts, run_dir, hist)
+            history.save(cfg, accelerator, parts.model, parts.optimizer, run_dir, hist)
             on_disk, start_state = hist.epoch, None
     results = history.results(cfg, parts.class_counts, hist)
     if main:

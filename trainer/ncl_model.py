@@ -1,41 +1,11 @@
-"""DBM-NCL's model (fidelity-audit §4.1): K experts, each with a MoCo key branch, and all of its state
+"""NCL's model (model kind "ncl_experts"): K experts, each with a MoCo key branch, and all of its state
 updated inside its own training forward.
 
-Per expert (`dbm_ltr:cifar/models/resnet_ncl.py:797-961`): a body (`model.arch`: a CIFAR ResNet, built by
-`trainer.models`, model kind "ncl_experts"), a classifier (the cosine head initialised as the release's
-FCNorm, or a linear head), a trainable projector d-d-e; and a key branch: a separately initialised body that
-follows the expert's body by EMA, a projector that keeps its random initialisation (the release's EMA loop
-covers only `backbone` and `module`, `train_fn/ncl.py:43-50`), and a queue of Q keys.
-
-Input: the loaders' view-major uint8 batch [2N, 3, H, W], view 0 (rows :N) for classification, view 1 for
-the keys. The training forward, in order: queries and raw outputs from view 0; keys from view 1 under
-no_grad (one batch permutation shared by the experts for shuffle-BN, drawn on the device); the contrastive
-similarities against the queue as it stands; then, in place, the keys enqueued at a device-side pointer
-and the EMA of the key bodies, the release's `mul_(m).add_(1 - m, p)` repeated `ema_updates` times,
-by default once per expert: its loop over the K experts updates every expert's key body on each pass, so
-the effective momentum is 0.999^3 with 3 experts. The EMA after the forward and before the backward is
-where the release does it. Nothing reads a tensor on the host and shapes are static, so the forward
-compiles whole and can be captured in a CUDA graph.
-Evaluation: one view; `logits` = the mean of the experts' raw outputs (`validate.py:78`).
-
-Queues, the pointer, the key bodies (parameters without gradient) and key projectors are in state_dict.
-
-Several processes (DDP): every rank enqueues every rank's keys, gathered in rank order
-(`losses.distributed.gather_values`, MoCo's `concat_all_gather`; a traceable collective, so it compiles and
-captures with the step), so the queues fill at the global batch rate and stay identical on all ranks by
-construction: one queue, as one process with the whole batch would hold (up to each rank's BatchNorm
-statistics). `RANK_IDENTICAL_BUFFERS` names them and launch.build leaves them out of DDP's broadcast from
-rank 0, which would otherwise copy 1024 x 64 x K floats a step for nothing. The key bodies stay equal across
-ranks (their EMA follows bodies that DDP keeps equal; their BN statistics are broadcast from rank 0), and
-shuffle-BN permutes within a rank only. The release trains on one GPU; the CIFAR recipes are single-process
-like it.
-
-Deviations from the release, none of which changes what is computed: the queues are one [K, Q, e] buffer of
-keys as rows with one pointer (the release: per expert an [e, Q] queue and its own pointer, which move
-together since every expert enqueues the same batch); evaluation runs neither the key branch nor the
-projectors (their outputs never enter the prediction); under bf16 autocast the heads, projectors and
-similarities stay in fp32 (the release trains in fp32); q's gradient reads a saved copy of the queue
-(`saved_copy`).
+`build` makes it for a loss from `[model]` (`arch`, `ncl_*`), `check` refuses a section that cannot feed it
+before any data is read, and `SHAPE_KEYS` are the keys a resumed run may not change. Invariant: nothing
+reads a tensor on the host and shapes are static, so the forward compiles whole and can be captured in a
+CUDA graph; under DDP every rank enqueues every rank's keys (`losses.distributed.gather_values`), so the
+queues are identical on all ranks by construction (`RANK_IDENTICAL_BUFFERS`, left out of DDP's broadcast).
 """
 
 from __future__ import annotations
@@ -48,10 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from losses.distributed import batch_group, gather_values, rank_and_size
+from losses import Loss
+from losses.distributed import batch_group, gather_values
 from losses.heads import CosineClassifier
 from losses.output import ExpertOutput
 from pipelines.augment import Normalize
+from trainer.archs import ARCHS
+from trainer.classifier import mlp
+from trainer.config import ConfigError, ModelConfig
+
+SHAPE_KEYS = ("ncl_experts", "ncl_moco_dim", "ncl_queue")  # the experts' number and the queues' size
 
 
 def fcnorm_classifier(in_features: int, num_classes: int) -> CosineClassifier:
@@ -63,11 +39,6 @@ def fcnorm_classifier(in_features: int, num_classes: int) -> CosineClassifier:
         head.weight.uniform_(-1.0, 1.0)
         head.weight.div_(head.weight.norm(dim=1, keepdim=True).clamp_min(1e-12))
     return head
-
-
-def projector(in_features: int, out_features: int) -> nn.Sequential:
-    """The release's `mlp` head: Linear(d, d) -> ReLU -> Linear(d, e), with biases and default init."""
-    return nn.Sequential(nn.Linear(in_features, in_features), nn.ReLU(), nn.Linear(in_features, out_features))
 
 
 def saved_copy(buffer: Tensor) -> Tensor:
@@ -92,7 +63,36 @@ class NCLModel(nn.Module):
     """K experts + MoCo key branches; `forward(uint8 images, labels=None) -> losses.output.ExpertOutput`.
 
     `body()` builds one fresh body (a module with `feature_dim`): called 2K times, for the K experts and the
-    K key bodies, so each starts from its own random initialisation."""
+    K key bodies, so each starts from its own random initialisation. The ranges of the sizes are checked
+    by `ModelConfig`, that the global batch divides the queue by `check`.
+
+    Per expert (`dbm_ltr:cifar/models/resnet_ncl.py:797-961`): a body, a classifier (the cosine head
+    initialised as the release's FCNorm, or a linear head), a trainable projector d-d-e; and a key branch:
+    a separately initialised body that follows the expert's body by EMA, a projector that keeps its random
+    initialisation (the release's EMA loop covers only `backbone` and `module`, `train_fn/ncl.py:43-50`),
+    and a queue of Q keys. Queues, the pointer, the key bodies and key projectors are in state_dict.
+
+    Input: the loaders' view-major uint8 batch [2N, 3, H, W], view 0 (rows :N) for classification, view 1
+    for the keys. The training forward, in order: queries and raw outputs from view 0; keys from view 1
+    under no_grad (one batch permutation shared by the experts for shuffle-BN, drawn on the device); the
+    contrastive similarities against the queue as it stands; then, in place, the keys enqueued at a
+    device-side pointer and the EMA of the key bodies, the release's `mul_(m).add_(1 - m, p)` repeated
+    `ema_updates` times, by default once per expert (its loop over the K experts updates every key body on
+    each pass: the effective momentum is 0.999^3 with 3 experts), after the forward and before the
+    backward, where the release does it. Evaluation: one view; `logits` = the mean of the experts' raw
+    outputs (`validate.py:78`).
+
+    Under DDP the queues fill at the global batch rate: one queue, as one process with the whole batch
+    would hold. The key bodies stay equal across ranks (their EMA follows bodies that DDP keeps equal; their
+    BN statistics are broadcast from rank 0); shuffle-BN permutes within a rank only. The release trains on
+    one GPU; the CIFAR recipes are single-process like it.
+
+    Deviations from the release, none of which changes what is computed: the queues are one [K, Q, e]
+    buffer of keys as rows with one pointer (the release: per expert an [e, Q] queue and its own pointer,
+    which move together); evaluation runs neither the key branch nor the projectors; under bf16 autocast
+    the heads, projectors and similarities stay in fp32; q's gradient reads a saved copy of the queue
+    (`saved_copy`).
+    """
 
     RANK_IDENTICAL_BUFFERS = ("queues", "queue_ptr")  # every rank enqueues the same gathered keys
 
@@ -117,13 +117,6 @@ class NCLModel(nn.Module):
         if head not in NCL_HEADS:
             raise ValueError(f"NCL model: unknown classifier head {head!r}; valid: {', '.join(NCL_HEADS)}")
         ema_updates = experts if ema_updates is None else ema_updates
-        if experts < 1 or moco_dim < 1 or queue_size < 1 or ema_updates < 0:
-            raise ValueError(
-                f"NCL model: need experts, moco_dim, queue_size >= 1 and ema_updates >= 0, got {experts}, "
-                f"{moco_dim}, {queue_size}, {ema_updates}"
-            )
-        if not 0.0 <= ema_momentum <= 1.0:
-            raise ValueError(f"NCL model: ema_momentum must be in [0, 1], got {ema_momentum}")
         self.num_experts, self.queue_size = experts, queue_size
         self.ema_momentum, self.ema_updates = ema_momentum, ema_updates
         self.shuffle_bn, self.channels_last, self.head_fp32 = shuffle_bn, channels_last, head_fp32
@@ -132,30 +125,15 @@ class NCLModel(nn.Module):
         d = self.bodies[0].feature_dim
         self.feature_dim = d
         self.classifiers = nn.ModuleList(NCL_HEADS[head](d, num_classes) for _ in range(experts))
-        self.projectors = nn.ModuleList(projector(d, moco_dim) for _ in range(experts))
+        self.projectors = nn.ModuleList(mlp(d, d, moco_dim, batch_norm=False) for _ in range(experts))
         # Key branch: its own random initialisation (not a copy), never given a gradient.
         self.key_bodies = nn.ModuleList(body() for _ in range(experts))
-        self.key_projectors = nn.ModuleList(projector(d, moco_dim) for _ in range(experts))
+        self.key_projectors = nn.ModuleList(mlp(d, d, moco_dim, batch_norm=False) for _ in range(experts))
         for p in [*self.key_bodies.parameters(), *self.key_projectors.parameters()]:
             p.requires_grad_(False)
         # Queue rows are keys (the release stores their transpose, [e, Q]); unit random vectors to start.
         self.register_buffer("queues", F.normalize(torch.randn(experts, queue_size, moco_dim), dim=2))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
-
-    def batch_size(self, images: int) -> int:
-        """Images per view of this process's training batch of `images` rows; the checks the queue needs."""
-        if images % 2:
-            raise ValueError(
-                f"NCL model: a training batch stacks 2 views (classification, key), got {images} images"
-            )
-        n = images // 2
-        world = rank_and_size(batch_group())[1]
-        if n == 0 or self.queue_size % (n * world):
-            raise ValueError(
-                f"NCL model: the global batch ({n} per process x {world}) must divide the MoCo queue size "
-                f"({self.queue_size}): the queue is overwritten one whole batch at a time"
-            )
-        return n
 
     def _head_precision(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
         # Raw cosines feed an arccos (DBM), the similarities a 1/0.2 scale: heads stay out of bf16.
@@ -168,7 +146,11 @@ class NCLModel(nn.Module):
         x = self.normalize(images)
         if not self.training:
             return self._heads([body(x) for body in self.bodies], None)
-        n = self.batch_size(x.shape[0])
+        if x.shape[0] % 2:
+            raise ValueError(
+                f"NCL model: a training batch stacks 2 views (classification, key), got {x.shape[0]} images"
+            )
+        n = x.shape[0] // 2
         features = [body(x[:n]) for body in self.bodies]
         with torch.no_grad():
             keys = self._keys(x[n:])
@@ -227,3 +209,41 @@ class NCLModel(nn.Module):
         for _ in range(self.ema_updates):
             torch._foreach_mul_(ema, self.ema_momentum)
             torch._foreach_add_(ema, source, alpha=1.0 - self.ema_momentum)
+
+
+def check(cfg: ModelConfig, loss: type[Loss], *, batch_size: int, world_size: int) -> None:
+    """The release builds NCL for CIFAR only (its large-scale NCL path is `pass`), so the experts are CIFAR
+    ResNets; the queue is overwritten one whole global batch at a time (every process enqueues the whole
+    batch's keys), so the global batch must divide it: the one home of that check."""
+    cifar = [name for name, arch in ARCHS.items() if arch.cifar_init]
+    if cfg.arch not in cifar:
+        raise ConfigError(
+            f"loss.name={loss.name!r} trains NCL's CIFAR experts: model.arch must be a CIFAR ResNet "
+            f"({', '.join(cifar)}), got model.arch={cfg.arch!r}"
+        )
+    if batch_size % world_size == 0 and cfg.ncl_queue % batch_size:
+        raise ConfigError(
+            f"model.ncl_queue={cfg.ncl_queue} must be a multiple of data.batch_size={batch_size} (the global "
+            f"batch, over {world_size} process(es)) for loss.name={loss.name!r}: every process enqueues the "
+            "whole batch's keys, and the MoCo queue is overwritten one whole batch at a time"
+        )
+
+
+def build(cfg: ModelConfig, loss: Loss, *, num_classes: int, class_counts, mean, std) -> nn.Module:
+    """NCL's experts with `loss.head` classifiers; every expert body and key body a fresh `model.arch`."""
+    arch = ARCHS[cfg.arch]
+    model = NCLModel(
+        num_classes,
+        body=lambda: arch.build(cfg.pretrained),
+        mean=mean,
+        std=std,
+        head=loss.head,
+        experts=cfg.ncl_experts,
+        moco_dim=cfg.ncl_moco_dim,
+        queue_size=cfg.ncl_queue,
+        ema_momentum=cfg.ncl_ema,
+        ema_updates=cfg.ncl_ema_updates or None,  # 0: once per expert
+        channels_last=cfg.channels_last,
+        head_fp32=cfg.head_fp32,
+    )
+    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model

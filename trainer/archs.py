@@ -1,0 +1,39 @@
+"""Bodies by name: `ARCHS[model.arch]`, the images-to-pooled-features network every model kind is built from.
+
+An `Arch` builds a fresh body (a module with `feature_dim`) from the one setting a body reads,
+`model.pretrained`, and carries the per-body defaults its heads use. This module reads no config section, so
+`trainer.config` can check `model.arch` against it without an import cycle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from trainer.resnet_cifar import ResNetCifar
+from trainer.resnet_imagenet import PlacesResNet152, TorchvisionBody
+
+
+@dataclass(frozen=True)
+class Arch:
+    build: Callable[[str], nn.Module]  # model.pretrained -> a fresh body with a `feature_dim` attribute
+    cifar_init: bool  # True: kaiming-normal on the heads' Linear weights too (the CIFAR code's `apply`)
+    bcl_hidden: int  # BCL MLP width; 0 = the feature dimension (upstream BCL's large-scale heads)
+    bcl_embed: int
+
+
+ARCHS: dict[str, Arch] = {
+    "resnet32": Arch(lambda pretrained: ResNetCifar(5), True, 512, 128),
+    "resnet20": Arch(lambda pretrained: ResNetCifar(3), True, 512, 128),
+    "resnet56": Arch(lambda pretrained: ResNetCifar(9), True, 512, 128),
+    "resnet8": Arch(lambda pretrained: ResNetCifar(1), True, 512, 128),
+    # Narrow ResNet-8 (32-d features) for tests and the CPU demo.
+    "resnet_tiny": Arch(lambda pretrained: ResNetCifar(1, (8, 16, 32)), True, 64, 32),
+    "resnet18": Arch(lambda pretrained: TorchvisionBody("resnet18"), False, 0, 1024),
+    "resnet50": Arch(lambda pretrained: TorchvisionBody("resnet50"), False, 0, 1024),
+    "resnext50_32x4d": Arch(lambda pretrained: TorchvisionBody("resnext50_32x4d"), False, 0, 1024),
+    "resnext101_32x8d": Arch(lambda pretrained: TorchvisionBody("resnext101_32x8d"), False, 0, 1024),  # GML
+    "resnet152_places": Arch(PlacesResNet152, False, 0, 1024),
+}
