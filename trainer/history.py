@@ -59,9 +59,7 @@ def save(
     accelerator.wait_for_everyone()
 
 
-def snapshot(
-    cfg: Config, accelerator: Any, model: nn.Module, optimizer: SGD, hist: History
-) -> bytes | None:
+def snapshot(cfg: Config, accelerator: Any, model: nn.Module, optimizer: SGD, hist: History) -> bytes | None:
     """The checkpoint of the epochs finished so far, as file bytes on rank 0 (None elsewhere): what `save`
     writes, or what a stopped run writes later (a collective: every rank's RNG states are gathered)."""
     from accelerate.utils import gather_object
