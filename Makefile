@@ -46,8 +46,10 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not gpu and not slow" $(PYTEST_ARGS)
 
 # The fast suite on the oldest supported torch (constraints-floor.txt): code that needs a newer torch fails here.
+# Then gpu-check's dry run, since GPU machines may well have that torch.
 test-floor: $(FLOOR_STAMP)
 	$(FLOOR_PY) -m pytest -m "not gpu and not slow" $(PYTEST_ARGS)
+	$(FLOOR_PY) -m pytest tests/test_gpu_check.py::test_dry_run_schema_and_cpu_figures $(PYTEST_ARGS)
 
 test-gpu: $(STAMP)
 	$(PY) -m pytest -m gpu $(PYTEST_ARGS)
