@@ -1,21 +1,24 @@
 """losses.compat on the running torch (CI runs the fast suite on the newest and the oldest supported torch):
-every name resolves to the running torch's own API, and the gathers built on them give every rank's rows and
-their gradients across two real processes (gloo, eager; test_collectives_capture compiles them on a real
-group of one)."""
+every name resolves to the running torch's own API, the range it names is setup.cfg's and holds both pinned
+torches, and the gathers built on them give every rank's rows and their gradients across two real processes
+(gloo, eager; test_collectives_capture compiles them on a real group of one)."""
 
 from __future__ import annotations
 
+import configparser
 import os
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from packaging.requirements import Requirement
+from packaging.version import Version
 from torch.distributed import _functional_collectives as fc
 
 from losses import compat
 from losses.distributed import gather_rows, gather_values
-from tests.helpers import free_port
+from tests.helpers import ROOT, free_port
 
 WORLD = 2
 
@@ -36,6 +39,24 @@ def test_each_name_is_the_running_torchs_newest_spelling(name, spellings):
 def test_a_torch_without_any_spelling_fails_naming_the_api():
     with pytest.raises(ImportError, match=r"fastlt supports torch>=2\.11,<2\.15: .*fc_gone\.all_gather_x"):
         compat._first(type(fc)("fc_gone"), "all_gather_x")
+
+
+def _requirements(lines: str) -> dict[str, Requirement]:
+    reqs = (Requirement(line) for line in lines.splitlines() if line.strip() and not line.startswith("#"))
+    return {r.name: r for r in reqs}
+
+
+def test_the_declared_range_is_compats_and_holds_both_pins_and_the_running_torch():
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    declared = _requirements(cfg["options"]["install_requires"])
+    assert declared["torch"].specifier == Requirement(compat.SUPPORTED).specifier
+    for name in ("constraints.txt", "constraints-floor.txt"):
+        pins = _requirements((ROOT / name).read_text())
+        for package in ("torch", "torchvision"):
+            (pin,) = pins[package].specifier
+            assert pin.operator == "==" and pin.version in declared[package].specifier, (name, package)
+    assert Version(torch.__version__).base_version in declared["torch"].specifier
 
 
 def rows(rank: int) -> torch.Tensor:
