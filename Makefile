@@ -68,4 +68,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 clean-venv:
-	rm -rf $(VENV) $(FLOOR_VENV)
+	rm -rf $(VENV)
