@@ -4,24 +4,37 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.fastlt-installed
+FLOOR_VENV  := .venv-floor
+FLOOR_PY    := $(FLOOR_VENV)/bin/python
+FLOOR_STAMP := $(FLOOR_VENV)/.fastlt-installed
 DEMO_DIR ?= data/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup system-deps demo test test-fast test-gpu gpu-check bench lint clean-venv
+.PHONY: setup system-deps demo test test-fast test-floor test-gpu gpu-check bench lint clean-venv
 
 setup: $(STAMP)
 
 system-deps:
 	@bash tools/setup_system.sh
 
-# Reinstall only when the declared dependencies change.
-$(STAMP): setup.cfg pyproject.toml tools/setup_system.sh
+# install-venv(VENV, CONSTRAINTS): fastlt and its dependencies into VENV, torch pinned by CONSTRAINTS
+# (setup.cfg declares a range; the constraints file picks the one version a venv is tested on).
+define install-venv
 	@bash tools/setup_system.sh
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip wheel setuptools
-	$(PY) -m pip install -q --progress-bar off -e '.[dev]'
-	$(PY) -c "import ffcv, nvidia.dali, torch, torchvision, accelerate; print('fastlt: environment ready, torch', torch.__version__)"
-	@touch $(STAMP)
+	@test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install -q --upgrade pip wheel setuptools
+	$(1)/bin/python -m pip install -q --progress-bar off -c $(2) -e '.[dev]'
+	$(1)/bin/python -c "import ffcv, nvidia.dali, torch, torchvision, accelerate; print('fastlt: $(1) ready, torch', torch.__version__)"
+	@touch $(1)/.fastlt-installed
+endef
+
+# Reinstall only when the declared dependencies change.
+$(STAMP): setup.cfg pyproject.toml constraints.txt tools/setup_system.sh
+	$(call install-venv,$(VENV),constraints.txt)
+
+# The oldest supported torch, in a venv of its own (`make test-floor`).
+$(FLOOR_STAMP): setup.cfg pyproject.toml constraints-floor.txt tools/setup_system.sh
+	$(call install-venv,$(FLOOR_VENV),constraints-floor.txt)
 
 demo: $(STAMP)
 	$(PY) -m tools.demo --out $(DEMO_DIR)
@@ -31,6 +44,12 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not gpu and not slow" $(PYTEST_ARGS)
+
+# The fast suite on the oldest supported torch (constraints-floor.txt): code that needs a newer torch fails here.
+# Then gpu-check's dry run, since GPU machines may well have that torch.
+test-floor: $(FLOOR_STAMP)
+	$(FLOOR_PY) -m pytest -m "not gpu and not slow" $(PYTEST_ARGS)
+	$(FLOOR_PY) -m pytest tests/test_gpu_check.py::test_dry_run_schema_and_cpu_figures $(PYTEST_ARGS)
 
 test-gpu: $(STAMP)
 	$(PY) -m pytest -m gpu $(PYTEST_ARGS)

@@ -5,9 +5,10 @@ other anchor, and the class counts are the batch's) must see the global batch to
 single process would. `batch_group()` says whether the batch is split (and over which group); `gather_rows`
 stacks every rank's rows in rank order with a gradient that flows back to the rank that owns them.
 
-Built on `torch.distributed._functional_collectives`, the traceable collectives: dynamo compiles them into
-the loss graph (no graph break), and they run on whatever backend the process group has (gloo on CPUs,
-NCCL on GPUs, where the collectives are recorded into a CUDA-graph capture like any kernel).
+Built on `torch.distributed._functional_collectives`, the traceable collectives, under the names
+`losses.compat` resolves on the running torch: dynamo compiles them into the loss graph (no graph break),
+and they run on whatever backend the process group has (gloo on CPUs, NCCL on GPUs, where the collectives
+are recorded into a CUDA-graph capture like any kernel).
 """
 
 from __future__ import annotations
@@ -40,9 +41,9 @@ def gather_rows(x: Tensor, group: dist.ProcessGroup) -> Tensor:
     global mean, that sum is world_size x the gradient of the global mean, and DDP's averaging of the
     parameter gradients then gives exactly the one-process gradient.
     """
-    from torch.distributed import _functional_collectives as fc
+    from losses import compat
 
-    return fc.all_gather_single_autograd(x.contiguous(), gather_dim=0, group=group)
+    return compat.all_gather_single_autograd(x.contiguous(), gather_dim=0, group=group)
 
 
 def gather_values(x: Tensor, group: dist.ProcessGroup | None) -> Tensor:
@@ -51,6 +52,6 @@ def gather_values(x: Tensor, group: dist.ProcessGroup | None) -> Tensor:
     fills with it stays identical on all."""
     if group is None:
         return x
-    from torch.distributed import _functional_collectives as fc
+    from losses import compat
 
-    return fc.wait_tensor(fc.all_gather_single(x.contiguous(), gather_dim=0, group=group))
+    return compat.wait_tensor(compat.all_gather_single(x.contiguous(), gather_dim=0, group=group))
