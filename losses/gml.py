@@ -156,6 +156,7 @@ class GML(Loss):
     each image (cls, q, k)."""
 
     name, head, num_views, parts = "gml", "cosine", 3, (ScaledCosine, BalancedSoftmax, GMLTerms)
+    view_recipe: ClassVar[str] = "classification"  # q and k: the cls view's crop, flip and policy
     model: ClassVar[str] = "gml_student"
 
     @property

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import SUFFIXES
+from .backends import SUFFIXES
 from .errors import DataError
 from .fileio import atomic_write_text
 
@@ -166,7 +166,8 @@ def counted_meta(
 
 
 def meta_path_for(path: str | os.PathLike) -> Path:
-    """`x.meta.json` for `x.meta.json`, `x.beton`, `x.dali` (folder) or the bare stem `x`."""
+    """`x.meta.json` for `x.meta.json`, `x<suffix>` of any backend (`x.beton`, `x.dali`), a file inside a
+    folder format (a shard of `x.dali/`) or the bare stem `x`."""
     p = Path(path)
     name = p.name.rstrip("/")
     if name.endswith(META_SUFFIX):
@@ -174,7 +175,7 @@ def meta_path_for(path: str | os.PathLike) -> Path:
     for suffix in SUFFIXES.values():
         if name.endswith(suffix):
             return p.with_name(name[: -len(suffix)] + META_SUFFIX)
-    if p.suffix == ".tar" and p.parent.name.endswith(SUFFIXES["dali"]):  # a shard inside <stem>.dali/
+    if p.suffix and any(p.parent.name.endswith(suffix) for suffix in SUFFIXES.values()):
         return meta_path_for(p.parent)
     return p.with_name(name + META_SUFFIX)
 
