@@ -1,18 +1,12 @@
-"""Data fastlt did not convert: a `.beton` written by FFCV's own writer, a folder of WebDataset shards.
+"""Data fastlt did not convert (a `.beton` from FFCV's own writer, a folder of WebDataset shards): its meta.
 
-Researchers who converted ImageNet with ffcv-imagenet, or hold WebDataset shards, should not have to convert
-again. Such data has no `<stem>.meta.json`, so `dataset_meta` gives `make_loader` one counted from the
-labels the backend reads (`Backend.read_labels`), and data without index files gets them from its backend
-(`Backend.index_dir`: DALI's own `wds2idx` for shards). Both are written to a cache folder, never beside
-the data, which may be read-only (a shared dataset store):
-
-    <cache>/counts/<key>.json         the class counts; key: the data's resolved path, the size and mtime
-                                      of the file (of every shard), the label field
-    <cache>/wds-index/<key>/<shard>.idx   one index a shard, for a folder that came without them
-
-`<cache>` is `data.cache_dir`, else `$XDG_CACHE_HOME/fastlt`, else `~/.cache/fastlt`. Every file appears
-atomically (a rename), so ranks opening the same data at once, or a crash, never leave a partial one; a
-data file that changes gets a new key, so nothing stale is read. A second open counts nothing again.
+Such data has no `<stem>.meta.json`, so `dataset_meta` counts one from the labels its backend reads
+(`Backend.read_labels`), and data without index files gets them from its backend (`Backend.index_dir`:
+DALI's `wds2idx` for shards). Both go to a cache, never beside the data, which may be read-only:
+`<cache>/counts/<key>.json` and `<cache>/wds-index/<key>/<shard>.idx`, `<cache>` being `data.cache_dir`,
+else `$XDG_CACHE_HOME/fastlt`, else `~/.cache/fastlt`. The key hashes the data's resolved path and every
+file's size and mtime (and the label field), so changed data is counted again. Every file appears
+atomically (a rename): ranks opening the same data at once, or a crash, never leave a partial one.
 """
 
 from __future__ import annotations

@@ -1,20 +1,11 @@
 """`<stem>.meta.json`: what a conversion wrote, and the class counts every loss and metric relies on.
 
-The converter writes one beside its outputs; loaders and the trainer read it with `read_meta`, given the
-meta file itself, the `.beton`, or the `.dali` folder. The JSON shape is a contract:
-
-    {"dataset", "split", "stem", "num_classes", "num_samples", "class_counts": [...],
-     "max_resolution", "jpeg_quality", "seed",
-     "formats": {"ffcv": {"file": "<stem>.beton"},
-                 "dali": {"dir": "<stem>.dali", "shards": [names], "samples_per_shard": [...]}},
-     "skipped": [{"path", "line", "error"}]}
-
+`read_meta` takes the meta file itself or any backend's file or folder for the stem. The JSON shape is a
+contract: {"dataset", "split", "stem", "num_classes", "num_samples", "class_counts", "max_resolution",
+"jpeg_quality", "seed", "formats": {backend: its entry, names relative to the meta's folder}, "skipped"},
 plus optional `class_names`, `source`, `imb_ratio` and `format_version`; readers ignore keys they do not
-know. Names in `formats` are relative to the meta file's folder.
-
-Data fastlt did not convert has no meta file: `counted_meta` makes one in memory from its labels' class
-counts (`pipelines.foreign`, which caches the counts), with `dataset = "foreign"` and the cache file named
-in `formats["foreign"]["counts"]`.
+know. Data fastlt did not convert has none: `counted_meta` makes one in memory from its labels' counts
+(`pipelines.foreign`), with `dataset = "foreign"` and the cache file in `formats["foreign"]["counts"]`.
 """
 
 from __future__ import annotations
