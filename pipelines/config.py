@@ -84,7 +84,9 @@ class DataConfig:
     crop_ratio: tuple[float, ...] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect-ratio range
     view_crop_scale: tuple[float, ...] = ()  # BCL's contrastive views' crop area range; empty: crop_scale
     eval_crop_ratio: float = 0.875  # eval centre crop side / shorter side (224/256); 1.0: whole image (CIFAR)
-    skip_corrupt: bool = False  # dali: leave out (and list) training samples whose JPEG bytes are damaged
+    skip_corrupt: bool = (
+        False  # leave out (and list) damaged training samples (a backend that checks_samples)
+    )
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     # Data fastlt did not convert (a .beton from FFCV's own writer, a folder of WebDataset shards): the
@@ -145,8 +147,11 @@ class DataConfig:
             ),
             self,
         )
-        if self.skip_corrupt and self.backend != "dali":
-            raise ValueError("data.skip_corrupt: only the dali backend checks samples as it reads them")
+        if self.skip_corrupt and not BACKENDS[self.backend].checks_samples:
+            checking = [name for name, b in BACKENDS.items() if b.checks_samples]
+            raise ValueError(
+                f"data.skip_corrupt: only the {', '.join(checking)} backend checks samples as it reads them"
+            )
         _range("crop_scale", self.crop_scale, 0.0, 1.0)
         _range("crop_ratio", self.crop_ratio, 1e-3, 1e3)
         if self.view_crop_scale:

@@ -76,6 +76,7 @@ class FfcvBackend:
     """The `Backend` of `<stem>.beton` files."""
 
     suffix = ".beton"
+    checks_samples = False  # data.skip_corrupt: FFCV decodes without a check it could skip on
 
     @classmethod
     def accepts(cls, path: Path) -> bool:
