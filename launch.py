@@ -168,7 +168,9 @@ def build(cfg: Config, accelerator: Any) -> Any:
     # The model the loss needs must fit the [model] section and the batch: checked before any data is read.
     check_model(cfg.model, loss_class, batch_size=cfg.data.batch_size, world_size=accelerator.num_processes)
     with contextlib.ExitStack() as on_error:  # a failure below closes the loaders opened so far
-        train_loader = make_loader(cfg.data, "train", views=views, seed=cfg.run.seed, **where)
+        train_loader = make_loader(
+            cfg.data, "train", views=views, view_recipe=loss_class.view_recipe, seed=cfg.run.seed, **where
+        )
         on_error.callback(train_loader.close)
         eval_loader = make_loader(cfg.data, "eval", seed=cfg.run.seed, **where)
         on_error.callback(eval_loader.close)

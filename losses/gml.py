@@ -148,6 +148,7 @@ class GML(Loss):
     each image (cls, q, k)."""
 
     name, head, num_views, parts = "gml", "cosine", 3, (ScaledCosine, BalancedSoftmax, GMLTerms)
+    view_recipe: ClassVar[str] = "classification"  # q and k: the cls view's crop, flip and policy
     model: ClassVar[str] = "gml_student"
 
     def __init__(self, class_counts: Sequence[int] | Tensor, cfg: LossConfig) -> None:

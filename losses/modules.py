@@ -1,7 +1,8 @@
 """The registered losses: each is one logit map + one objective (+ BCL's contrastive term), named once.
 
 Every loss is an `nn.Module` with `forward(output: ModelOutput, target) -> 0-dim loss`, class attributes
-`head` ("linear" or "cosine": the classifier it needs), `num_views` (augmented views per image it expects)
+`head` ("linear" or "cosine": the classifier it needs), `num_views` (augmented views per image it expects),
+`view_recipe` (what its views 1.. get: "contrastive" or "classification", see `pipelines.make_loader`)
 and `model` (the kind of model that feeds it: a key of trainer.models.MODELS), the attribute `distills`
 (whether that model must run a teacher: GML's gml_alpha > 0, so set per instance), and `set_epoch(epoch,
 epochs)`, called once per epoch before its steps.
@@ -29,6 +30,7 @@ class Loss(nn.Module):
     name: ClassVar[str]
     head: ClassVar[str]
     num_views: ClassVar[int] = 1
+    view_recipe: ClassVar[str] = "contrastive"  # views 1..: BCL's contrastive recipe (no effect with 1 view)
     model: ClassVar[str] = "classifier"  # a key of trainer.models.MODELS (GML's MoCo student: "gml_student")
     distills: bool = False  # the model must hand over a teacher's logits (GML with gml_alpha > 0)
     parts: ClassVar[tuple[type[Part], ...]]

@@ -12,7 +12,7 @@ _EXPORTS = {
     "DataConfig": ".config",
     "DataError": ".errors",
     "data_path": ".config",
-    "BACKENDS": ".factory",
+    "BACKENDS": ".backends",
     "make_loader": ".factory",
     "Loader": ".loader",
     "DatasetMeta": ".meta",

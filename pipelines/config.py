@@ -1,8 +1,9 @@
 """`DataConfig`: the `[data]` section of a recipe, handed whole to `make_loader`, and where a split's file is.
 
-The loaders own this config: `trainer/config.py` only composes it into the run's tree. Values are checked
-when the object is built (a recipe load, or a script's `DataConfig(...)`), so a bad choice or range fails
-before any file is opened, naming the key and the valid values.
+The loaders own this config: `trainer/config.py` only composes it into the run's tree, and every consumer
+(backends, augmentations) reads an option by its key name here. Values are checked once, when the object
+is built (a recipe load, or a script's `DataConfig(...)`), so a bad choice or range fails before any file
+is opened, naming the key and the valid values.
 """
 
 from __future__ import annotations
@@ -15,15 +16,8 @@ from typing import Literal
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# What each backend reads for a split stem: the one home of the backend -> file mapping.
-SUFFIXES = {"ffcv": ".beton", "dali": ".dali"}
-
 Split = Literal["train", "eval"]
 CROPS = ("resized", "padded")  # training crop of view 0; "padded": CIFAR's RandomCrop(res, padding)
-# What the extra training views (views 1.. of a multi-view loss) get. "contrastive": BCL's recipe,
-# RandomResizedCrop(view_crop_scale) + flip + colour jitter / grayscale (/ blur); "classification": view 0's
-# own crop, flip and AutoAugment / RandAugment + Cutout, drawn independently per view (GML's cls, q, k).
-VIEW_RECIPES = ("contrastive", "classification")
 
 
 def check_choice(key: str, value: str, valid: Iterable[str]) -> None:
@@ -43,19 +37,20 @@ def check_ranges(section: str, checks: Iterable[tuple[str, bool, str]], obj: obj
 def data_path(directory: str | Path, stem: str, backend: str) -> Path:
     """Where `backend` reads the split named `stem` in `directory`.
 
-    `directory/stem` as it is when it exists and suits the backend (a file for ffcv, a folder holding `*.tar`
-    shards for dali): a `.beton` or WebDataset folder made elsewhere is rarely named `<stem>.dali`. Otherwise
-    the backend's suffix is appended, unless the name has a suffix of its own (then it is taken as it is, and
-    the backend says what is wrong with it)."""
+    `directory/stem` as it is when it exists and the backend accepts it (data made elsewhere is rarely named
+    `<stem><suffix>`). Otherwise the backend's suffix is appended, unless the name has a suffix of its own
+    (then it is taken as it is, and the backend says what is wrong with it)."""
+    from .backends import BACKENDS
+
     given = Path(directory) / stem
-    if given.is_file() if backend == "ffcv" else (given.is_dir() and next(given.glob("*.tar"), None)):
+    if BACKENDS[backend].accepts(given):
         return given
-    return given if Path(stem).suffix else Path(directory) / f"{stem}{SUFFIXES[backend]}"
+    return given if Path(stem).suffix else Path(directory) / f"{stem}{BACKENDS[backend].suffix}"
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    backend: str = "ffcv"  # a key of SUFFIXES (and of pipelines.factory.BACKENDS)
+    backend: str = "ffcv"  # a key of pipelines.backends.BACKENDS
     dir: str = "data"  # folder with <stem>.beton, <stem>.dali/, <stem>.meta.json
     # split stem (or a file name with its suffix, or a folder of WebDataset shards) inside `dir`
     train: str = "train"
@@ -88,9 +83,10 @@ class DataConfig:
     crop_scale: tuple[float, ...] = (0.08, 1.0)  # RandomResizedCrop area range
     crop_ratio: tuple[float, ...] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect-ratio range
     view_crop_scale: tuple[float, ...] = ()  # BCL's contrastive views' crop area range; empty: crop_scale
-    view_recipe: str = "contrastive"  # one of VIEW_RECIPES
     eval_crop_ratio: float = 0.875  # eval centre crop side / shorter side (224/256); 1.0: whole image (CIFAR)
-    skip_corrupt: bool = False  # dali: leave out (and list) training samples whose JPEG bytes are damaged
+    skip_corrupt: bool = (
+        False  # leave out (and list) damaged training samples (a backend that checks_samples)
+    )
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     # Data fastlt did not convert (a .beton from FFCV's own writer, a folder of WebDataset shards): the
@@ -106,15 +102,15 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         from .augment.policies import POLICIES, RANDAUGMENT_STYLES
+        from .backends import BACKENDS
         from .samplers import SAMPLERS
 
         for key, valid in (
-            ("backend", SUFFIXES),
+            ("backend", BACKENDS),
             ("auto_augment", ("", *POLICIES)),
             ("randaugment_style", RANDAUGMENT_STYLES),
             ("sampler", SAMPLERS),
             ("crop", CROPS),
-            ("view_recipe", VIEW_RECIPES),
         ):
             check_choice(f"data.{key}", getattr(self, key), valid)
         res = self.resolution
@@ -151,15 +147,18 @@ class DataConfig:
             ),
             self,
         )
-        if self.skip_corrupt and self.backend != "dali":
-            raise ValueError("data.skip_corrupt: only the dali backend checks samples as it reads them")
+        if self.skip_corrupt and not BACKENDS[self.backend].checks_samples:
+            checking = [name for name, b in BACKENDS.items() if b.checks_samples]
+            raise ValueError(
+                f"data.skip_corrupt: only the {', '.join(checking)} backend checks samples as it reads them"
+            )
         _range("crop_scale", self.crop_scale, 0.0, 1.0)
         _range("crop_ratio", self.crop_ratio, 1e-3, 1e3)
         if self.view_crop_scale:
             _range("view_crop_scale", self.view_crop_scale, 0.0, 1.0)
 
     def path(self, split: Split) -> Path:
-        """The file (`.beton`) or folder (`.dali`, or of WebDataset shards) the backend reads for `split`."""
+        """The file or folder the backend reads for `split`."""
         return data_path(self.dir, self.train if split == "train" else self.eval, self.backend)
 
 

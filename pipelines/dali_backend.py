@@ -1,25 +1,13 @@
 """DALI backend: a `.dali` folder of WebDataset shards, decoded by nvJPEG on the GPU (`mixed`) or on CPU.
 
 Samples enter through `fn.external_source`, fed with the JPEG bytes of the indices this rank draws
-(`samplers.EpochOrder`), sliced out of the memory-mapped tars at the offsets of their `.idx` files
-(`shards.ShardSet`). That is DALI's documented route for custom and weighted sampling (its readers take no
-sampler, DALI#3335), and using it for every sampler gives the FFCV backend's exact semantics: an epoch's order
-is a pure function of (seed, epoch) so a resumed run redraws it, ranks hold disjoint equal-length slices with
-equal batch counts (no process group needed), and evaluation shares are exact (no padding duplicates, the last
-batch partial). `fn.readers.webdataset` would reshuffle only within a buffer from a fixed start, roll shards
-across epochs and cannot parse the `.cls` text labels into a dense batch.
-
-Graph: training decodes with `decoders.image_random_crop` (fused RandomResizedCrop window, ROI decode where
-the codec allows) -> `resize` to the resolution -> `flip(horizontal=coin_flip)`; evaluation decodes the whole
-image -> `resize(resize_shorter=res / ratio)` -> centre `crop`. Output uint8 HWC, turned into an NCHW
-channels_last view. Extra views decode once and branch into independent `random_resized_crop` + flip.
-
-Feeding and decoding at GPU rates (issue 12, gpu-review.md §4.1): the external source hands DALI the mapped
-JPEG bytes without a copy (`no_copy`, lifetime argument at `_source`), DALI prepares `PREFETCH` batches
-ahead, the `mixed` decoders get NVIDIA's hardware-decoder share and nvJPEG buffer paddings sized up front
-(`decoder_args`), so steady-state decoding stops allocating device and pinned memory (an allocation while
-the training step is being captured as a CUDA graph would break the capture), and DALI's CPU threads are
-pinned to the GPU's socket (`set_affinity`).
+(`samplers.EpochOrder`), sliced from the memory-mapped tars at the offsets of their `.idx` files. DALI's
+readers take no sampler and reshuffle only within a buffer, so this is the route that gives the FFCV
+backend's exact semantics: an epoch's order is a pure function of (seed, epoch), ranks hold disjoint
+equal-length slices, evaluation shares are exact. Training decodes with a fused random crop, resizes and
+flips; evaluation resizes the shorter side and centre-crops. At GPU rates the source hands DALI the mapped
+bytes without a copy (see `_source`) and the decoders' buffers are sized up front (`decoder_args`), so
+steady-state decoding allocates nothing (an allocation would break the step's CUDA-graph capture).
 """
 
 from __future__ import annotations
@@ -29,14 +17,20 @@ import dataclasses
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from .dali_tuning import decoder_args
-from .loader import LoaderSpec, derive_seed
-from .meta import DatasetMeta
 from .shards import CorruptSampleError, check_shard_folder, open_shards
+
+if TYPE_CHECKING:
+    import torch
+
+    from .config import DataConfig
+    from .loader import LoaderSpec
+    from .meta import DatasetMeta
+    from .samplers import EpochOrder
 
 log = logging.getLogger(__name__)
 
@@ -57,19 +51,46 @@ def _dali():
 
 
 class DaliBackend:
-    def __init__(self, spec: LoaderSpec, meta: DatasetMeta):
-        self.spec = spec
-        path = spec.path
+    """The `Backend` of `<stem>.dali` folders (and of any folder of WebDataset shards)."""
+
+    suffix = ".dali"
+    checks_samples = True  # each sample's bytes as they are fed (`ShardSet.jpegs`): data.skip_corrupt works
+
+    @classmethod
+    def accepts(cls, path: Path) -> bool:
+        return path.is_dir() and next(path.glob("*.tar"), None) is not None
+
+    @classmethod
+    def check_path(cls, path: Path) -> None:
         check_shard_folder(path)
-        self.shards = open_shards(
-            path, meta, skip_corrupt=spec.train and spec.skip_corrupt, index_dir=spec.index_dir
-        )
-        if self.shards.dropped:
-            meta = _without(meta, self.shards.dropped, path)
-        meta.check_labels(self.shards.labels, path)
-        self.meta = meta  # what the losses and metrics count: without the samples left out
-        self.order = spec.epoch_order(self.shards.labels)
-        self.num_batches = self.order.num_batches(spec.batch_size, spec.drops_last)
+
+    @classmethod
+    def index_dir(cls, path: Path, cache: Path) -> Path | None:
+        from .foreign import shard_indexes
+
+        return shard_indexes(path, cache)
+
+    @classmethod
+    def read_labels(cls, path: Path, cfg: DataConfig, index_dir: Path | None) -> np.ndarray:
+        """The shards' `.cls` labels; a bad one is an error naming its shard and key."""
+        shards = open_shards(path, None, index_dir=index_dir)
+        shards.close()
+        return shards.labels
+
+    @classmethod
+    def format_entry(cls, path: Path, cfg: DataConfig, index_dir: Path | None) -> dict[str, Any]:
+        return {"dir": str(path), "index_dir": str(index_dir) if index_dir else None}
+
+    def __init__(self, spec: LoaderSpec, meta: DatasetMeta):
+        check_shard_folder(spec.path)
+        self.spec = spec
+        self.shards = open_shards(spec.path, meta, index_dir=spec.index_dir)
+        if spec.train and spec.cfg.skip_corrupt:
+            self.shards = self.shards.without(self.shards.corrupt_samples())
+        self.labels = self.shards.labels
+        # what the losses and metrics count: without the samples left out
+        self.meta = _without(meta, self.shards.dropped, spec.path) if self.shards.dropped else meta
+        self.num_batches = 0
         self.cuda = spec.device.type == "cuda"
         self._batches: list[np.ndarray] = []  # the current epoch's batches, read by the source callback
         self._decoder_args = decoder_args(meta.max_resolution) if self.cuda else {}
@@ -79,7 +100,10 @@ class DaliBackend:
         self._pipe = None
         self._in_epoch = False  # an epoch was started and not run to its end
         self._generation = 0  # counts epochs started: a stale, abandoned epoch generator must not read on
-        self._names = ["view0"] + [f"view{v}" for v in range(1, spec.views if spec.train else 1)] + ["labels"]
+        self._names = ["view0"] + [f"view{v}" for v in range(1, spec.views)] + ["labels"]
+
+    def start(self, order: EpochOrder, num_batches: int) -> None:
+        self.order, self.num_batches = order, num_batches  # the pipeline is built by the first epoch
 
     # --- the external source: called by DALI (ahead of consumption) with the batch index in the epoch ---
     def _source(self, info):
@@ -100,8 +124,10 @@ class DaliBackend:
         return batch
 
     def _build(self):
+        from .loader import derive_seed
+
         fn, pipeline, types, Iterator = _dali()
-        s = self.spec
+        s, cfg = self.spec, self.spec.cfg
         device_id = (s.device.index or 0) if self.cuda else None  # None: no CUDA at all (CPU-only hosts)
         decoder = "mixed" if self.cuda else "cpu"
         dec = self._decoder_args  # `mixed` only: hardware share, nvJPEG paddings, preallocation
@@ -127,7 +153,7 @@ class DaliBackend:
             )
             if not s.train:
                 images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB, **dec)
-                images = fn.resize(images, resize_shorter=res / s.center_crop_ratio, antialias=True)
+                images = fn.resize(images, resize_shorter=res / cfg.eval_crop_ratio, antialias=True)
                 outputs = [fn.crop(images, crop=(res, res), out_of_bounds_policy="pad")]
             elif s.views == 1 and s.crop == "padded":
                 images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB, **dec)
@@ -137,13 +163,13 @@ class DaliBackend:
                     jpegs,
                     device=decoder,
                     output_type=types.RGB,
-                    random_area=list(s.scale),
-                    random_aspect_ratio=list(s.ratio),
+                    random_area=list(cfg.crop_scale),
+                    random_aspect_ratio=list(cfg.crop_ratio),
                     num_attempts=10,
                     **dec,
                 )
                 images = fn.resize(images, resize_x=res, resize_y=res, antialias=True)
-                outputs = [self._flip(fn, images) if s.hflip else images]
+                outputs = [self._flip(fn, images) if cfg.hflip else images]
             else:  # decode once, branch into independent crops
                 full = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB, **dec)
                 outputs = []
@@ -155,12 +181,12 @@ class DaliBackend:
                     crop = fn.random_resized_crop(
                         full,
                         size=(res, res),
-                        random_area=list(s.scale if like0 else s.view_scale),
-                        random_aspect_ratio=list(s.ratio),
+                        random_area=list(cfg.crop_scale if like0 else s.view_crop_scale),
+                        random_aspect_ratio=list(cfg.crop_ratio),
                         num_attempts=10,
                         antialias=True,
                     )
-                    outputs.append(self._flip(fn, crop) if (s.hflip or not like0) else crop)
+                    outputs.append(self._flip(fn, crop) if (cfg.hflip or not like0) else crop)
             if self.cuda:
                 labels = labels.gpu()
             pipe.set_outputs(*outputs, labels)
@@ -168,9 +194,9 @@ class DaliBackend:
         return Iterator
 
     def _padded_crop(self, fn, images):
-        """The centre square resized to the resolution, zero-padded by `crop_padding`, cropped back at a
-        random integer offset (torchvision's RandomCrop(res, padding)), then flipped."""
-        s, res, pad = self.spec, self.spec.resolution, self.spec.crop_padding
+        """The centre square resized to the resolution, zero-padded by `data.crop_padding`, cropped back at
+        a random integer offset (torchvision's RandomCrop(res, padding)), then flipped."""
+        cfg, res, pad = self.spec.cfg, self.spec.resolution, self.spec.cfg.crop_padding
         images = fn.resize(images, resize_shorter=res, antialias=True)
         images = fn.crop(images, crop=(res, res))
         images = fn.crop(
@@ -183,7 +209,7 @@ class DaliBackend:
             crop_pos_x=fn.random.uniform(values=positions),
             crop_pos_y=fn.random.uniform(values=positions),
         )
-        return self._flip(fn, images) if s.hflip else images
+        return self._flip(fn, images) if cfg.hflip else images
 
     @staticmethod
     def _flip(fn, images):

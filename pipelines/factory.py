@@ -6,31 +6,23 @@
         for images, labels in loader:   # uint8 [N,3,H,W] channels_last, int64 [N], on the device
             ...
 
-`cfg` is the whole `[data]` config (`pipelines.DataConfig`); backends come from a registry (`BACKENDS`); both
-share the samplers, the rank sharding and the batched device-side augmentations, so a run gives the same
-shapes and statistics whichever format it reads.
+`cfg` is the whole `[data]` config (`pipelines.DataConfig`), carried to the backend inside the `LoaderSpec`;
+the backend comes from the registry (`pipelines.backends.BACKENDS`). Every backend shares the samplers, the
+rank sharding and the batched device-side augmentations, so a run gives the same shapes and statistics
+whichever format it reads. The loss says how many views it needs and which recipe they follow.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 
-from .config import SUFFIXES, DataConfig, Split
-from .dali_backend import DaliBackend
-from .ffcv_backend import FfcvBackend
+from .backends import BACKENDS
+from .config import DataConfig, Split, check_choice
 from .foreign import dataset_meta
-from .loader import Backend, Loader, LoaderSpec
-from .meta import DatasetMeta
+from .loader import VIEW_RECIPES, Loader, LoaderSpec
 from .samplers import check_rank
-
-BACKENDS: dict[str, Callable[[LoaderSpec, DatasetMeta], Backend]] = {
-    "ffcv": FfcvBackend,
-    "dali": DaliBackend,
-}
-assert BACKENDS.keys() == SUFFIXES.keys(), "every backend needs its file suffix in pipelines.config"
 
 
 def _device(device: torch.device | str) -> torch.device:
@@ -62,6 +54,7 @@ def make_loader(
     split: Split,
     *,
     views: int = 1,
+    view_recipe: str = "contrastive",
     rank: int = 0,
     world_size: int = 1,
     device: torch.device | str = "cpu",
@@ -77,7 +70,8 @@ def make_loader(
     batches. `views` > 1 adds views, images then being [views*N, 3, H, W], view-major; with `view_recipe`
     "contrastive" they are BCL's (RandomResizedCrop(`view_crop_scale`) + flip + colour jitter 0.4/0.4/0.4/0.1
     w.p. 0.8 + grayscale w.p. 0.2, + Gaussian blur w.p. 0.5 under 64 px as in the papers' CIFAR recipe),
-    with "classification" each is cropped, flipped and augmented as view 0, with its own draws (GML).
+    with "classification" each is cropped, flipped and augmented as view 0, with its own draws (GML). The
+    loss declares both (`num_views`, `view_recipe`).
 
     Evaluation (`split="eval"`): centre crop of `eval_crop_ratio` of the shorter side resized to
     `eval_resolution`; each rank reads its contiguous share of the data in file order, every sample exactly
@@ -90,6 +84,7 @@ def make_loader(
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
     if int(views) != views or views < 1:
         raise ValueError(f"views must be a positive integer, got {views!r}")
+    check_choice("view_recipe", view_recipe, VIEW_RECIPES)
     check_rank(rank, world_size)
     path = cfg.path(split)
     if not path.exists():
@@ -97,51 +92,27 @@ def make_loader(
     train = split == "train"
     meta, index_dir = dataset_meta(cfg, path, split)  # its meta file, or counted from its labels (foreign)
     spec = LoaderSpec(
-        path=path,
-        train=train,
+        cfg,
+        split,
+        path,
         batch_size=_batch_per_rank(cfg, split, world_size),
-        resolution=cfg.resolution if train else (cfg.eval_resolution or cfg.resolution),
         device=_device(device),
-        num_workers=cfg.num_workers,
-        hflip=cfg.hflip,
         rank=int(rank),
         world_size=int(world_size),
         seed=int(seed),
-        sampler=cfg.sampler if train else "uniform",
-        num_samples=(cfg.epoch_samples or None) if train else None,
         views=int(views) if train else 1,
-        scale=tuple(cfg.crop_scale),
-        ratio=tuple(cfg.crop_ratio),
-        view_scale=tuple(cfg.view_crop_scale or cfg.crop_scale),
-        center_crop_ratio=cfg.eval_crop_ratio,
-        crop=cfg.crop if train else "resized",
-        crop_padding=cfg.crop_padding,
-        skip_corrupt=cfg.skip_corrupt,
-        drop_last=cfg.drop_last,
-        image_field=cfg.image_field,
-        label_field=cfg.label_field,
+        view_recipe=view_recipe,
         index_dir=index_dir,
-        view_recipe=cfg.view_recipe,
     )
     augment = view_augment = None
     if train:
         from .augment import build_batch_augment
 
-        augment = build_batch_augment(
-            cfg.auto_augment or None,
-            cfg.cutout,
-            randaugment_n=cfg.randaugment_n,
-            randaugment_m=cfg.randaugment_m,
-            magnitude_std=cfg.magnitude_std,
-            fill=tuple(cfg.augment_fill),
-            randaugment_style=cfg.randaugment_style,
-            jitter=tuple(cfg.jitter),
-        )
-        if spec.views > 1 and cfg.view_recipe == "classification":
+        augment = build_batch_augment(cfg)
+        if spec.views > 1 and view_recipe == "classification":
             view_augment = augment  # the same module: its draws for views 1.. follow view 0's, independent
         elif spec.views > 1:
             from .augment.views import contrastive_view_augment
 
             view_augment = contrastive_view_augment(blur=spec.resolution < 64)
-    backend = BACKENDS[cfg.backend](spec, meta)
-    return Loader(backend, backend.meta, spec, augment=augment, view_augment=view_augment)
+    return Loader(BACKENDS[cfg.backend](spec, meta), spec, augment=augment, view_augment=view_augment)

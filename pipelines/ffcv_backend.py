@@ -1,38 +1,31 @@
-"""FFCV backend: a `.beton` through `ffcv.loader.Loader`, decoding and cropping on CPU threads (numba).
+"""FFCV backend: a `.beton` file through `ffcv.loader.Loader`, decoding and cropping on CPU threads (numba).
 
-Pipelines, per the FFCV traps in spec/pipelines.md:
-- training: RandomResizedCrop decoder -> flip -> ToTensor -> ToDevice(non_blocking) -> ToTorchImage
-  (channels_last); evaluation: CenterCrop decoder (ratio 224/256 by default) -> ToTensor -> ToDevice ->
-  ToTorchImage.
-  No CPU NormalizeImage: after ToTensor it hangs the Loader, and the model normalises anyway (uint8 out).
-- `os_cache=True`: the page cache holds the file once for every rank on the node.
-- Order: our own `TraversalOrder` (samplers.EpochOrder). Every rank draws the same stream from (seed, epoch)
-  and keeps its slice, so no process group is needed, batch counts match across ranks, and evaluation shares
-  are exact (FFCV's `distributed=True` needs torch.distributed and pads evaluation with duplicates;
-  QUASI_RANDOM gives class-correlated batches and refuses distributed). ffcv 1.0.2 accepts a custom order
-  only as a callable instance (`order(loader)`), hence `_Order.__call__`.
-- An abandoned epoch's iterator thread is stopped and joined (FFCV leaks it otherwise, ffcv#345).
-
-Fields: the image and label fields are named by `data.image_field` / `data.label_field` ("image" and
-"label", as fastlt's converter and ffcv-imagenet write them); any other field of a foreign `.beton` is left
-undecoded. Extra views (`views=3`) map two more pipelines onto the same image field; each decodes it again.
-Note FFCV sets torch's CPU thread count to `num_workers` whenever it builds or iterates a loader.
+Training decodes with RandomResizedCrop (or a centre square + padded RandomTranslate), flips, then
+ToTensor -> ToDevice(non_blocking) -> ToTorchImage(channels_last); evaluation centre-crops. Output stays
+uint8: a CPU NormalizeImage after ToTensor hangs FFCV's loader, and the model normalises anyway. The order
+is fastlt's own `EpochOrder`, not FFCV's (whose `distributed=True` needs a process group and pads
+evaluation with duplicates), so both backends draw the same samples. Fields are named by
+`data.image_field` / `data.label_field`; other fields of a foreign `.beton` are left undecoded. Note that
+FFCV sets torch's CPU thread count to `num_workers` whenever it builds or iterates a loader.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from .errors import DataError
-from .loader import LoaderSpec
-from .meta import DatasetMeta
-from .samplers import EpochOrder
 
-IMAGE_FIELD = "image"  # the defaults of data.image_field / data.label_field
-LABEL_FIELD = "label"
+if TYPE_CHECKING:
+    import torch
+
+    from .config import DataConfig
+    from .loader import LoaderSpec
+    from .meta import DatasetMeta
+    from .samplers import EpochOrder
 
 
 class BetonError(DataError):
@@ -52,16 +45,7 @@ def _ffcv():
     return ffcv
 
 
-def check_path(path) -> None:
-    """Refuse what cannot be a `.beton` before anything reads it (a folder, a meta file)."""
-    if not path.is_file() or path.suffix not in (".beton", ""):
-        what = "a folder" if path.is_dir() else ("missing" if not path.exists() else "not a .beton")
-        raise BetonError(f"{path}: the ffcv backend reads a <stem>.beton file ({what})")
-
-
-def read_beton(
-    path, image_field: str = IMAGE_FIELD, label_field: str = LABEL_FIELD
-) -> tuple[object, np.ndarray]:
+def read_beton(path, image_field: str, label_field: str) -> tuple[object, np.ndarray]:
     """(ffcv Reader, labels) of a `.beton`; labels come from the metadata table (no image is decoded). The
     image field must be an RGB image field and the label field an int field; an error lists what it has."""
     from ffcv.fields import IntField, RGBImageField
@@ -89,28 +73,64 @@ def read_beton(
 
 
 class FfcvBackend:
+    """The `Backend` of `<stem>.beton` files."""
+
+    suffix = ".beton"
+    checks_samples = False  # data.skip_corrupt: FFCV decodes without a check it could skip on
+
+    @classmethod
+    def accepts(cls, path: Path) -> bool:
+        return path.is_file()
+
+    @classmethod
+    def check_path(cls, path: Path) -> None:
+        """Refuse what cannot be a `.beton` before anything reads it (a folder, a meta file)."""
+        if not path.is_file() or path.suffix not in (cls.suffix, ""):
+            what = "a folder" if path.is_dir() else ("missing" if not path.exists() else "not a .beton")
+            raise BetonError(f"{path}: the ffcv backend reads a <stem>.beton file ({what})")
+
+    @classmethod
+    def index_dir(cls, path: Path, cache: Path) -> None:
+        return None  # a .beton indexes itself
+
+    @classmethod
+    def read_labels(cls, path: Path, cfg: DataConfig, index_dir: Path | None = None) -> np.ndarray:
+        """The label column of the `.beton`'s metadata table (no image is decoded)."""
+        labels = read_beton(path, cfg.image_field, cfg.label_field)[1]
+        if len(labels) and labels.min() < 0:
+            i = int(np.argmin(labels))
+            raise BetonError(
+                f"{path}: sample {i} (field {cfg.label_field!r}) has label {labels[i]}: labels must be class "
+                "indices 0, 1, ..."
+            )
+        return labels
+
+    @classmethod
+    def format_entry(cls, path: Path, cfg: DataConfig, index_dir: Path | None) -> dict[str, Any]:
+        return {"file": str(path), "image_field": cfg.image_field, "label_field": cfg.label_field}
+
     def __init__(self, spec: LoaderSpec, meta: DatasetMeta):
-        ffcv = _ffcv()
-        self.spec = spec
-        path = spec.path
-        check_path(path)
-        reader, labels = read_beton(path, spec.image_field, spec.label_field)
-        self._unused = [name for name in reader.handlers if name not in (spec.image_field, spec.label_field)]
-        meta.check_labels(labels, path)
-        self.meta = meta
-        self.order = spec.epoch_order(labels)
-        self.num_batches = self.order.num_batches(spec.batch_size, spec.drops_last)
+        self.check_path(spec.path)
+        self.spec, self.meta = spec, meta
+        cfg = spec.cfg
+        reader, self.labels = read_beton(spec.path, cfg.image_field, cfg.label_field)
+        self._unused = [n for n in reader.handlers if n not in (cfg.image_field, cfg.label_field)]
         self._active = None
         self._loader = None
-        if len(self.order) == 0:
+        self.num_batches = 0
+
+    def start(self, order: EpochOrder, num_batches: int) -> None:
+        spec, self.num_batches = self.spec, num_batches
+        if len(order) == 0:
             return  # a rank with no evaluation share: nothing to build, nothing to yield
+        ffcv = _ffcv()
         try:
             self._loader = ffcv.loader.Loader(
-                str(path),
+                str(spec.path),
                 batch_size=spec.batch_size,
                 num_workers=spec.threads,
                 os_cache=True,
-                order=_order_type()(self.order),
+                order=_order_type()(order),
                 drop_last=spec.drops_last,
                 pipelines=self._pipelines(),
                 seed=spec.seed,
@@ -118,7 +138,9 @@ class FfcvBackend:
         except BetonError:
             raise
         except Exception as exc:
-            raise BetonError(f"{path}: cannot build the FFCV loader ({type(exc).__name__}: {exc})") from exc
+            raise BetonError(
+                f"{spec.path}: cannot build the FFCV loader ({type(exc).__name__}: {exc})"
+            ) from exc
         self._outputs = list(self._loader.pipeline_specs)  # the order of the tuple each batch comes as
 
     def _image_ops(self, decoder, flip: bool, translate: int = 0) -> list:
@@ -141,25 +163,27 @@ class FfcvBackend:
         from ffcv.pipeline.pipeline_spec import PipelineSpec
         from ffcv.transforms import ToDevice, ToTensor
 
-        s = self.spec
+        s, cfg = self.spec, self.spec.cfg
         size = (s.resolution, s.resolution)
 
         def view0_ops() -> list:
             if s.crop == "padded":  # the centre square at the resolution, then a padded random crop
-                return self._image_ops(CenterCropRGBImageDecoder(size, ratio=1.0), s.hflip, s.crop_padding)
+                return self._image_ops(
+                    CenterCropRGBImageDecoder(size, ratio=1.0), cfg.hflip, cfg.crop_padding
+                )
             return self._image_ops(
-                RandomResizedCropRGBImageDecoder(size, scale=s.scale, ratio=s.ratio), s.hflip
+                RandomResizedCropRGBImageDecoder(size, scale=cfg.crop_scale, ratio=cfg.crop_ratio), cfg.hflip
             )
 
         if s.train:
             image = view0_ops()
         else:
-            image = self._image_ops(CenterCropRGBImageDecoder(size, ratio=s.center_crop_ratio), False)
+            image = self._image_ops(CenterCropRGBImageDecoder(size, ratio=cfg.eval_crop_ratio), False)
         label = [IntDecoder(), ToTensor()]
         if s.device.type != "cpu":
             label.append(ToDevice(s.device, non_blocking=True))
         pipes = {name: None for name in self._unused}  # None: FFCV leaves the field out
-        pipes.update({s.image_field: image, s.label_field: label})
+        pipes.update({cfg.image_field: image, cfg.label_field: label})
         if s.train:
             for v in range(1, s.views):
                 # Each pipeline draws its own crops and flips (numba's per-thread generators).
@@ -167,11 +191,12 @@ class FfcvBackend:
                     view0_ops()
                     if s.crops_like_view0(v)
                     else self._image_ops(
-                        RandomResizedCropRGBImageDecoder(size, scale=s.view_scale, ratio=s.ratio), True
+                        RandomResizedCropRGBImageDecoder(size, scale=s.view_crop_scale, ratio=cfg.crop_ratio),
+                        True,
                     )
                 )
-                pipes[f"{s.image_field}_view{v}"] = PipelineSpec(
-                    s.image_field, decoder=ops[0], transforms=ops[1:]
+                pipes[f"{cfg.image_field}_view{v}"] = PipelineSpec(
+                    cfg.image_field, decoder=ops[0], transforms=ops[1:]
                 )
         return pipes
 
@@ -182,9 +207,9 @@ class FfcvBackend:
         self._loader.next_epoch = epoch
         it = iter(self._loader)
         self._active = it
-        names, image = self._outputs, self.spec.image_field
+        names, image = self._outputs, self.spec.cfg.image_field
         views = [names.index(image)] + [i for i, n in enumerate(names) if n.startswith(f"{image}_view")]
-        label = names.index(self.spec.label_field)
+        label = names.index(self.spec.cfg.label_field)
         try:
             for out in it:
                 yield [out[i] for i in views], out[label].reshape(-1)
@@ -223,7 +248,7 @@ def _order_type():
         from ffcv.traversal_order.base import TraversalOrder
 
         class _Order(TraversalOrder):
-            """ffcv 1.0.2 calls `order(loader)` on the instance it is given (spec/pipelines.md §2.7)."""
+            """ffcv 1.0.2 accepts a custom order only as an instance it calls as `order(loader)`."""
 
             def __init__(self, order: EpochOrder):
                 self.epoch_order = order

@@ -1,18 +1,12 @@
-"""Data fastlt did not convert: a `.beton` written by FFCV's own writer, a folder of WebDataset shards.
+"""Data fastlt did not convert (a `.beton` from FFCV's own writer, a folder of WebDataset shards): its meta.
 
-Researchers who converted ImageNet with ffcv-imagenet, or hold WebDataset shards, should not have to convert
-again. Such data has no `<stem>.meta.json`, so `dataset_meta` gives `make_loader` one counted from the
-labels (the `.beton`'s label column in its metadata table, the shards' `.cls` members), and a shard folder
-without DALI index files gets them from DALI's own `wds2idx`. Both are written to a cache folder, never
-beside the data, which may be read-only (a shared dataset store):
-
-    <cache>/counts/<key>.json         the class counts; key: the data's resolved path, the size and mtime
-                                      of the file (of every shard), the label field
-    <cache>/wds-index/<key>/<shard>.idx   one index a shard, for a folder that came without them
-
-`<cache>` is `data.cache_dir`, else `$XDG_CACHE_HOME/fastlt`, else `~/.cache/fastlt`. Every file appears
-atomically (a rename), so ranks opening the same data at once, or a crash, never leave a partial one; a
-data file that changes gets a new key, so nothing stale is read. A second open counts nothing again.
+Such data has no `<stem>.meta.json`, so `dataset_meta` counts one from the labels its backend reads
+(`Backend.read_labels`), and data without index files gets them from its backend (`Backend.index_dir`:
+DALI's `wds2idx` for shards). Both go to a cache, never beside the data, which may be read-only:
+`<cache>/counts/<key>.json` and `<cache>/wds-index/<key>/<shard>.idx`, `<cache>` being `data.cache_dir`,
+else `$XDG_CACHE_HOME/fastlt`, else `~/.cache/fastlt`. The key hashes the data's resolved path and every
+file's size and mtime (and the label field), so changed data is counted again. Every file appears
+atomically (a rename): ranks opening the same data at once, or a crash, never leave a partial one.
 """
 
 from __future__ import annotations
@@ -27,13 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .backends import BACKENDS
 from .config import DataConfig
 from .errors import DataError
-from .ffcv_backend import check_path as check_beton
 from .fileio import atomic_write_text
 from .meta import FOREIGN, DatasetMeta, MetaError, counted_meta, meta_path_for, read_meta
 from .shard_index import TAR_BLOCK, ShardError
-from .shards import check_shard_folder
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +60,10 @@ def dataset_meta(cfg: DataConfig, path: Path, split: str) -> tuple[DatasetMeta, 
                 f"data.num_classes = {cfg.num_classes}, but {meta_path_for(path)} says {meta.num_classes}"
             )
         return meta, None
-    (check_beton if cfg.backend == "ffcv" else check_shard_folder)(path)
+    backend = BACKENDS[cfg.backend]
+    backend.check_path(path)
     root = cache_root(cfg.cache_dir)
-    index_dir = shard_indexes(path, root) if cfg.backend == "dali" else None
+    index_dir = backend.index_dir(path, root)
     counts, cached = class_counts(cfg, path, root, index_dir)
     if cfg.num_classes:
         if len(counts) > cfg.num_classes:
@@ -77,27 +71,29 @@ def dataset_meta(cfg: DataConfig, path: Path, split: str) -> tuple[DatasetMeta, 
                 f"{path}: holds labels up to {len(counts) - 1}, but data.num_classes = {cfg.num_classes}"
             )
         counts = np.pad(counts, (0, cfg.num_classes - len(counts)))
-    stem = path.name[: -len(path.suffix)] if path.suffix in (".beton", ".dali") else path.name
-    if cfg.backend == "ffcv":
-        fmt = {"file": str(path), "image_field": cfg.image_field, "label_field": cfg.label_field}
-    else:
-        fmt = {"dir": str(path), "index_dir": str(index_dir) if index_dir else None}
-    formats = {cfg.backend: fmt, FOREIGN: {"counts": str(cached)}}
+    stem = path.name.removesuffix(backend.suffix)
+    formats = {cfg.backend: backend.format_entry(path, cfg, index_dir), FOREIGN: {"counts": str(cached)}}
     return counted_meta(counts, split=split, stem=stem, source=str(path), formats=formats), index_dir
 
 
 def class_counts(cfg: DataConfig, path: Path, root: Path, index_dir: Path | None) -> tuple[np.ndarray, Path]:
     """(per-class counts, cache file): read from the cache when it holds this data's, else one pass over
     the labels, then cached."""
-    field = cfg.label_field if cfg.backend == "ffcv" else ".cls"
     fp = fingerprint(path)
-    cached = root / "counts" / f"{_key('counts', cfg.backend, field, fp)}.json"
+    cached = root / "counts" / f"{_key('counts', cfg.backend, cfg.label_field, fp)}.json"
     counts = _read_counts(cached, fp)
     if counts is not None:
         return counts, cached
-    labels = _labels(cfg, path, index_dir)
+    labels = BACKENDS[cfg.backend].read_labels(path, cfg, index_dir)  # an error names a negative label
+    if not len(labels):
+        raise DataError(f"{path}: holds no samples")
     counts = np.bincount(labels)
-    record = {"data": fp[0], "fingerprint": fp, "label_field": field, "class_counts": counts.tolist()}
+    record = {
+        "data": fp[0],
+        "fingerprint": fp,
+        "label_field": cfg.label_field,
+        "class_counts": counts.tolist(),
+    }
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cached, json.dumps(record) + "\n")
@@ -122,28 +118,6 @@ def _read_counts(cached: Path, fp: list) -> np.ndarray | None:
     if not all(isinstance(c, int) and c >= 0 for c in counts):
         return None
     return np.asarray(counts, np.int64)
-
-
-def _labels(cfg: DataConfig, path: Path, index_dir: Path | None) -> np.ndarray:
-    """Every sample's label, in order; an error names the sample whose label is negative."""
-    if cfg.backend == "ffcv":
-        from .ffcv_backend import read_beton
-
-        _, labels = read_beton(path, cfg.image_field, cfg.label_field)
-        where = lambda i: f"{path}: sample {i} (field {cfg.label_field!r})"  # noqa: E731
-    else:
-        from .shards import open_shards
-
-        shards = open_shards(path, None, index_dir=index_dir)  # non-integer .cls: an error naming it
-        labels = shards.labels.copy()
-        where = lambda i: f"{shards.shards[shards.shard_of[i]]}: sample {shards.keys[i]!r}"  # noqa: E731
-        shards.close()
-    if not len(labels):
-        raise DataError(f"{path}: holds no samples")
-    if labels.min() < 0:
-        i = int(np.argmin(labels))
-        raise DataError(f"{where(i)} has label {labels[i]}: labels must be class indices 0, 1, ...")
-    return labels
 
 
 def shard_indexes(folder: Path, root: Path) -> Path | None:

@@ -1,8 +1,10 @@
-"""The object `make_loader` returns: one backend's raw batches, plus what both backends share.
+"""The object `make_loader` returns: one backend's raw batches, plus what every backend shares.
 
-A backend (FFCV or DALI) decodes, crops, flips and hands over uint8 views on the device; this wrapper owns
-the epoch counter, the batched device-side augmentations (AutoAugment/RandAugment/Cutout on view 0, the
-contrastive recipe on the extra views) and the view-major stacking, so both backends behave the same.
+A backend (`Backend`, registered in `pipelines.backends`) decodes, crops, flips and hands over uint8 views
+on the device; this wrapper checks the backend's labels against the meta once, builds the epoch order both
+follow, and owns the epoch counter, the batched device-side augmentations and the view-major stacking.
+Invariant: every backend reads the same `LoaderSpec` and the same `EpochOrder`, so the batches' shapes,
+order and statistics do not depend on the format.
 """
 
 from __future__ import annotations
@@ -12,62 +14,87 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
 from .augment.ops import generator_as_default
+from .config import DataConfig, Split
 from .meta import DatasetMeta
 from .samplers import EpochOrder
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+# What the extra training views (views 1.. of a multi-view loss) get; the loss declares it (`view_recipe`).
+# "contrastive": BCL's recipe, RandomResizedCrop(data.view_crop_scale) + flip + colour jitter / grayscale
+# (/ blur); "classification": view 0's own crop, flip and AutoAugment / RandAugment + Cutout, drawn
+# independently per view (GML's cls, q, k).
+VIEW_RECIPES = ("contrastive", "classification")
 
 
 @dataclass(frozen=True)
 class LoaderSpec:
-    """Everything a backend needs to build its pipeline, resolved for one split and one rank by `make_loader`
-    from the data config (per-rank batch size, the split's resolution, the training-only options)."""
+    """What a backend builds its pipeline from: the whole `[data]` config, read by its own key names
+    (`spec.cfg.crop_scale`), plus the values of one split and one rank; properties resolve the options
+    that depend on the split."""
 
+    cfg: DataConfig
+    split: Split
     path: Path
-    train: bool
-    batch_size: int
-    resolution: int
+    batch_size: int  # per rank
     device: torch.device
-    num_workers: int
-    hflip: bool
-    rank: int
-    world_size: int
-    seed: int
-    sampler: str
-    num_samples: int | None
-    views: int
-    scale: tuple[float, float]
-    ratio: tuple[float, float]
-    view_scale: tuple[float, float]
-    center_crop_ratio: float
-    crop: str = "resized"  # training crop of view 0: "resized" (RandomResizedCrop) or "padded"
-    crop_padding: int = 4
-    skip_corrupt: bool = False  # dali: leave out samples whose JPEG bytes are damaged (training only)
-    drop_last: bool = True  # training: drop the last partial batch (evaluation always keeps it)
-    image_field: str = "image"  # ffcv: the .beton's fields
-    label_field: str = "label"
+    rank: int = 0
+    world_size: int = 1
+    seed: int = 0
+    views: int = 1  # training only
+    view_recipe: str = "contrastive"  # one of VIEW_RECIPES
     index_dir: Path | None = None  # dali: where the shards' index files are (None: beside each shard)
 
-    view_recipe: str = "contrastive"  # pipelines.config.VIEW_RECIPES
+    @property
+    def train(self) -> bool:
+        return self.split == "train"
+
+    @property
+    def resolution(self) -> int:
+        return self.cfg.resolution if self.train else (self.cfg.eval_resolution or self.cfg.resolution)
+
+    @property
+    def sampler(self) -> str:
+        return self.cfg.sampler if self.train else "uniform"
+
+    @property
+    def num_samples(self) -> int | None:
+        """Samples per epoch: `data.epoch_samples` in training (0: the dataset size, None here)."""
+        return (self.cfg.epoch_samples or None) if self.train else None
+
+    @property
+    def crop(self) -> str:
+        """View 0's training crop (`data.crop`); evaluation's centre crop counts as "resized"."""
+        return self.cfg.crop if self.train else "resized"
+
+    @property
+    def view_crop_scale(self) -> tuple[float, ...]:
+        """The contrastive views' crop area range: `data.view_crop_scale`, empty: `data.crop_scale`."""
+        return tuple(self.cfg.view_crop_scale or self.cfg.crop_scale)
 
     @property
     def drops_last(self) -> bool:
         """Whether this loader's last partial batch is dropped: training's default, never evaluation."""
-        return self.train and self.drop_last
+        return self.train and self.cfg.drop_last
 
     def crops_like_view0(self, view: int) -> bool:
         """Whether training view `view` is cropped and flipped as view 0 (else: the contrastive crop)."""
         return view == 0 or self.view_recipe == "classification"
 
+    @property
+    def threads(self) -> int:
+        """Decoding threads: `data.num_workers`, at most the CPUs this process may run on (cgroup and
+        taskset limits included, which `os.cpu_count()` ignores)."""
+        return min(self.cfg.num_workers, len(os.sched_getaffinity(0)))
+
     def epoch_order(self, labels: np.ndarray) -> EpochOrder:
-        """The sample order both backends follow: the sampler's rank slice, or the exact evaluation share."""
+        """The sample order every backend follows: the sampler's rank slice, or the exact evaluation share."""
         return EpochOrder(
             labels,
             train=self.train,
@@ -78,21 +105,46 @@ class LoaderSpec:
             world_size=self.world_size,
         )
 
-    @property
-    def threads(self) -> int:
-        """Decoding threads: `num_workers`, at most the CPUs this process may run on (cgroup and taskset
-        limits included, which `os.cpu_count()` ignores)."""
-        return max(1, min(self.num_workers, len(os.sched_getaffinity(0))))
-
 
 class Backend(Protocol):
-    """What a backend provides. `epoch(e)` yields (views, labels): `views` a list of uint8
-    N x 3 x H x W channels_last tensors (one per view), `labels` int64 [N], all on the spec's device.
-    `meta` describes the samples it serves (the file's meta, less any sample it left out)."""
+    """A data format and its decoding pipeline; `pipelines.backends.BACKENDS` registers one per format.
 
-    num_batches: int
+    Class side, the format (used before any loader is built, and for data fastlt did not convert):
+    `suffix` of a split's file or folder (`<stem><suffix>`); `checks_samples`: whether it checks each
+    sample's bytes as it reads them (what `data.skip_corrupt` needs); `accepts(path)`: whether `path` as
+    named is this format's; `check_path(path)`: refuse what cannot be (one line naming the file);
+    `index_dir(path, cache)`: a cache folder of the index files such data lacks, or None; `read_labels(path,
+    cfg, index_dir)`: every sample's label in file order; `format_entry(path, cfg, index_dir)`: its
+    `formats` entry in a meta.
+
+    Instance side, `Backend(spec, meta)` opens the data: `labels` (what it serves, in file order) and `meta`
+    (less any sample it left out), which `Loader` checks against each other; then `start(order,
+    num_batches)` builds the pipeline for this rank's `EpochOrder`; `epoch(e)` yields (views, labels):
+    `views` a list of uint8 N x 3 x H x W channels_last tensors (one per view), `labels` int64 [N], on the
+    spec's device; `close()` stops its threads and releases its files.
+    """
+
+    suffix: ClassVar[str]
+    checks_samples: ClassVar[bool]
+    labels: np.ndarray
     meta: DatasetMeta
-    order: EpochOrder  # this rank's samples per epoch, in order
+
+    @classmethod
+    def accepts(cls, path: Path) -> bool: ...
+
+    @classmethod
+    def check_path(cls, path: Path) -> None: ...
+
+    @classmethod
+    def index_dir(cls, path: Path, cache: Path) -> Path | None: ...
+
+    @classmethod
+    def read_labels(cls, path: Path, cfg: DataConfig, index_dir: Path | None) -> np.ndarray: ...
+
+    @classmethod
+    def format_entry(cls, path: Path, cfg: DataConfig, index_dir: Path | None) -> dict[str, Any]: ...
+
+    def start(self, order: EpochOrder, num_batches: int) -> None: ...
 
     def epoch(self, epoch: int) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]: ...
 
@@ -121,14 +173,21 @@ class Loader:
     def __init__(
         self,
         backend: Backend,
-        meta: DatasetMeta,
         spec: LoaderSpec,
         *,
         augment: nn.Module | None = None,
         view_augment: nn.Module | None = None,
     ):
+        try:
+            backend.meta.check_labels(backend.labels, spec.path)
+            self.order = spec.epoch_order(backend.labels)  # this rank's samples per epoch, in order
+            self.num_batches = self.order.num_batches(spec.batch_size, spec.drops_last)
+            backend.start(self.order, self.num_batches)
+        except BaseException:
+            backend.close()
+            raise
         self.backend = backend
-        self.meta = meta
+        self.meta = backend.meta  # what the losses and metrics count: without any sample left out
         self.spec = spec
         self.augment = augment.to(spec.device) if augment is not None else None
         self.view_augment = view_augment.to(spec.device) if view_augment is not None else None
@@ -152,7 +211,7 @@ class Loader:
         return self.spec.batch_size
 
     def __len__(self) -> int:
-        return self.backend.num_batches
+        return self.num_batches
 
     def synthetic_batches(self, num_classes: int) -> list[Batch]:
         """Batches of every shape this loader yields in training (the full one, and the short last one when
@@ -160,7 +219,7 @@ class Loader:
         and captures on before the loader's threads start (`TrainStep.prepare`)."""
         s = self.spec
         rows = [s.batch_size]
-        short = len(self.backend.order) % s.batch_size  # samples this rank draws per epoch
+        short = len(self.order) % s.batch_size  # samples this rank draws per epoch
         if not s.drops_last and short:
             rows.append(short)
         g = torch.Generator().manual_seed(0)

@@ -1,21 +1,12 @@
 """`<stem>.meta.json`: what a conversion wrote, and the class counts every loss and metric relies on.
 
-The converter writes one beside its outputs; loaders and the trainer read it with `read_meta`, given the
-meta file itself, the `.beton`, or the `.dali` folder. The JSON shape is a contract:
-
-    {"dataset", "split", "stem", "num_classes", "num_samples", "class_counts": [...],
-     "max_resolution", "jpeg_quality", "seed",
-     "formats": {"ffcv": {"file": "<stem>.beton", "encoding": "raw" | "jpeg" | "jpeg+raw"},
-                 "dali": {"dir": "<stem>.dali", "shards": [names], "samples_per_shard": [...],
-                          "encoding": "png" | "jpeg" | "jpeg+png"}},
-     "skipped": [{"path", "line", "error"}]}
-
+`read_meta` takes the meta file itself or any backend's file or folder for the stem. The JSON shape is a
+contract: {"dataset", "split", "stem", "num_classes", "num_samples", "class_counts", "max_resolution",
+"jpeg_quality", "seed", "formats": {backend: its entry, names relative to the meta's folder, with the
+"encoding" the converter chose: ffcv "raw" | "jpeg" | "jpeg+raw", dali "png" | "jpeg" | "jpeg+png"}, "skipped"},
 plus optional `class_names`, `source`, `imb_ratio` and `format_version`; readers ignore keys they do not
-know. Names in `formats` are relative to the meta file's folder.
-
-Data fastlt did not convert has no meta file: `counted_meta` makes one in memory from its labels' class
-counts (`pipelines.foreign`, which caches the counts), with `dataset = "foreign"` and the cache file named
-in `formats["foreign"]["counts"]`.
+know. Data fastlt did not convert has none: `counted_meta` makes one in memory from its labels' counts
+(`pipelines.foreign`), with `dataset = "foreign"` and the cache file in `formats["foreign"]["counts"]`.
 """
 
 from __future__ import annotations
@@ -26,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import SUFFIXES
+from .backends import SUFFIXES
 from .errors import DataError
 from .fileio import atomic_write_text
 
@@ -167,7 +158,8 @@ def counted_meta(
 
 
 def meta_path_for(path: str | os.PathLike) -> Path:
-    """`x.meta.json` for `x.meta.json`, `x.beton`, `x.dali` (folder) or the bare stem `x`."""
+    """`x.meta.json` for `x.meta.json`, `x<suffix>` of any backend (`x.beton`, `x.dali`), a file inside a
+    folder format (a shard of `x.dali/`) or the bare stem `x`."""
     p = Path(path)
     name = p.name.rstrip("/")
     if name.endswith(META_SUFFIX):
@@ -175,7 +167,7 @@ def meta_path_for(path: str | os.PathLike) -> Path:
     for suffix in SUFFIXES.values():
         if name.endswith(suffix):
             return p.with_name(name[: -len(suffix)] + META_SUFFIX)
-    if p.suffix == ".tar" and p.parent.name.endswith(SUFFIXES["dali"]):  # a shard inside <stem>.dali/
+    if p.suffix and any(p.parent.name.endswith(suffix) for suffix in SUFFIXES.values()):
         return meta_path_for(p.parent)
     return p.with_name(name + META_SUFFIX)
 

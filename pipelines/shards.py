@@ -1,20 +1,12 @@
 """Random access to the WebDataset shards of a `.dali` folder (or any folder of shards) through DALI indexes.
 
-Each `shard-NNNNN.tar` has a `shard-NNNNN.idx` beside it, or in `index_dir` for data that came without
-them (`pipelines.foreign` makes them there). The index (DALI's `wds2idx` format: a `v1.x <samples>` line,
-then one line per sample of `<ext> <data offset> <size> [<member name>]` per component) gives every
-sample's image bytes as a slice of the memory-mapped tar, so the DALI loader can feed any order it draws
-(samplers, rank slices) through `fn.external_source` without reading the archives sequentially.
-Opening validates everything it can cheaply: a missing index, an index that does not parse, offsets past
-the end of the tar, tar headers that are not where the index says, sample counts that disagree with the
-meta file, labels that are not integers in range. Every error names the shard (and the sample) at fault.
-
+`read_shard_index` parses each shard's `.idx` (beside it, or in `index_dir` for data that came without
+them); `map_shards` memory-maps the tars and reads the `.cls` labels, so the DALI backend can feed any order
+it draws as slices of the maps. Opening checks what it can cheaply (indexes that parse, offsets inside the
+tar, tar headers where the index says, integer labels); every error names the shard (and the sample).
+Labels against the meta file are the loader's check (`DatasetMeta.check_labels`), not this module's.
 Sample bytes are checked as they are handed out (`jpegs`): each must start and end as a whole JPEG (or
-PNG, which foreign shards may hold) does (`image_bytes.image_problem`). A few bytes a sample, on pages the
-decoder reads anyway, so it is cheap enough for every batch; it catches the zero-filled, overwritten and
-truncated samples on which a DALI decoder can crash the whole process (a segmentation fault with no
-message) before they reach it.
-`corrupt_samples()` lists them all and `open_shards(..., skip_corrupt=True)` drops them (`data.skip_corrupt`).
+PNG) does, which catches the damaged samples on which a DALI decoder can crash the whole process.
 """
 
 from __future__ import annotations
@@ -24,12 +16,15 @@ import mmap
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .image_bytes import image_problem, jpeg_problem, looks_whole
-from .meta import DatasetMeta
-from .shard_index import ShardError, check_header, member_key, parse_index
+from .shard_index import ShardError, ShardIndex, check_header, member_key, parse_index
+
+if TYPE_CHECKING:
+    from .meta import DatasetMeta
 
 __all__ = [
     "CorruptSampleError",
@@ -38,7 +33,9 @@ __all__ = [
     "check_shard_folder",
     "image_problem",
     "jpeg_problem",
+    "map_shards",
     "open_shards",
+    "read_shard_index",
     "shard_paths",
 ]
 
@@ -167,42 +164,46 @@ def check_shard_folder(path: Path) -> None:
         raise ShardError(f"{path}: the dali backend reads a <stem>.dali folder of shards ({what})")
 
 
-def open_shards(
-    directory: str | os.PathLike,
-    meta: DatasetMeta | None = None,
-    *,
-    skip_corrupt: bool = False,
-    index_dir: str | os.PathLike | None = None,
-) -> ShardSet:
-    """Open and check a shard folder, each shard's index beside it or in `index_dir`; with `skip_corrupt`
-    the samples `corrupt_samples` finds are left out and listed in `.dropped` (the checks against the meta
-    file see every sample)."""
+def read_shard_index(
+    directory: str | os.PathLike, meta: DatasetMeta | None = None, index_dir: str | os.PathLike | None = None
+) -> list[tuple[Path, ShardIndex]]:
+    """Each shard of the folder (the meta's list, else every `*.tar`) with its parsed index, from beside it
+    or from `index_dir`; a shard count the meta records for it must match its index."""
     directory = Path(directory)
-    if not directory.is_dir():
-        raise ShardError(f"{directory}: not a folder of WebDataset shards (expected <stem>.dali/)")
+    check_shard_folder(directory)
     tars = shard_paths(directory, meta)
     if not tars:
         raise ShardError(f"{directory}: no .tar shards in this folder")
-    expected = None
-    if meta is not None and "dali" in meta.formats:
-        expected = meta.formats["dali"].get("samples_per_shard")
+    expected = meta.formats["dali"].get("samples_per_shard") if meta and "dali" in meta.formats else None
+    if expected is not None and len(expected) != len(tars):
+        raise ShardError(
+            f"{directory}: the meta file lists {len(expected)} shard counts for {len(tars)} shards"
+        )
+    out = []
+    for s, tar in enumerate(tars):
+        idx = Path(index_dir, tar.name).with_suffix(".idx") if index_dir else tar.with_suffix(".idx")
+        if not tar.is_file():
+            raise FileNotFoundError(f"{tar}: shard listed in the meta file is missing")
+        if not idx.is_file():
+            where = f"in {idx.parent}" if index_dir else "beside it"
+            raise FileNotFoundError(
+                f"{tar}: no index file {idx.name} {where}; make one with DALI's "
+                f"`wds2idx {tar} {idx}` or re-run tools/convert_datasets.py"
+            )
+        index = parse_index(idx, tar)
+        if expected is not None and expected[s] != len(index.names):
+            raise ShardError(f"{idx}: indexes {len(index.names)} samples, the meta file says {expected[s]}")
+        out.append((tar, index))
+    return out
+
+
+def map_shards(directory: str | os.PathLike, indexes: list[tuple[Path, ShardIndex]]) -> ShardSet:
+    """Memory-map each indexed shard, check its index against it and read every sample's label."""
     shard_of, offsets, sizes, labels, keys = [], [], [], [], []
     maps, views = [], []
     try:
-        for s, tar in enumerate(tars):
-            idx = Path(index_dir, tar.name).with_suffix(".idx") if index_dir else tar.with_suffix(".idx")
-            if not tar.is_file():
-                raise FileNotFoundError(f"{tar}: shard listed in the meta file is missing")
-            if not idx.is_file():
-                where = f"in {idx.parent}" if index_dir else "beside it"
-                raise FileNotFoundError(
-                    f"{tar}: no index file {idx.name} {where}; make one with DALI's "
-                    f"`wds2idx {tar} {idx}` or re-run tools/convert_datasets.py"
-                )
-            index = parse_index(idx, tar)
+        for s, (tar, index) in enumerate(indexes):
             n = len(index.names)
-            if expected is not None and s < len(expected) and expected[s] != n:
-                raise ShardError(f"{idx}: indexes {n} samples, the meta file says {expected[s]}")
             tar_size = tar.stat().st_size
             ends = np.concatenate(
                 [index.image_offset + index.image_size, index.label_offset + index.label_size]
@@ -226,11 +227,16 @@ def open_shards(
             for k in range(n):
                 raw = bytes(view[index.label_offset[k] : index.label_offset[k] + index.label_size[k]])
                 try:
-                    labels.append(int(raw.decode("ascii").strip()))
+                    label = int(raw.decode("ascii").strip())
                 except (UnicodeDecodeError, ValueError):
+                    label = None
+                if label is None or label < 0:
+                    what = f"a non-integer label {raw[:20]!r}" if label is None else f"label {label}"
                     raise ShardError(
-                        f"{tar}: sample {member_key(index.names[k])!r} has a non-integer label {raw[:20]!r}"
-                    ) from None
+                        f"{tar}: sample {member_key(index.names[k])!r} has {what}"
+                        + ("" if label is None else ": labels must be class indices 0, 1, ...")
+                    )
+                labels.append(label)
             shard_of.append(np.full(n, s, np.int32))
             offsets.append(index.image_offset)
             sizes.append(index.image_size)
@@ -241,36 +247,24 @@ def open_shards(
             with contextlib.suppress(BufferError):  # a local view still refers to it: closed when collected
                 m.close()
         raise
-    if expected is not None and len(expected) != len(tars):
-        raise ShardError(
-            f"{directory}: the meta file lists {len(expected)} shard counts for {len(tars)} shards"
-        )
-    labels_arr = np.asarray(labels, np.int64)
-    where, again = meta.origin(directory) if meta is not None else (None, "")
-    if meta is not None and len(labels_arr) != meta.num_samples:
-        raise ShardError(
-            f"{directory}: the shards hold {len(labels_arr)} samples, {where} says {meta.num_samples}; "
-            f"{again}"
-        )
-    if (
-        meta is not None
-        and len(labels_arr)
-        and (labels_arr.min() < 0 or labels_arr.max() >= meta.num_classes)
-    ):
-        bad = int(np.argmax((labels_arr < 0) | (labels_arr >= meta.num_classes)))
-        raise ShardError(
-            f"{tars[int(np.concatenate(shard_of)[bad])]}: sample {keys[bad]!r} has label {labels_arr[bad]}, "
-            f"outside 0..{meta.num_classes - 1} ({where}); {again}"
-        )
-    shards = ShardSet(
-        directory=directory,
-        shards=tars,
+    return ShardSet(
+        directory=Path(directory),
+        shards=[tar for tar, _ in indexes],
         shard_of=np.concatenate(shard_of),
         offsets=np.concatenate(offsets),
         sizes=np.concatenate(sizes),
-        labels=labels_arr,
+        labels=np.asarray(labels, np.int64),
         keys=keys,
         _maps=maps,
         _views=views,
     )
-    return shards.without(shards.corrupt_samples()) if skip_corrupt else shards
+
+
+def open_shards(
+    directory: str | os.PathLike,
+    meta: DatasetMeta | None = None,
+    *,
+    index_dir: str | os.PathLike | None = None,
+) -> ShardSet:
+    """`map_shards(read_shard_index(...))`: a shard folder opened and checked, ready to slice."""
+    return map_shards(directory, read_shard_index(directory, meta, index_dir))

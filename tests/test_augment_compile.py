@@ -26,7 +26,7 @@ def test_compiled_ops_match_eager():
 
 
 def test_whole_augmentation_compiles_fullgraph():
-    aug = build_batch_augment("cifar10", cutout=8)
+    aug = build_batch_augment(auto_augment="cifar10", cutout=8)
     x = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
     out = torch.compile(aug, fullgraph=True)(x)  # global RNG inside a compiled step (no generator argument)
     assert out.dtype == torch.uint8 and out.shape == x.shape

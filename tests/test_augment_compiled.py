@@ -14,9 +14,9 @@ from pipelines.augment.policies import OP_ID
 from pipelines.augment.views import contrastive_view_augment
 
 AUGMENTS = {
-    "autoaugment_cifar10_cutout": lambda: build_batch_augment("cifar10", cutout=8),
+    "autoaugment_cifar10_cutout": lambda: build_batch_augment(auto_augment="cifar10", cutout=8),
     "randaugment_timm_cutout": lambda: build_batch_augment(
-        "randaugment", 4, randaugment_m=10, magnitude_std=0.5, randaugment_style="timm"
+        auto_augment="randaugment", cutout=4, randaugment_m=10, magnitude_std=0.5, randaugment_style="timm"
     ),
     "contrastive_views_jitter_gray_blur": lambda: contrastive_view_augment(blur=True),
 }

@@ -164,7 +164,7 @@ def test_whole_policy_equals_a_pil_replay_of_the_drawn_sub_policies():
 
 @pytest.mark.slow
 def test_compiles_fullgraph_and_matches_eager():
-    aug = build_batch_augment("cifar10_dbm", cutout=8)
+    aug = build_batch_augment(auto_augment="cifar10_dbm", cutout=8)
     x = images(32).contiguous(memory_format=torch.channels_last)
     p = aug.stages[0].draw(x.shape[0], 32, 32, torch.Generator().manual_seed(4))
     eager = aug.stages[0].apply(x, p)

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from pipelines import DataConfig
 from pipelines.augment import (
     AUTOAUGMENT_POLICIES,
     POLICIES,
@@ -95,7 +96,7 @@ def test_timm_style_levels_clip_at_ten():
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_samples_are_independent_and_seeded_runs_reproduce(policy):
-    aug = build_batch_augment(policy, cutout=4)
+    aug = build_batch_augment(auto_augment=policy, cutout=4)
     x = image_batch(1).expand(64, -1, -1, -1).contiguous()  # the same image 64 times
     a = aug(x, generator=torch.Generator().manual_seed(0))
     b = aug(x, generator=torch.Generator().manual_seed(0))
@@ -109,7 +110,7 @@ def test_samples_are_independent_and_seeded_runs_reproduce(policy):
 @pytest.mark.parametrize("policy", [*POLICIES, None])
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 def test_output_keeps_dtype_shape_and_memory_format(policy, layout):
-    aug = build_batch_augment(policy, cutout=8)
+    aug = build_batch_augment(auto_augment=policy or "", cutout=8)
     x = image_batch(8, 24).contiguous(memory_format=layout)
     out = aug(x)
     assert out.dtype == torch.uint8 and out.shape == x.shape and out.device == x.device
@@ -117,17 +118,21 @@ def test_output_keeps_dtype_shape_and_memory_format(policy, layout):
 
 
 def test_build_batch_augment_api():
-    assert build_batch_augment(None) is None and build_batch_augment("") is None
-    assert isinstance(build_batch_augment(None, cutout=16), BatchAugment)
-    with pytest.raises(ValueError, match="randaugment"):
-        build_batch_augment("autoaug")
-    ra = build_batch_augment("randaugment", randaugment_n=3, randaugment_m=10.0, magnitude_std=0.5)
+    assert build_batch_augment() is None and build_batch_augment(DataConfig()) is None
+    assert isinstance(build_batch_augment(cutout=16), BatchAugment)
+    with pytest.raises(
+        ValueError, match="data.auto_augment: unknown value 'autoaug'; valid: .*'randaugment'"
+    ):
+        build_batch_augment(auto_augment="autoaug")
+    ra = build_batch_augment(
+        DataConfig(auto_augment="randaugment", randaugment_n=3, randaugment_m=10.0, magnitude_std=0.5)
+    )
     assert ra.stages[0].num_ops == 3 and ra.stages[0].magnitude_std == 0.5
     timm = build_batch_augment(
-        "randaugment", randaugment_m=10, fill=(124, 116, 104), randaugment_style="timm"
+        auto_augment="randaugment", randaugment_m=10, augment_fill=(124, 116, 104), randaugment_style="timm"
     )
     assert timm.stages[0].style == "timm" and timm.stages[0].fill.tolist() == [124.0, 116.0, 104.0]
     with pytest.raises(ValueError, match="outside"):
-        build_batch_augment("randaugment", randaugment_m=31)
+        build_batch_augment(auto_augment="randaugment", randaugment_m=31)
     with pytest.raises(ValueError, match="uint8"):
-        build_batch_augment("cifar10")(torch.zeros(2, 3, 8, 8))
+        build_batch_augment(auto_augment="cifar10")(torch.zeros(2, 3, 8, 8))

@@ -49,22 +49,26 @@ def test_equals_torchvision_color_jitter_per_sample_for_the_drawn_factors():
 def test_build_puts_the_jitter_before_the_policy():
     x = images()
     aug = build_batch_augment(
-        "randaugment", jitter=RELEASED, randaugment_style="timm", randaugment_m=10.0, magnitude_std=0.5
+        auto_augment="randaugment",
+        jitter=RELEASED,
+        randaugment_style="timm",
+        randaugment_m=10.0,
+        magnitude_std=0.5,
     )
     first, second = aug.stages
     assert isinstance(first, ColorJitter) and first.p == 1.0 and isinstance(second, BatchRandAugment)
     assert first.ranges == [(0.6, 1.4), (0.6, 1.4), (0.6, 1.4), (-0.0, 0.0)] and first.active[3] is False
     g, h = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     assert torch.equal(aug(x, generator=g), second(first(x, generator=h), generator=h))
-    only = build_batch_augment(None, jitter=RELEASED)
+    only = build_batch_augment(jitter=RELEASED)
     changed = (only(x, generator=torch.Generator().manual_seed(1)) != x).flatten(1).any(dim=1)
     assert changed[1:].all()  # every (non-flat) image is jittered
-    assert len(build_batch_augment("cifar10").stages) == 1  # off by default
-    assert build_batch_augment(None) is None
+    assert len(build_batch_augment(auto_augment="cifar10").stages) == 1  # off by default
+    assert build_batch_augment() is None
 
 
 def test_bad_jitter():
     with pytest.raises(ValueError, match="brightness, contrast, saturation, hue"):
-        build_batch_augment(None, jitter=(0.4, 0.4, 0.4))
-    with pytest.raises(ValueError, match="hue must be in"):
-        build_batch_augment(None, jitter=(0.4, 0.4, 0.4, 0.7))
+        build_batch_augment(jitter=(0.4, 0.4, 0.4))
+    with pytest.raises(ValueError, match=r"data.jitter: .*hue <= 0.5\), got \(0.4, 0.4, 0.4, 0.7\)"):
+        build_batch_augment(jitter=(0.4, 0.4, 0.4, 0.7))

@@ -100,7 +100,8 @@ def test_int_is_accepted_for_a_float_but_not_the_reverse(tmp_path):
         ("", ["--model.teacher_arch=vgg"], ["model.teacher_arch", "'resnet56'"]),
         ("", ["--model.gml_queue_size=0"], ["model.gml_queue_size", ">= 1"]),
         ("", ["--model.gml_temperature=0"], ["model.gml_temperature", "> 0"]),
-        ("", ["--data.view_recipe=sim"], ["data.view_recipe", "'classification'"]),
+        # the loss declares its view recipe: a recipe's key is refused as any unknown key
+        ('[data]\nview_recipe = "classification"\n', [], ["unknown key data.view_recipe"]),
         ("", ["--loss.ncl_hcm_n=0"], ["loss.ncl_hcm_n", ">= 1"]),
         ("", ["--loss.ncl_temperature=0"], ["loss.ncl_temperature", "> 0"]),
         ("", ["--model.ncl_queue=0"], ["model.ncl_queue", ">= 1"]),

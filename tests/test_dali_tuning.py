@@ -49,12 +49,10 @@ def test_worker_threads_respect_the_cpu_affinity(tmp_path):
     allowed = len(os.sched_getaffinity(0))
 
     def threads(workers):
-        return LoaderSpec(tmp_path, True, 8, 32, "cpu", workers, True, 0, 1, 0, "uniform", None, 1,
-                          (0.08, 1.0), (0.75, 1.33), (0.08, 1.0), 1.0).threads  # fmt: skip
+        return LoaderSpec(DataConfig(num_workers=workers), "train", tmp_path, 8, "cpu").threads
 
     assert threads(10_000) == allowed
     assert threads(1) == 1
-    assert threads(0) == 1
 
 
 def test_no_copy_feeding_keeps_the_last_batches_alive(demo_converted):

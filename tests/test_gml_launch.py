@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import launch
+import losses
 from tests.helpers import free_port, interrupted_run, tiny_argv
 from tests.test_resume import _close
 from trainer import checkpoint, rundir
@@ -37,7 +38,6 @@ def student_args(teacher: Path, *extra: str) -> tuple[str, ...]:
         "--model.gml_queue_size=48",
         "--model.gml_base_k=2",
         "--model.gml_embed_dim=8",
-        "--data.view_recipe=classification",
         *extra,
     )
 
@@ -175,7 +175,7 @@ GML_RECIPES = {  # student recipe -> its teacher's recipe
 def test_the_recipes_pair_students_with_their_teachers(student):
     cfg = load_config(ROOT / "configs" / f"{student}.toml")
     teacher = load_config(ROOT / "configs" / f"{GML_RECIPES[student]}.toml")
-    assert cfg.loss.name == "dbm_gml" and cfg.data.view_recipe == "classification"
+    assert cfg.loss.name == "dbm_gml" and losses.loss_class(cfg.loss.name).view_recipe == "classification"
     assert Path(cfg.model.teacher) == Path(teacher.run.out_dir) / teacher.run.name
     assert cfg.model.teacher_arch == teacher.model.arch
     assert (cfg.data.dir, cfg.data.train, cfg.data.mean) == (

@@ -17,15 +17,14 @@ import pytest
 import torch
 
 from pipelines import DataConfig, make_loader, read_meta
-from pipelines.ffcv_backend import read_beton
+from pipelines.backends import BACKENDS as REGISTRY
 from pipelines.samplers import EpochOrder
-from pipelines.shards import open_shards
 
 # numba prints a harmless KeyError from a finalizer of FFCV's compiled functions (spec/pipelines.md §2.2).
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 ROOT = Path(__file__).resolve().parents[1]
-BACKENDS = ["ffcv", "dali"]
+BACKENDS = list(REGISTRY)
 RES = 24
 BS = 16
 WHOLE_IMAGE = dict(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip=False)
@@ -37,7 +36,8 @@ def config(root: Path, backend: str, **kw) -> DataConfig:
 
 
 def file_labels(path: Path) -> np.ndarray:
-    return read_beton(path)[1] if path.suffix == ".beton" else open_shards(path).labels
+    backend = next(b for b in REGISTRY.values() if path.name.endswith(b.suffix))
+    return backend.read_labels(path, DataConfig(), None)
 
 
 def digests(images: torch.Tensor) -> list[str]:

@@ -77,7 +77,7 @@ def test_a_damaged_sample_is_refused_naming_shard_key_and_index(shard_copy, how)
 def test_skip_corrupt_drops_and_lists_the_bad_samples(shard_copy):
     keys = [damage(shard_copy, k, how) for k, how in ((3, "zero_filled"), (40, "truncated"))]
     whole = open_shards(shard_copy)
-    shards = open_shards(shard_copy, read_meta(shard_copy), skip_corrupt=True)
+    shards = whole.without(whole.corrupt_samples())
     assert len(shards) == len(whole) - 2
     assert [(d["index"], d["key"], d["label"]) for d in shards.dropped] == [
         (3, keys[0], int(whole.labels[3])),

@@ -1,11 +1,12 @@
-"""`data.view_recipe = "classification"` (GML's cls, q, k views): every extra view is cropped, flipped and
-augmented as view 0, with its own draws, on both backends."""
+"""`view_recipe="classification"` (GML's cls, q, k views, declared by the loss): every extra view is cropped,
+flipped and augmented as view 0, with its own draws, on both backends."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+import losses
 from pipelines import DataConfig, make_loader
 from pipelines.augment import Cutout
 
@@ -24,10 +25,9 @@ def _loader(root, backend, **kw):
         crop="padded",
         crop_padding=PAD,
         hflip=False,
-        view_recipe="classification",
         **kw,
     )
-    return make_loader(cfg, "train", views=3, seed=2)
+    return make_loader(cfg, "train", views=3, view_recipe="classification", seed=2)
 
 
 def _shift_between(a: torch.Tensor, b: torch.Tensor) -> tuple[int, int] | None:
@@ -68,7 +68,14 @@ def test_extra_views_are_cropped_and_augmented_like_view0(backend, demo_converte
     assert not torch.equal(inner[1], inner[2]) and not torch.equal(inner[0], inner[1])
 
 
-def test_the_view_recipe_is_checked():
-    with pytest.raises(ValueError, match="data.view_recipe: unknown value 'cls'; valid: 'contrastive'"):
-        DataConfig(view_recipe="cls")
-    assert DataConfig().view_recipe == "contrastive"  # BCL's recipe stays the default
+def test_the_view_recipe_is_checked(tmp_path):
+    with pytest.raises(ValueError, match="view_recipe: unknown value 'cls'; valid: 'contrastive'"):
+        make_loader(DataConfig(dir=str(tmp_path)), "train", views=3, view_recipe="cls")  # before any file
+
+
+def test_the_loss_declares_its_view_recipe():
+    assert (
+        losses.loss_class("dbm_gml").view_recipe == losses.loss_class("gml").view_recipe == "classification"
+    )
+    for name in ("bcl", "dbm_bcl", "ce"):  # BCL's recipe stays the default
+        assert losses.loss_class(name).view_recipe == "contrastive"

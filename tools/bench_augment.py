@@ -66,8 +66,8 @@ def run(
 
     policy_enum = {"imagenet": v2.AutoAugmentPolicy.IMAGENET, "cifar10": v2.AutoAugmentPolicy.CIFAR10}[policy]
     per_image = v2.AutoAugment(policy_enum, fill=128)
-    batched_aa = build_batch_augment(policy).to(dev)
-    batched_aa_cutout = build_batch_augment(policy, cutout).to(dev)
+    batched_aa = build_batch_augment(auto_augment=policy).to(dev)
+    batched_aa_cutout = build_batch_augment(auto_augment=policy, cutout=cutout).to(dev)
 
     def loop() -> torch.Tensor:
         return torch.stack([per_image(img) for img in images])

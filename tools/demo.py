@@ -17,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines.config import SUFFIXES, data_path
+from pipelines.backends import SUFFIXES
+from pipelines.config import data_path
 from pipelines.convert import ConvertOptions, SplitRequest, convert, summary_line
 from pipelines.fileio import atomic_write_bytes
 from pipelines.meta import META_SUFFIX, read_meta

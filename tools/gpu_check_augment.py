@@ -16,8 +16,10 @@ import torch
 from tools.gpu_check_core import Clock, Context, images_batch, record, with_ratio
 
 POLICIES: dict[str, dict[str, Any]] = {
-    "autoaugment_cutout": dict(policy="imagenet", cutout=16),
-    "randaugment": dict(policy="randaugment", randaugment_m=10, magnitude_std=0.5, randaugment_style="timm"),
+    "autoaugment_cutout": dict(auto_augment="imagenet", cutout=16),
+    "randaugment": dict(
+        auto_augment="randaugment", randaugment_m=10, magnitude_std=0.5, randaugment_style="timm"
+    ),
 }
 
 

@@ -140,7 +140,7 @@ def _augment_in_front(
         return
     dev = ctx.device
     aug = build_batch_augment(
-        "randaugment", 16, randaugment_m=10, magnitude_std=0.5, randaugment_style="timm"
+        auto_augment="randaugment", cutout=16, randaugment_m=10, magnitude_std=0.5, randaugment_style="timm"
     ).to(dev)
     g = torch.Generator(device=dev).manual_seed(0)
     x, y = images_batch(batch, res, dev, num_classes=classes)

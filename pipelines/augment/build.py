@@ -1,14 +1,17 @@
-"""`build_batch_augment`: the policy named in the config (+ Cutout) as one module for the loaders."""
+"""`build_batch_augment`: the view-0 augmentation a `DataConfig` names, one batched module for the loaders."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 from torch import nn
 
+from ..config import DataConfig
 from .autoaugment import BatchAutoAugment
 from .cutout import Cutout
 from .jitter import ColorJitter
-from .policies import AUTOAUGMENT_POLICIES, POLICIES
+from .policies import AUTOAUGMENT_POLICIES
 from .randaugment import BatchRandAugment
 
 
@@ -40,46 +43,33 @@ class BatchAugment(nn.Module):
         return x.contiguous(memory_format=layout)
 
 
-def build_batch_augment(
-    policy: str | None,
-    cutout: int = 0,
-    *,
-    randaugment_n: int = 2,
-    randaugment_m: float = 9.0,
-    magnitude_std: float = 0.0,
-    fill=(128, 128, 128),
-    randaugment_style: str = "torchvision",
-    jitter: tuple[float, ...] = (),
-) -> BatchAugment | None:
-    """[ColorJitter,] AutoAugment ("imagenet", "cifar10", "cifar10_dbm") or RandAugment ("randaugment"),
-    then Cutout; None if none of them.
+def build_batch_augment(cfg: DataConfig | None = None, **overrides) -> BatchAugment | None:
+    """The view-0 augmentation `cfg` names: [ColorJitter (`jitter`),] AutoAugment or RandAugment
+    (`auto_augment`, with `randaugment_n`, `randaugment_m`, `magnitude_std`, `randaugment_style`,
+    `augment_fill`), then Cutout (`cutout`); None if none of them. `overrides` replace keys of `cfg`
+    (default `DataConfig()`), checked as a recipe's are.
 
-    `randaugment_m` is a bin of torchvision's 31 (style "torchvision"), or timm's 0..10 level
-    (style "timm": the papers' "rand-n2-m10-mstd0.5" is n=2, m=10, magnitude_std=0.5).
-    `jitter` = (brightness, contrast, saturation, hue): a per-sample ColorJitter applied to every image
+    `jitter` = (brightness, contrast, saturation, hue) is a per-sample ColorJitter applied to every image
     (p = 1) before the policy, as the released large-scale BCL code's view 0 (`RandomApply([ColorJitter(0.4,
-    0.4, 0.4, 0)], p=1.0)` before RandAugment); empty: off.
+    0.4, 0.4, 0)], p=1.0)` before RandAugment).
     """
+    cfg = dataclasses.replace(cfg or DataConfig(), **overrides)
     stages: list[nn.Module] = []
-    if jitter:
-        if len(jitter) != 4:
-            raise ValueError(f"jitter takes (brightness, contrast, saturation, hue), got {tuple(jitter)}")
-        stages.append(ColorJitter(*(float(v) for v in jitter), p=1.0))
-    if policy:
-        if policy not in POLICIES:
-            raise ValueError(f"unknown augmentation policy {policy!r}; choose from {list(POLICIES)} or None")
-        if policy in AUTOAUGMENT_POLICIES:
-            stages.append(BatchAutoAugment(policy, fill=fill))
-        else:
-            stages.append(
-                BatchRandAugment(
-                    randaugment_n,
-                    randaugment_m,
-                    magnitude_std=magnitude_std,
-                    style=randaugment_style,
-                    fill=fill,
-                )
+    if cfg.jitter:
+        stages.append(ColorJitter(*(float(v) for v in cfg.jitter), p=1.0))
+    fill = tuple(cfg.augment_fill)
+    if cfg.auto_augment in AUTOAUGMENT_POLICIES:
+        stages.append(BatchAutoAugment(cfg.auto_augment, fill=fill))
+    elif cfg.auto_augment:
+        stages.append(
+            BatchRandAugment(
+                cfg.randaugment_n,
+                cfg.randaugment_m,
+                magnitude_std=cfg.magnitude_std,
+                style=cfg.randaugment_style,
+                fill=fill,
             )
-    if cutout:
-        stages.append(Cutout(cutout))
+        )
+    if cfg.cutout:
+        stages.append(Cutout(cfg.cutout))
     return BatchAugment(*stages) if stages else None

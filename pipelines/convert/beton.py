@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import DataConfig
 from .staging import naming
 
 FORMAT_VERSION = 2
@@ -37,7 +38,8 @@ ALLOC_TABLE_TYPE = np.dtype([("sample_id", "<u8"), ("ptr", "<u8"), ("size", "<u8
 RGB_IMAGE_META = np.dtype([("mode", "<u1"), ("width", "<u2"), ("height", "<u2"), ("data_ptr", "<u8")])
 INT_META = np.dtype("<i8")
 METADATA_TYPE = np.dtype([("", RGB_IMAGE_META), ("", INT_META)], align=True)  # ffcv.types.get_metadata_type
-FIELDS = (("image", 2), ("label", 1))  # (name, ffcv.types.TYPE_ID_HANDLER id): RGBImageField, IntField
+# (name, ffcv.types.TYPE_ID_HANDLER id): RGBImageField, IntField; the names the loader reads by default
+FIELDS = ((DataConfig.image_field, 2), (DataConfig.label_field, 1))
 MAX_SIDE = np.iinfo(np.uint16).max
 
 

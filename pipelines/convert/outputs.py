@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import SUFFIXES
+from ..backends import SUFFIXES
 from ..meta import META_SUFFIX, DatasetMeta, MetaError, read_meta
 from .staging import OutputError, OutputExistsError
 
-FORMATS = ("ffcv", "dali")
+FORMATS = tuple(SUFFIXES)  # the converter writes every backend's format (`run.py` wires each writer)
 # Meta fields both formats share; `source` is left out (the same list given by another path is the same list).
 EARLY = ("seed", "max_resolution", "jpeg_quality", "num_classes")
 LATE = ("num_samples", "class_counts")
