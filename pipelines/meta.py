@@ -3,7 +3,8 @@
 `read_meta` takes the meta file itself or any backend's file or folder for the stem. The JSON shape is a
 contract: {"dataset", "split", "stem", "num_classes", "num_samples", "class_counts", "max_resolution",
 "jpeg_quality", "seed", "formats": {backend: its entry, names relative to the meta's folder, with the
-"encoding" the converter chose: ffcv "raw" | "jpeg" | "jpeg+raw", dali "png" | "jpeg" | "jpeg+png"}, "skipped"},
+"encoding" the converter chose: ffcv "raw" | "jpeg" | "jpeg+raw", dali "png" | "jpeg" | "jpeg+png"},
+"skipped"},
 plus optional `class_names`, `source`, `imb_ratio` and `format_version`; readers ignore keys they do not
 know. Data fastlt did not convert has none: `counted_meta` makes one in memory from its labels' counts
 (`pipelines.foreign`), with `dataset = "foreign"` and the cache file in `formats["foreign"]["counts"]`.
