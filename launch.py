@@ -5,10 +5,10 @@
     accelerate launch [--num_machines M --machine_rank R --main_process_ip IP ...] launch.py --config X.toml
     torchrun --nproc_per_node N launch.py --config X.toml
 
-This is the only module that knows every part: it builds one loader per split (each process loads its own
-shard: Accelerate's `prepare` does not shard FFCV or DALI loaders; `data.batch_size` is the global batch, so
-each of the N processes loads batch_size / N), the loss from the training split's class counts, the model,
-the optimizer, the training and evaluation steps, then hands them to `fit`.
+It builds one loader per split (each process loads its own shard: Accelerate's `prepare` does not shard FFCV
+or DALI loaders; `data.batch_size` is the global batch, so each of N processes loads batch_size / N), then
+the loss, model, optimizer and steps through `trainer.build.build_parts` from the training split's class
+counts, and hands them to `fit`.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def make_accelerator(cfg: Config) -> Any:
     from accelerate import Accelerator
 
     if cfg.step.mode == "graph" and torch.cuda.is_available():
-        # A captured DDP step cannot have NCCL's watchdog tear down the communicator mid-graph (spec §5.2).
+        # A captured DDP step cannot have NCCL's watchdog tear down the communicator mid-graph.
         os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "0")
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and not torch.cuda.is_available():
@@ -91,82 +91,17 @@ def make_accelerator(cfg: Config) -> Any:
     return accelerator
 
 
-def log_margins(loss: Any, cfg: Config, counts: tuple[int, ...]) -> None:
-    """A DBM run logs its class-margin range, and warns when the released code's normaliser (the last label's
-    count) and the paper's (the rarest class's) would give margins that differ by more than 1%."""
-    from losses import margin_norm_gap
-    from losses.logit_maps import DBMargin
-
-    logit_map = getattr(loss, "logit_map", None)
-    if not isinstance(logit_map, DBMargin):
-        return
-    margins = logit_map.margins
-    log.info(
-        "DBM class margins (loss.margin_norm=%s): %.4f .. %.4f",
-        cfg.loss.margin_norm,
-        float(margins.min()),
-        float(margins.max()),
-    )
-    gap = margin_norm_gap(counts, cfg.loss.tau)
-    if gap > 0.01:
-        log.warning(
-            "loss.margin_norm: 'last' (the released code) gives every class a margin %.1f%% larger than "
-            "'min' (the paper): the last label has %d images, the rarest class %d; this run uses %r",
-            100 * gap,
-            counts[-1],
-            min(counts),
-            cfg.loss.margin_norm,
-        )
-
-
-def _model(cfg: Config, loss: Any, meta: Any, device: Any) -> Any:
-    """The kind of model the loss names (a classifier, or GML's student with the teacher of model.teacher:
-    a missing or mismatched teacher is a CheckpointError here, before the run folder is written)."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    from trainer.models import build_model, rank_identical_buffers
-
-    model = build_model(
-        cfg.model,
-        loss,
-        num_classes=meta.num_classes,
-        class_counts=meta.class_counts,
-        mean=cfg.data.mean,
-        std=cfg.data.std,
-    ).to(device)
-    if cfg.model.sync_bn:
-        from trainer.sync_bn import convert_sync_bn
-
-        model = convert_sync_bn(model)  # before the optimizer: it keeps the parameters, swaps the modules
-    # DDP broadcasts every buffer from rank 0 before each forward. That keeps the per-rank BatchNorm
-    # statistics consistent (so `broadcast_buffers` stays on: turning it off is right only with SyncBN), but
-    # buffers that every rank updates identically by construction (GML's queue: each rank enqueues every
-    # rank's keys) would cross the network for nothing, 128-512 MB a step at ImageNet-LT / iNaturalist sizes:
-    # DDP leaves the ones the model names out (also from its initial broadcast: they start equal, from the
-    # seed or from the checkpoint every rank loads).
-    if same_everywhere := rank_identical_buffers(model):
-        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, same_everywhere)
-    return model
-
-
 def build(cfg: Config, accelerator: Any) -> Any:
-    """Every part of a run, for this process."""
-    import torch
-    from accelerate.utils import set_seed
-
+    """Every part of a run, for this process: the two loaders and what `trainer.build.build_parts` makes."""
     import losses
     from pipelines import make_loader
+    from trainer.build import build_parts, check_parts
     from trainer.loop import Components
-    from trainer.models import check_model
-    from trainer.optim import build_optimizer
-    from trainer.step import EvalStep, TrainStep
 
     device = accelerator.device
     where = dict(rank=accelerator.process_index, world_size=accelerator.num_processes, device=device)
-    loss_class = losses.loss_class(cfg.loss.name)
-    views = loss_class.num_views
-    # The model the loss needs must fit the [model] section and the batch: checked before any data is read.
-    check_model(cfg.model, loss_class, batch_size=cfg.data.batch_size, world_size=accelerator.num_processes)
+    views = losses.loss_class(cfg.loss.name).num_views
+    check_parts(cfg, world_size=accelerator.num_processes)  # before any data is read
     with contextlib.ExitStack() as on_error:  # a failure below closes the loaders opened so far
         train_loader = make_loader(
             cfg.data, "train", views=views, view_recipe=loss_class.view_recipe, seed=cfg.run.seed, **where
@@ -180,41 +115,17 @@ def build(cfg: Config, accelerator: Any) -> Any:
                 f"data.eval={cfg.data.eval!r} has {eval_loader.meta.num_classes} classes but "
                 f"data.train={cfg.data.train!r} has {meta.num_classes}"
             )
-        if device.type == "cuda":
-            # Shapes are static, so cuDNN's per-shape autotuning runs once. (TF32 matmuls stay off: the
-            # cosine head is kept in fp32 on purpose, its raw cosines feed an arccos.)
-            torch.backends.cudnn.benchmark = True
-
-        loss = losses.build_loss(cfg.loss, meta.class_counts).to(device)
-        log_margins(loss, cfg, meta.class_counts)
-        set_seed(cfg.run.seed)  # the same initial weights (and GML's initial queue) on every process
-        model = _model(cfg, loss, meta, device)
-        optimizer = build_optimizer(model, cfg.optim)
-        # Only the model goes through Accelerate (placement, DDP): the step drives the optimizer itself. DDP
-        # broadcasts rank 0's buffers before every forward: NCL's queues then hold rank 0's keys only, the
-        # other ranks' are dropped (trainer/ncl_model.py; the NCL recipes are single-process, as released).
-        if device.type == "cuda" and accelerator.num_processes > 1 and cfg.step.mode == "graph":
-            side = torch.cuda.Stream(device)
-            with torch.cuda.stream(side):  # DDP built on a side stream so its buffers can join a capture
-                model = accelerator.prepare(model)
-            torch.cuda.current_stream(device).wait_stream(side)
-        else:
-            model = accelerator.prepare(model)
-        # Each process draws its own augmentations from here on (the weights above are shared).
-        set_seed(cfg.run.seed, device_specific=True)
-        parts = Components(
-            model=model,
-            loss=loss,
-            optimizer=optimizer,
-            train_step=TrainStep(model, loss, optimizer, cfg.step),
-            eval_step=EvalStep(model, cfg.step, meta.class_counts),
+        # Only the model goes through Accelerate (placement, DDP): the step drives the optimizer itself.
+        parts = build_parts(cfg, meta, prepare=accelerator.prepare, **where)
+        components = Components(
+            **vars(parts),
             train_loader=train_loader,
             eval_loader=eval_loader,
             class_counts=meta.class_counts,
             global_batch=train_loader.batch_size * accelerator.num_processes,
         )
-        on_error.pop_all()  # built: the caller closes the loaders (`parts.close()`)
-    return parts
+        on_error.pop_all()  # built: the caller closes the loaders (`components.close()`)
+    return components
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

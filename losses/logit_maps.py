@@ -5,6 +5,9 @@ Float32 (or float64) logits [N, C], or for the target-column-only margins (DBM, 
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -49,6 +52,26 @@ class DBMargin(Part):
             cos, target, self.margins, self.scale, self.lambda_inst, self.detach_difficulty
         )
         return TargetLogits(self.scale * cos, z_y)
+
+    def describe(self, class_counts: Sequence[int]) -> list[tuple[int, str]]:
+        """The margin range, and a warning when the released code's normaliser (the last label's count) and
+        the paper's (the rarest class's) give margins that differ by more than 1%."""
+        lines = [
+            (
+                logging.INFO,
+                f"DBM class margins (loss.margin_norm={self.margin_norm}): "
+                f"{float(self.margins.min()):.4f} .. {float(self.margins.max()):.4f}",
+            )
+        ]
+        gap = LF.margin_norm_gap(class_counts, self.tau)
+        if gap > 0.01:
+            message = (
+                f"loss.margin_norm: 'last' (the released code) gives every class a margin {100 * gap:.1f}% "
+                f"larger than 'min' (the paper): the last label has {class_counts[-1]} images, the rarest "
+                f"class {min(class_counts)}; this run uses {self.margin_norm!r}"
+            )
+            lines.append((logging.WARNING, message))
+        return lines
 
 
 class LDAMargin(Part):

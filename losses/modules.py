@@ -57,6 +57,10 @@ class Loss(nn.Module):
         for part in self.children():
             part.set_epoch(int(epoch), int(epochs))
 
+    def describe(self, class_counts: Sequence[int]) -> list[tuple[int, str]]:
+        """What a run logs about this loss for its training counts: (logging level, line) pairs."""
+        return [line for part in self.children() for line in part.describe(class_counts)]
+
     def forward(self, output: ModelOutput, target: Tensor) -> Tensor:
         logits = output.logits
         if logits.ndim != 2 or logits.shape[1] != self.num_classes:

@@ -12,6 +12,7 @@ the epoch, which the trainer restores. Every piece computes in float32 whatever 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 from torch import Tensor, nn
@@ -36,6 +37,10 @@ class Part(nn.Module):
 
     def set_epoch(self, epoch: int, epochs: int) -> None:
         """Stateless pieces ignore the epoch."""
+
+    def describe(self, class_counts: Sequence[int]) -> list[tuple[int, str]]:
+        """What a run should log about this piece for these counts: (logging level, line) pairs."""
+        return []
 
     def extra_repr(self) -> str:
         return ", ".join(f"{name}={getattr(self, name)!r}" for name in self.uses)

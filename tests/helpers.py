@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import math
+import os
 import socket
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,11 +50,85 @@ def tiny_argv(data_dir: Path, out_dir: Path, name: str, *extra: str, backend: st
     ]
 
 
+# A resume test's overrides: two epochs, a checkpoint after each, a schedule that changes every epoch, and
+# device-side augmentation (AutoAugment + Cutout draw from the loader's per-epoch generators). FFCV's own
+# random crop and flip draw from numba's unseeded per-thread generators (the padded crop too), so they are
+# off (a whole-image "random resized" crop, no flip) to make two runs comparable at all.
+RESUME = (
+    "--run.epochs=2",
+    "--run.checkpoint_every=1",
+    "--data.auto_augment=cifar10",
+    "--data.cutout=8",
+    "--data.crop=resized",
+    "--data.crop_scale=[1.0, 1.0]",
+    "--data.hflip=false",
+    "--optim.schedule=cosine",
+    "--optim.warmup_epochs=1",
+    "--optim.lr=0.05",
+)
+
+
+def close(a: float | None, b: float | None, tol: float = 1e-5) -> bool:
+    if a is None or b is None:
+        return a is b
+    return math.isclose(a, b, rel_tol=tol, abs_tol=tol)
+
+
+def assert_same_run(a_dir: Path, b_dir: Path) -> tuple[dict, dict]:
+    """Two finished runs ended in the same place: the last checkpoints' model state and momentum, every line
+    of metrics.jsonl (one per epoch, none repeated) and the results' best and final figures. Returns the two
+    last checkpoints."""
+    from trainer import checkpoint, rundir
+
+    a, b = checkpoint.load_latest(a_dir), checkpoint.load_latest(b_dir)
+    assert a["epoch"] == b["epoch"]
+    assert a["model"].keys() == b["model"].keys()
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    states = zip(a["optimizer"]["state"].items(), b["optimizer"]["state"].items(), strict=True)
+    for (ka, va), (kb, vb) in states:
+        assert ka == kb
+        torch.testing.assert_close(vb["momentum_buffer"], va["momentum_buffer"], rtol=1e-5, atol=1e-6)
+    ra, rb = rundir.read_metrics(a_dir), rundir.read_metrics(b_dir)
+    assert [r["epoch"] for r in rb] == list(range(1, a["epoch"] + 1))
+    for x, y in zip(ra, rb, strict=True):
+        for field in ("loss", "lr", "top1", "many", "medium", "few"):
+            assert close(x[field], y[field]), (field, x[field], y[field])
+    results = [json.loads((d / "results.json").read_text()) for d in (a_dir, b_dir)]
+    for part in ("best", "final"):
+        for field in ("epoch", "top1", "many", "medium", "few"):
+            assert close(results[0][part][field], results[1][part][field]), (part, field)
+    return a, b
+
+
 def free_port() -> int:
     """A TCP port nobody listens on now (for a process group's rendezvous)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def run_ranks(worker: Callable[..., Any], world: int, *args: Any) -> list[Any]:
+    """`worker(rank, world, *args)` in `world` spawned processes joined in one gloo process group (one torch
+    thread each); returns what each rank's call returned, in rank order. `worker` must be a module-level
+    function (the processes import it) and its result picklable by `torch.save`."""
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as out:
+        mp.spawn(_rank, args=(world, free_port(), out, worker, args), nprocs=world, join=True)
+        return [torch.load(Path(out) / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+def _rank(rank: int, world: int, port: int, out: str, worker: Callable[..., Any], args: tuple) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.save(worker(rank, world, *args), Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
 
 
 def loss_output(n=8, c=5, d=6, e=4, seed=0, dtype=torch.float32) -> tuple[ModelOutput, torch.Tensor]:

@@ -4,16 +4,12 @@ one process computes on the whole batch with plain BatchNorm, in eager and compi
 
 from __future__ import annotations
 
-import os
-import socket
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from losses import build_loss
+from tests.helpers import run_ranks
 from trainer.config import ModelConfig
 from trainer.models import build_classifier
 from trainer.sync_bn import SyncBatchNorm, convert_sync_bn
@@ -69,33 +65,19 @@ def step(net, images, target, mode):
     return value.detach(), grads, stats
 
 
-def _worker(rank, world, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        images, target = rank_batch(rank, world)
-        results = {}
-        for mode in MODES:
-            net = model(sync=True)
-            assert any(isinstance(m, SyncBatchNorm) for m in net.modules())
-            results[mode] = step(DistributedDataParallel(net), images, target, mode)
-        torch.save(results, os.path.join(out, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _worker(rank, world):
+    images, target = rank_batch(rank, world)
+    results = {}
+    for mode in MODES:
+        net = model(sync=True)
+        assert any(isinstance(m, SyncBatchNorm) for m in net.modules())
+        results[mode] = step(DistributedDataParallel(net), images, target, mode)
+    return results
 
 
 @pytest.fixture(scope="module")
-def rank_results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bcl_ddp")
-    mp.spawn(_worker, args=(WORLD, _free_port(), str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+def rank_results():
+    return run_ranks(_worker, WORLD)
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -3,17 +3,13 @@ one process computes on the whole batch (losses/bcl.py, losses/distributed.py)."
 
 from __future__ import annotations
 
-import os
-import socket
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from losses import ModelOutput, balanced_contrastive, build_loss, log_prior
 from losses.distributed import batch_group
+from tests.helpers import run_ranks
 
 pytestmark = pytest.mark.slow
 
@@ -57,35 +53,21 @@ def run_loss(name: str, mode: str, cosines, view1, view2, centers, target):
     return value.detach(), cosines.grad, view1.grad, view2.grad, centers.grad
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        cosines, view1, view2, centers, target = whole_batch()
-        rows = rank_rows(rank, world)
-        results = {}
-        for name in LOSSES:
-            for mode in MODES:
-                results[name, mode] = run_loss(
-                    name, mode, cosines[rows], view1[rows], view2[rows], centers, target[rows]
-                )
-        torch.save(results, os.path.join(out, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _worker(rank: int, world: int) -> dict:
+    cosines, view1, view2, centers, target = whole_batch()
+    rows = rank_rows(rank, world)
+    results = {}
+    for name in LOSSES:
+        for mode in MODES:
+            results[name, mode] = run_loss(
+                name, mode, cosines[rows], view1[rows], view2[rows], centers, target[rows]
+            )
+    return results
 
 
 @pytest.fixture(scope="module")
-def rank_results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bcl_ranks")
-    mp.spawn(_worker, args=(WORLD, _free_port(), str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+def rank_results():
+    return run_ranks(_worker, WORLD)
 
 
 def close(actual, expected):

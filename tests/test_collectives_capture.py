@@ -4,8 +4,6 @@ compiled (CPU, gloo), and inside a captured CUDA graph that is replayed on new d
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
@@ -13,21 +11,16 @@ import torch.nn.functional as F
 
 from losses import balanced_contrastive
 from losses.distributed import batch_group
+from tests.helpers import free_port
 from trainer.sync_bn import sync_batch_norm
 
 MOMENTUM, EPS = 0.1, 1e-5
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def one_rank_group(backend: str, device: str):
     extra = {"device_id": torch.device(device)} if backend == "nccl" else {}
     dist.init_process_group(
-        backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1, **extra
+        backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1, **extra
     )
     return dist.group.WORLD
 

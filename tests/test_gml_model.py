@@ -6,18 +6,16 @@ The teacher's loading is in tests/test_teacher.py."""
 from __future__ import annotations
 
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 from torch._dynamo.utils import counters
 
 from losses import build_loss
 from losses.output import MoCoOutput, ModelOutput
+from tests.helpers import run_ranks
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.config import ConfigError, ModelConfig, OptimConfig
 from trainer.gml_model import ClassBalancedQueue, GMLStudent, queue_layout
@@ -250,33 +248,21 @@ def test_compiled_student_equals_eager():
     assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
 
 
-def _two_process_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        model = make_student(seed=0).train()  # the same weights and initial queue on both ranks
-        images, labels = batch([[0, 3], [3, 1]][rank], seed=rank)
-        out = model(images, labels)
-        with torch.no_grad():
-            keys = model.teacher(images[4:]).features
-        torch.save(
-            {
-                "queue": dict(model.queue.named_buffers()),
-                "own": out.own_keys,
-                "keys": keys,
-                "steps": model.steps,
-            },
-            Path(out_dir) / f"{rank}.pt",
-        )
-    finally:
-        dist.destroy_process_group()
+def _two_process_worker(rank: int, world: int) -> dict:
+    model = make_student(seed=0).train()  # the same weights and initial queue on both ranks
+    images, labels = batch([[0, 3], [3, 1]][rank], seed=rank)
+    out = model(images, labels)
+    with torch.no_grad():
+        keys = model.teacher(images[4:]).features
+    queue = dict(model.queue.named_buffers())
+    return {"queue": queue, "own": out.own_keys, "keys": keys, "steps": model.steps}
 
 
 @pytest.mark.slow
-def test_two_processes_share_one_queue(tmp_path):
+def test_two_processes_share_one_queue():
     """Every rank enqueues every rank's keys (gathered in rank order): the queues stay identical and equal
     the queue of one process given the whole batch."""
-    mp.spawn(_two_process_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    r0, r1 = (torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in (0, 1))
+    r0, r1 = run_ranks(_two_process_worker, 2)
     for name in ("keys", "ids", "pointers"):
         assert torch.equal(r0["queue"][name], r1["queue"][name]), name
     single = make_student(seed=0).train()

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tools.gpu_check_core import KEYS, STATUSES, Context, RecompileCounter, record
-from tools.gpu_check_lead import HostLead, NoLead, run_with_lead
+from tools.gpu_check_core import KEYS, STATUSES, Context, RecompileCounter, record, run_with_lead
+from trainer.lead import HostLead, NoLead
 
 ROOT = Path(__file__).resolve().parents[1]
 # Stages with something to measure on a CPU, and the CUDA-only ones the dry run must skip.

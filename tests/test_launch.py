@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -154,21 +155,20 @@ def test_the_slurm_script_resolves_one_accelerate_launch_per_node(tmp_path):
     assert failed.returncode != 0 and "not inside a SLURM job: set MASTER_ADDR" in failed.stderr
 
 
-def test_a_dbm_run_logs_its_margins_and_warns_when_the_normalisers_differ(caplog):
+def test_a_dbm_loss_describes_its_margins_and_warns_when_the_normalisers_differ():
+    """What a run logs when it builds its loss (trainer.build): the margin range, and a warning."""
     from losses import build_loss
 
     counts = (10, 5, 2, 4)  # the last label is not the rarest class: "last" doubles every margin
     cfg = load_config(None, ["--loss.name=dbm_ce"])
-    with caplog.at_level("INFO", logger="launch"):
-        launch.log_margins(build_loss(cfg.loss, counts), cfg, counts)
-    assert "DBM class margins (loss.margin_norm=min): 0.0200 .. 0.1000" in caplog.text
-    assert "'last' (the released code) gives every class a margin 100.0% larger" in caplog.text
-    caplog.clear()
-    with caplog.at_level("INFO", logger="launch"):
-        launch.log_margins(build_loss(cfg.loss, (10, 5, 4, 2)), cfg, (10, 5, 4, 2))
-        launch.log_margins(build_loss("ce", counts), cfg, counts)  # no margins: nothing to say
-    assert "margin_norm=min" in caplog.text and "larger" not in caplog.text
-    assert caplog.text.count("DBM class margins") == 1
+    (info, first), (warning, second) = build_loss(cfg.loss, counts).describe(counts)
+    assert (info, warning) == (logging.INFO, logging.WARNING)
+    assert first == "DBM class margins (loss.margin_norm=min): 0.0200 .. 0.1000"
+    assert "'last' (the released code) gives every class a margin 100.0% larger" in second
+    assert "the last label has 4 images, the rarest class 2; this run uses 'min'" in second
+    sorted_counts = (10, 5, 4, 2)
+    assert [lvl for lvl, _ in build_loss(cfg.loss, sorted_counts).describe(sorted_counts)] == [logging.INFO]
+    assert build_loss("ce", counts).describe(counts) == []  # no margins: nothing to say
 
 
 def test_keeping_the_last_partial_batch(demo_converted, tmp_path):

@@ -71,7 +71,7 @@ class SlowCudaStep:
     in front of it lets the host run ahead unless the loop bounds it. It measures the lead after each step."""
 
     def __init__(self):
-        from tools.gpu_check_lead import LeadMeter
+        from tools.gpu_check_core import LeadMeter
 
         self.device = torch.device("cuda")
         self.meter = LeadMeter()

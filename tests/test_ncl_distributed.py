@@ -5,15 +5,12 @@ compiled; the queues are left out of DDP's broadcast from rank 0."""
 from __future__ import annotations
 
 import copy
-import os
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from tests.helpers import free_port
+from tests.helpers import run_ranks
 from trainer.models import rank_identical_buffers
 from trainer.ncl_model import NCLModel
 from trainer.resnet_cifar import ResNetCifar
@@ -48,30 +45,22 @@ def own_keys(model: NCLModel, images: torch.Tensor) -> torch.Tensor:
         return torch.stack([F.normalize(p(b(x)), dim=1) for b, p in pairs])
 
 
-def _worker(rank: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        results = {}
-        for mode in MODES:
-            model = tiny().train()
-            before = model.queues.clone()
-            images = rank_images(rank)
-            keys = own_keys(model, images)
-            step = torch.compile(model, backend="aot_eager") if mode == "compile" else model
-            step(images)
-            results[mode] = (before, keys, model.queues.clone(), int(model.queue_ptr))
-        torch.save(results, os.path.join(out, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _worker(rank: int, world: int) -> dict:
+    results = {}
+    for mode in MODES:
+        model = tiny().train()
+        before = model.queues.clone()
+        images = rank_images(rank)
+        keys = own_keys(model, images)
+        step = torch.compile(model, backend="aot_eager") if mode == "compile" else model
+        step(images)
+        results[mode] = (before, keys, model.queues.clone(), int(model.queue_ptr))
+    return results
 
 
 @pytest.fixture(scope="module")
-def rank_results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ncl_ranks")
-    mp.spawn(_worker, args=(free_port(), str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+def rank_results():
+    return run_ranks(_worker, WORLD)
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -4,15 +4,12 @@ the outputs, running statistics and gradients of one process with plain BatchNor
 from __future__ import annotations
 
 import copy
-import os
-import socket
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
+from tests.helpers import run_ranks
 from trainer.sync_bn import SyncBatchNorm, convert_sync_bn
 
 WORLD = 2
@@ -77,34 +74,20 @@ def run(net, mode, x, upstream, steps=2):
     return out.detach(), inputs.grad, state, grads
 
 
-def _worker(rank, world, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        x, upstream = whole_batch()
-        rows = rank_rows(rank, world)
-        results = {}
-        for momentum in MOMENTA:
-            for mode in MODES:
-                net = convert_sync_bn(build(momentum))
-                results[momentum, mode] = run(net.train(), mode, x[rows], upstream[rows])
-        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _worker(rank, world):
+    x, upstream = whole_batch()
+    rows = rank_rows(rank, world)
+    results = {}
+    for momentum in MOMENTA:
+        for mode in MODES:
+            net = convert_sync_bn(build(momentum))
+            results[momentum, mode] = run(net.train(), mode, x[rows], upstream[rows])
+    return results
 
 
 @pytest.fixture(scope="module")
-def rank_results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sync_bn_ranks")
-    mp.spawn(_worker, args=(WORLD, _free_port(), str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+def rank_results():
+    return run_ranks(_worker, WORLD)
 
 
 def close(actual, expected):

@@ -122,7 +122,7 @@ def test_build_model_makes_the_student_the_loss_names(tmp_path):
     assert not build_model(cfg, build_loss("gml", COUNTS, gml_alpha=0.0), **where).distill
     classifier = build_model(cfg, build_loss("dbm_bcl", COUNTS), **where)
     assert not isinstance(classifier, GMLStudent) and classifier.bcl  # 3 views: BCL's heads
-    # What DDP need not broadcast (launch.build): every rank updates them identically.
+    # What DDP need not broadcast (trainer.build): every rank updates them identically.
     assert sorted(rank_identical_buffers(model)) == ["queue.ids", "queue.keys", "queue.pointers", "steps"]
     assert set(rank_identical_buffers(model)) <= set(dict(model.named_buffers()))
     assert rank_identical_buffers(classifier) == []

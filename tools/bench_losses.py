@@ -3,15 +3,12 @@
     python -m tools.bench_losses                       # CPU, (N, C) = (256, 1000) and (512, 8142)
     python -m tools.bench_losses --device cuda --json bench_out/losses.json
 
-Everything runs in one process on the same random inputs: cosines in [-0.9, 0.9] as logits, [N, 512]
-features, for BCL [2N, 128] / [C, 128] embeddings and centres, and for GML (whose model returns a
-`MoCoOutput`) similarities to a class-balanced queue of min(16 C, 16384) keys, T_c and teacher cosines.
-A timed call is the loss's forward plus `torch.autograd.grad` to its inputs. "compiled" is
-`torch.compile(loss, fullgraph=True)` (Inductor, the default mode); the compile and `--warmup` calls are
-left out. Timing is tools/timer.py: a host clock on the CPU, CUDA events with one synchronisation per
-measurement on a GPU. Each figure is the best of `--rounds` means of `--repeats` calls, the loss and plain
-`F.cross_entropy` interleaved round by round (same mode, size, inputs and, on a busy host, the same load);
-`ratio` divides the first by the second.
+One process, the same random inputs of the kind each loss's model returns (`INPUTS`, per model kind:
+cosines as logits, [N, 512] features, BCL's embeddings and centres, GML's queue similarities, NCL's 3
+experts' cosines and MoCo similarities). A timed call is the forward plus `torch.autograd.grad` to the
+inputs, eager or `torch.compile(fullgraph=True)`, after the compile and `--warmup` calls (tools/timer.py).
+A figure is the best of `--rounds` means of `--repeats` calls, interleaved round by round with plain
+`F.cross_entropy` (same mode, size, inputs and load); `ratio` divides the first by the second.
 """
 
 from __future__ import annotations
@@ -25,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from losses import ModelOutput, build_loss, loss_class, loss_names
-from losses.output import MoCoOutput
+from losses.output import ExpertOutput, MoCoOutput
 from tools.longtail import imagenet_lt_counts
 from tools.output import add_json_flag, record, write_json
 from tools.timer import CLOCKS, Timer
@@ -65,8 +62,26 @@ def _gml_inputs(n: int, c: int, device: torch.device) -> tuple[MoCoOutput, torch
     return output, target
 
 
-# The inputs of each kind of model (a loss's `model` attribute).
-INPUTS = {"classifier": _inputs, "gml_student": _gml_inputs}
+def _ncl_inputs(n: int, c: int, device: torch.device) -> tuple[ExpertOutput, torch.Tensor]:
+    """What NCL's experts hand their loss in training: the model config's default experts and queue."""
+    from trainer.config import ModelConfig
+
+    experts, queue = ModelConfig().ncl_experts, ModelConfig().ncl_queue
+    plain, target = _inputs(n, c, device)
+    g = torch.Generator(device=device).manual_seed(2)
+    output = ExpertOutput(
+        features=torch.randn(n, experts * FEATURE_DIM, device=device, generator=g).relu().requires_grad_(),
+        logits=plain.logits,
+        expert_logits=(torch.rand(experts, n, c, device=device, generator=g) * 1.8 - 0.9).requires_grad_(),
+        contrast_logits=(
+            torch.rand(experts, n, 1 + queue, device=device, generator=g) * 2 - 1
+        ).requires_grad_(),
+    )
+    return output, target
+
+
+# The inputs of each kind of model (a loss's `model` attribute): every registered loss's kind has one.
+INPUTS = {"classifier": _inputs, "gml_student": _gml_inputs, "ncl_experts": _ncl_inputs}
 
 
 def _step(loss_fn: Callable, output: ModelOutput | MoCoOutput, target: torch.Tensor) -> Callable[[], object]:
@@ -111,11 +126,16 @@ def run(
     clock="thread" (CPU only, one torch thread) times with the calling thread's CPU time (tools/timer.py)."""
     dev = torch.device(device)
     timer = Timer(dev, clock)
-    # By default the losses this bench can feed (NCL's take a multi-expert model's output).
-    names = list(losses) if losses else [n for n in loss_names() if loss_class(n).model in INPUTS]
+    names = list(losses) if losses else loss_names()
+    for name in names:
+        if loss_class(name).model not in INPUTS:
+            raise ValueError(
+                f"loss {name!r}: the bench has no inputs for its model kind {loss_class(name).model!r}"
+            )
     rows = []
     for n, c in sizes:
-        inputs = {kind: make(n, c, dev) for kind, make in INPUTS.items()}
+        kinds = {loss_class(name).model for name in names}
+        inputs = {kind: make(n, c, dev) for kind, make in INPUTS.items() if kind in kinds}
         counts = imagenet_lt_counts(c)
         for mode, name in itertools.product(modes, names):
             output, target = inputs[loss_class(name).model]

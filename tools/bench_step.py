@@ -4,7 +4,7 @@ to end through `make_loader`, reported as a fraction of (b) with the same mode: 
     python -m tools.bench_step step --arch resnet50 --resolution 224 --batch 256 --device cuda
     python -m tools.bench_step e2e --data bench_out/imagenet_like/train --backends ffcv,dali --device cuda
 
-The step is built as launch.py builds it, with the recipes' default loss, optimizer and step settings.
+The step is built by `trainer.build.build_parts`, as a run builds it, with the config's defaults otherwise.
 Timing (tools/timer.py): warm-up (JIT, compile, capture) runs off the clock; GPU time comes from CUDA events
 around the timed steps with one synchronisation at the end; every comparison runs in this one process.
 """
@@ -22,15 +22,13 @@ from typing import Any
 
 import torch
 
-from losses import build_loss
+from losses import LossConfig
 from pipelines import DataConfig, make_loader, read_meta
-from pipelines.config import IMAGENET_MEAN, IMAGENET_STD
-from tools.longtail import imagenet_lt_counts
+from tools.longtail import LongTailMeta, imagenet_lt_meta
 from tools.output import add_json_flag, record, write_json
 from tools.timer import Timer
-from trainer.config import ModelConfig, OptimConfig, StepConfig
-from trainer.models import build_model
-from trainer.optim import build_optimizer
+from trainer.build import build_parts
+from trainer.config import Config, ModelConfig, RunConfig, StepConfig
 from trainer.step import TrainStep
 
 MODES = ("eager", "compile", "graph")
@@ -48,19 +46,17 @@ class StepBench:
     warmup: int = 5
     steps: int = 20
 
-    def make_step(self, class_counts: Sequence[int], mode: str, seed: int = 0) -> TrainStep:
-        """A TrainStep as launch.py builds it; seeded, so every mode starts from the same weights."""
-        torch.manual_seed(seed)
-        loss_fn = build_loss(self.loss, class_counts).to(self.device)
-        model = build_model(
-            ModelConfig(arch=self.arch),
-            loss_fn,
-            num_classes=len(class_counts),
-            class_counts=class_counts,
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
-        ).to(self.device)
-        return TrainStep(model, loss_fn, build_optimizer(model, OptimConfig()), StepConfig(mode=mode))
+    def make_step(self, meta: Any, mode: str, seed: int = 0) -> TrainStep:
+        """The TrainStep a run with this model, loss, batch and mode trains with (`meta`: the class counts);
+        seeded, so every mode starts from the same weights."""
+        cfg = Config(
+            run=RunConfig(seed=seed),
+            data=DataConfig(batch_size=self.batch),
+            model=ModelConfig(arch=self.arch),
+            loss=LossConfig(name=self.loss),
+            step=StepConfig(mode=mode),
+        )
+        return build_parts(cfg, meta, device=self.device).train_step
 
     def time(self, step: TrainStep, batches: Iterator) -> dict[str, float]:
         """images/s and ms per step over `steps` steps after `warmup` untimed ones, and their mean loss."""
@@ -106,11 +102,11 @@ def bench_step(
 ) -> list[dict[str, Any]]:
     """(b): the step alone on one device-resident synthetic batch, for each mode, in this process. Without
     `class_counts`, `num_classes` counts spread over ImageNet-LT's range (tools/longtail.py)."""
-    counts = list(class_counts) if class_counts is not None else imagenet_lt_counts(num_classes)
-    data = synthetic_batch(bench.batch, bench.resolution, len(counts), bench.device)
+    meta = imagenet_lt_meta(num_classes) if class_counts is None else LongTailMeta(tuple(class_counts))
+    data = synthetic_batch(bench.batch, bench.resolution, meta.num_classes, bench.device)
     rows = []
     for mode in modes:
-        step = bench.make_step(counts, mode)
+        step = bench.make_step(meta, mode)
         start = time.perf_counter()
         result = bench.time(step, _repeat(data))
         rows.append(bench.row("step", mode, step, wall_s_incl_warmup=time.perf_counter() - start, **result))
@@ -132,8 +128,8 @@ def bench_e2e(
     bench: StepBench, stem: Path, backends: Iterable[str], mode: str, workers: int
 ) -> list[dict[str, Any]]:
     """(c): training fed by each backend, against (b) with the same model, mode and batch in this process."""
-    counts = list(read_meta(stem).class_counts)  # the meta beside the bare stem
-    synthetic = bench_step(bench, [mode], counts)[0]
+    meta = read_meta(stem)  # the meta beside the bare stem
+    synthetic = bench_step(bench, [mode], meta.class_counts)[0]
     rows = [synthetic]
     for backend in backends:
         cfg = DataConfig(
@@ -148,7 +144,7 @@ def bench_e2e(
             # A full first pass warms FFCV's JIT and DALI's pipeline before any step is timed.
             for _ in loader:
                 pass
-            step = bench.make_step(counts, mode)
+            step = bench.make_step(meta, mode)
             result = bench.time(step, _epochs(loader))
         rows.append(
             bench.row(
@@ -199,8 +195,6 @@ def main(argv: list[str] | None = None) -> int:
     add_json_flag(p)
     args = p.parse_args(argv)
     bench = StepBench(args.arch, args.resolution, args.batch, args.loss, args.device, args.warmup, args.steps)
-    if torch.device(args.device).type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as launch.py: static shapes, so cuDNN autotunes once
     if args.which == "step":
         rows = bench_step(bench, args.modes.split(","), num_classes=args.classes)
     else:

@@ -1,16 +1,15 @@
 """`make gpu-check`: what a GPU box with only torch, torchvision and accelerate can tell about fastlt's CUDA
-path (gpu-review.md §6, issue 12), in at most 7 minutes, as JSON lines plus a table.
+path, in at most 7 minutes, as JSON lines plus a table.
 
     PYTHONPATH=. python3 tools/gpu_check.py --out bench_out/gpu_check.jsonl   # on the GPU
     PYTHONPATH=. python3 tools/gpu_check.py --dry-run                  # tiny sizes on the CPU (a test)
     PYTHONPATH=. python3 tools/gpu_check.py --only resnet50,augment    # some stages
 
-Stages run in priority order, each in its own process under its own time cap (a CUDA error or a compile
-that overruns cannot take the others down); a stage that would start with less than its minimum time left
-is skipped and says so, and the whole run never exceeds `--budget` seconds. Each result is one JSON line
-(schema in tools/gpu_check_core.py) written to `--out` and to stdout; the stages' own logs go to
-`<out>.log`. The dry run forces the CPU and runs the stages in this process (fast), except with
-`--isolate yes`. Nothing here needs DALI, FFCV, a network or an API newer than torch 2.11.
+Stages run in priority order, each in its own process under its own time cap; a stage that would start
+with less than its minimum time left is skipped and says so, and the run never exceeds `--budget` seconds.
+Each result is one JSON line (schema in tools/gpu_check_core.py) to `--out` and stdout; the stages' logs go
+to `<out>.log`. The dry run forces the CPU and runs the stages in this process, except with `--isolate yes`.
+Nothing here needs DALI, FFCV, a network or an API newer than torch 2.11.
 """
 
 from __future__ import annotations
@@ -52,14 +51,14 @@ class Stage:
         return getattr(__import__(module, fromlist=[name]), name)
 
 
-# Priority order (gpu-review.md §6, then issue 12's CIFAR figure, then the decode proxy).
+# Priority order: the environment, capture and DDP correctness, the step speeds, then the decode proxy.
 STAGES: tuple[Stage, ...] = (
     Stage("env", 30, 5, False, "tools.gpu_check_env:stage_env"),
     Stage("gpu_tests", 75, 30, True, "tools.gpu_check_env:stage_gpu_tests"),
     Stage("capture", 60, 25, True, "tools.gpu_check_capture:stage_capture"),
     Stage("ddp", 50, 20, False, "tools.gpu_check_capture:stage_ddp"),
     Stage("resnet50", 210, 90, False, "tools.gpu_check_speed:stage_resnet50"),
-    Stage("augment", 75, 25, False, "tools.gpu_check_augment:stage_augment"),
+    Stage("augment", 75, 25, False, "tools.gpu_check_speed:stage_augment"),
     Stage("cifar", 100, 40, True, "tools.gpu_check_speed:stage_cifar"),
     Stage("decode", 25, 10, True, "tools.gpu_check_speed:stage_decode"),
 )

@@ -1,22 +1,23 @@
 """Stages `capture` and `ddp`: CUDA-graph capture while a loader-like thread is live, and DDP + capture.
 
-`capture` (gpu-review.md §1.3, §6 stages 2 and 7) answers: does a capture survive a thread that allocates
-(DALI-like) or only copies (FFCV-like) during the capture window, in the default global mode and in
-thread-local mode; and does capturing before the thread starts (what "capture before the loaders" does)
-keep every later replay correct while the thread runs? Each case is 1.0 when the capture succeeded and
-the replays reproduced an eager run of the same steps, 0.0 otherwise (`note` has the error). Cases that may
-leave the CUDA context unusable run last.
-
-`ddp` (§6 stage 3): the trainer's graph step on a DDP-wrapped model (NCCL, one process, world size 1: one
-GPU per box here), with a DRW switch between replays, against the eager step without DDP; the figure is
-the largest parameter difference relative to the parameters' scale.
+`capture`: does a capture survive a thread that allocates (DALI-like) or only copies (FFCV-like) during the
+capture window, in global and thread-local mode; and does capturing before the thread starts keep every
+later replay correct while it runs? A case is 1.0 when the capture succeeded and the replays reproduced an
+eager run of the same steps, else 0.0 (`note` has the error); cases that may break the context run last.
+`LoaderThread` plays the loaders: `dali` cudaMalloc/cudaFree and pinned allocations through the process's
+own libcudart (bypassing torch's caching allocator, as a C++ library does), `ffcv` only asynchronous copies.
+`ddp`: the trainer's graph step on a DDP-wrapped model (one process, world size 1), with a DRW switch
+between replays, against the eager step without DDP: the largest parameter difference over their scale.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import socket
+import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,10 +25,126 @@ import torch.distributed as dist
 from torch import nn
 
 from tools.gpu_check_core import Context, images_batch, record, skipped
-from tools.gpu_check_threads import LoaderThread
 from tools.gpu_check_trainer import build_step
 
 OK = "ok=1"
+
+
+# --- loader-like threads ---
+
+MIB = 1 << 20
+
+
+def find_cudart() -> ctypes.CDLL | None:
+    """The CUDA runtime library already mapped into this process (None if torch links it statically)."""
+    torch.cuda.init()
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return None
+    paths = sorted({line.split()[-1] for line in maps.splitlines() if "libcudart.so" in line.split()[-1]})
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        if hasattr(lib, "cudaMalloc") and hasattr(lib, "cudaHostAlloc"):
+            return lib
+    return None
+
+
+class LoaderThread(threading.Thread):
+    """Runs `kind`'s CUDA calls in a loop until `stop()`; counts calls and the error codes returned."""
+
+    def __init__(self, kind: str, device: torch.device) -> None:
+        super().__init__(daemon=True, name=f"{kind}-like-loader")
+        if kind not in ("dali", "ffcv"):
+            raise ValueError(f"unknown loader thread kind {kind!r}")
+        self.kind, self.device = kind, device
+        self._stop = threading.Event()
+        self.started_work = threading.Event()
+        self.calls = 0
+        self.errors: dict[str, int] = {}
+        self.lib = find_cudart() if kind == "dali" else None
+        self.mechanism = "libcudart" if self.lib is not None else ("torch" if kind == "dali" else "streams")
+
+    def stop(self) -> dict[str, Any]:
+        self._stop.set()
+        self.join(timeout=30)
+        return {"thread": self.kind, "mechanism": self.mechanism, "calls": self.calls, "errors": self.errors}
+
+    def _error(self, what: str) -> None:
+        self.errors[what] = self.errors.get(what, 0) + 1
+
+    def run(self) -> None:
+        torch.cuda.set_device(self.device)
+        try:
+            {"dali": self._dali, "ffcv": self._ffcv}[self.kind]()
+        except Exception as exc:  # the thread's own failure is a result, not a crash of the check
+            self._error(f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+        finally:
+            self.started_work.set()
+
+    def _dali(self) -> None:
+        if self.lib is None:
+            return self._dali_torch()
+        lib, ptr = self.lib, ctypes.c_void_p()
+        sizes = [2 * MIB, 6 * MIB, 10 * MIB]
+        i = 0
+        while not self._stop.is_set():
+            size = sizes[i % len(sizes)]
+            rc = lib.cudaMalloc(ctypes.byref(ptr), ctypes.c_size_t(size))
+            self._count("cudaMalloc", rc)
+            if rc == 0:
+                self._count("cudaFree", lib.cudaFree(ptr))
+            rc = lib.cudaHostAlloc(ctypes.byref(ptr), ctypes.c_size_t(size // 2), ctypes.c_uint(0))
+            self._count("cudaHostAlloc", rc)
+            if rc == 0:
+                self._count("cudaFreeHost", lib.cudaFreeHost(ptr))
+            i += 1
+            self.started_work.set()
+
+    def _dali_torch(self) -> None:
+        stream = torch.cuda.Stream(self.device)
+        i = 0
+        with torch.cuda.stream(stream):
+            while not self._stop.is_set():
+                size = (2 + i % 7) * MIB + 4096 * (i % 13)  # fresh sizes: the cache rarely has a block
+                try:
+                    buf = torch.empty(size, dtype=torch.uint8, device=self.device)
+                    pinned = torch.empty(size // 2, dtype=torch.uint8, pin_memory=True)
+                    del buf, pinned
+                    torch.cuda.empty_cache()  # cudaFree: synchronises the device
+                    self.calls += 3
+                except RuntimeError as exc:
+                    self._error(str(exc).splitlines()[0][:120])
+                i += 1
+                self.started_work.set()
+
+    def _ffcv(self) -> None:
+        stream = torch.cuda.Stream(self.device)
+        host = [torch.empty(4 * MIB, dtype=torch.uint8).pin_memory() for _ in range(3)]
+        dev = [torch.empty(4 * MIB, dtype=torch.uint8, device=self.device) for _ in range(3)]
+        done = [torch.cuda.Event() for _ in range(3)]
+        i = 0
+        while not self._stop.is_set():
+            slot = i % 3
+            stream.wait_event(done[slot])  # as FFCV: the copy stream waits for the slot, the host does not
+            host[slot].fill_(i % 251)  # the CPU writes the next batch into the pinned slot
+            with torch.cuda.stream(stream):
+                dev[slot].copy_(host[slot], non_blocking=True)
+                done[slot].record(stream)
+            self.calls += 2
+            i += 1
+            self.started_work.set()
+
+    def _count(self, name: str, rc: int) -> None:
+        self.calls += 1
+        if rc != 0:
+            self._error(f"{name} -> cudaError {rc}")
+
+
+# --- capture ---
 
 
 class RawStep:
@@ -133,7 +250,7 @@ def _trainer_case(ctx: Context, capture_first: bool) -> dict[str, Any]:
     }
 
 
-# (case, what the review expects, how to run it); ordered so that cases which may break the context run last
+# (case, the expected outcome, how to run it); ordered so that cases which may break the context run last
 CAPTURE_CASES: list[tuple[str, str, Callable[[Context], dict[str, Any]]]] = [
     ("capture_then_dali_thread", "pass", lambda c: _raw_case(c, "dali", "global", thread_first=False)),
     ("ffcv_thread_global", "pass", lambda c: _raw_case(c, "ffcv", "global", thread_first=True)),

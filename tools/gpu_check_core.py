@@ -1,4 +1,5 @@
-"""Shared pieces of the GPU check: the result record, the stage context, timers and synthetic batches.
+"""Shared pieces of the GPU check: the result record, the stage context, synthetic batches, the recompile
+counter and the host-lead meter (timing is tools/timer.py).
 
 A record is one JSON line:
 
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from trainer.lead import Event, HostLead, NoLead, cuda_event
 
 STATUSES = ("ok", "skipped", "error", "timeout")
 KEYS = ("stage", "case", "status", "value", "unit", "baseline", "ratio", "note", "detail")
@@ -97,42 +100,9 @@ class Context:
         return found
 
 
-class Clock:
-    """Seconds of device time for a block of work: CUDA events on a GPU (one synchronisation, at the end),
-    the wall clock on a CPU."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-
-    def __call__(self, fn: Callable[[], object], iters: int) -> float:
-        """Mean seconds per call of `fn` over `iters` calls (the caller has warmed it up)."""
-        if self.cuda:
-            begin = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            begin.record()
-            for _ in range(iters):
-                fn()
-            end.record()
-            end.synchronize()
-            return begin.elapsed_time(end) / 1e3 / iters
-        start = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        return (time.perf_counter() - start) / iters
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def timed_first_call(fn: Callable[[], object], device: torch.device) -> float:
-    """Wall seconds of one call until its device work is done (compile and capture included)."""
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
 
 
 def images_batch(
@@ -172,3 +142,51 @@ class RecompileCounter(logging.Handler):
         for lg in self._loggers:
             lg.removeHandler(self)
         torch._logging.set_logs()
+
+
+class LeadMeter:
+    """After each step, `mark()` records an event and returns how many enqueued steps have not finished
+    (the step just enqueued included): 1 means the device keeps up, n means the host is n - 1 steps ahead
+    of the step the device is running."""
+
+    def __init__(self, new_event: Callable[[], Event] = cuda_event) -> None:
+        self._new = new_event
+        self._events: list[Event] = []
+        self._done = 0  # every event before this index has completed
+        self.leads: list[int] = []
+
+    def mark(self) -> int:
+        event = self._new()
+        event.record()
+        self._events.append(event)
+        while self._done < len(self._events) and self._events[self._done].query():
+            self._done += 1
+        lead = len(self._events) - self._done
+        self.leads.append(lead)
+        return lead
+
+    @property
+    def max(self) -> int:
+        return max(self.leads, default=0)
+
+
+def run_with_lead(
+    step: Callable[[Any], None],
+    batches: list[Any],
+    lead: HostLead | NoLead,
+    new_event: Callable[[], Event] = cuda_event,
+) -> dict[str, float]:
+    """Run `step` over `batches` as the loop would (wait, step, record), measuring the lead after each
+    step; returns the maximum and mean lead and how often the ring made the host wait."""
+    meter = LeadMeter(new_event)
+    for batch in batches:
+        lead.wait()
+        step(batch)
+        lead.record()
+        meter.mark()
+    return {
+        "max_lead": float(meter.max),
+        "mean_lead": sum(meter.leads) / max(1, len(meter.leads)),
+        "waits": float(lead.waits),
+        "steps": float(len(batches)),
+    }

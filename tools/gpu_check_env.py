@@ -3,8 +3,6 @@ FFCV: capture, replay, re-capture, no host sync, the host-lead ring)."""
 
 from __future__ import annotations
 
-import os
-import platform
 import re
 import shutil
 import subprocess
@@ -22,13 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 GPU_TEST_FILES = ("tests/test_step.py", "tests/test_gpu_check.py")
 
 
-def _version(module: str) -> str:
-    try:
-        return __import__(module).__version__
-    except Exception as exc:  # a missing package is a finding, not a crash
-        return f"missing ({type(exc).__name__})"
-
-
 def _nvidia_smi() -> str:
     exe = shutil.which("nvidia-smi")
     if exe is None:
@@ -39,20 +30,14 @@ def _nvidia_smi() -> str:
 
 
 def stage_env(ctx: Context) -> Iterator[dict[str, Any]]:
+    """The record every run and benchmark writes (trainer/environment.py), plus the GPUs' own figures."""
+    from trainer.environment import environment
+
     devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    detail: dict[str, Any] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": _version("torchvision"),
-        "accelerate": _version("accelerate"),
-        "cuda": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "cpus": len(os.sched_getaffinity(0)),
-        "nvidia_smi": _nvidia_smi(),
-    }
+    detail: dict[str, Any] = dict(environment(ctx.device), nvidia_smi=_nvidia_smi())
     if devices:
         props = torch.cuda.get_device_properties(ctx.device)
-        detail.update(gpu=props.name, sms=props.multi_processor_count, memory_gib=props.total_memory / 2**30)
+        detail.update(sms=props.multi_processor_count, memory_gib=props.total_memory / 2**30)
     yield record("env", "cuda_devices", devices, "devices", **detail)
 
 

@@ -1,7 +1,10 @@
 """Throughput stages: `resnet50` (eager / compile / graph, the host lead, eager augmentation in front of the
-graph step), `cifar` (ResNet-32 at batch 64 and 128, graph against compile) and `decode` (torchvision's
-batched nvJPEG decode). Times are CUDA-event times after warm-up; every ratio is against a baseline run
-side by side in the same process. The dry run uses a tiny model at a tiny size, on the CPU.
+step), `augment` (the batched augmentations at 224 px, batch 256, eager and compiled, as a fraction of the
+`resnet50` stage's step: goal AutoAugment + Cutout < 5%), `cifar` (ResNet-32 at batch 64 and 128, graph
+against compile) and `decode` (torchvision's batched nvJPEG decode). Times are tools/timer.py's (CUDA events
+after warm-up); every ratio is against a baseline run side by side in the same process. The dry run uses a
+tiny model at a tiny size, on the CPU. Eager augmentations draw from an explicit device generator, as the
+loader calls them; compiled ones from the global RNG (Dynamo does not trace a Generator argument).
 """
 
 from __future__ import annotations
@@ -13,17 +16,19 @@ from typing import Any
 import torch
 
 from tools.gpu_check_core import (
-    Clock,
     Context,
+    HostLead,
+    NoLead,
     RecompileCounter,
     images_batch,
     record,
+    run_with_lead,
     skipped,
     sync,
     with_ratio,
 )
-from tools.gpu_check_lead import HostLead, NoLead, run_with_lead
 from tools.gpu_check_trainer import Trainer, build_step
+from tools.timer import Timer
 
 NO_CUDA = "skipped: no CUDA"
 
@@ -57,7 +62,7 @@ def timed_mode(
             t(x, y)
         t.read_loss()  # a host sync: warm-up work is done before the clock starts
         setup = time.perf_counter() - start
-        seconds = Clock(dev)(lambda: t(x, y), iters)
+        seconds = Timer(dev).per_call(lambda: t(x, y), iters)
         loss = t.read_loss()
     rec = record(
         stage,
@@ -77,13 +82,7 @@ def timed_mode(
     return rec, t
 
 
-def _as_launch_py() -> None:
-    """The process-wide settings launch.py makes before training on CUDA."""
-    torch.backends.cudnn.benchmark = True
-
-
 def stage_resnet50(ctx: Context) -> Iterator[dict[str, Any]]:
-    _as_launch_py()
     arch, res, batch, classes = ("resnet_tiny", 16, 8, 10) if ctx.dry_run else ("resnet50", 224, 256, 1000)
     iters = 2 if ctx.dry_run else 20
     backend = "eager" if ctx.dry_run else "inductor"
@@ -147,9 +146,9 @@ def _augment_in_front(
     iters = 2 if ctx.dry_run else 20
     for _ in range(2):
         step(aug(x, generator=g), y)
-    clock = Clock(dev)
-    alone = clock(lambda: step(x, y), iters)
-    both = clock(lambda: step(aug(x, generator=g), y), iters)
+    timer = Timer(dev)
+    alone = timer.per_call(lambda: step(x, y), iters)
+    both = timer.per_call(lambda: step(aug(x, generator=g), y), iters)
     step.read_loss()
     base = record("resnet50", f"{step.mode}_step_alone", batch / alone, "img/s", ms_per_step=1e3 * alone)
     yield base
@@ -171,7 +170,6 @@ def stage_cifar(ctx: Context) -> Iterator[dict[str, Any]]:
     if not ctx.cuda:
         yield skipped("cifar", "graph_vs_compile", NO_CUDA)
         return
-    _as_launch_py()
     for batch in (64, 128):
         recs: dict[str, dict[str, Any]] = {}
         for mode in ("compile", "graph"):
@@ -213,5 +211,60 @@ def stage_decode(ctx: Context) -> Iterator[dict[str, Any]]:
     cpu = record("decode", "cpu_one_thread", len(data) / (wall() - start), "img/s", threads=1)
     yield cpu
     decode_jpeg(data[:8], device=ctx.device)
-    seconds = Clock(ctx.device)(lambda: decode_jpeg(data, device=ctx.device), 5)
+    seconds = Timer(ctx.device).per_call(lambda: decode_jpeg(data, device=ctx.device), 5)
     yield with_ratio(record("decode", "nvjpeg_batch", len(data) / seconds, "img/s", batch=len(data)), cpu)
+
+
+# --- augment ---
+
+POLICIES: dict[str, dict[str, Any]] = {
+    "autoaugment_cutout": dict(auto_augment="imagenet", cutout=16),
+    "randaugment": dict(
+        auto_augment="randaugment", randaugment_m=10, magnitude_std=0.5, randaugment_style="timm"
+    ),
+}
+
+
+def _step_ms(ctx: Context) -> tuple[float | None, str]:
+    """The fastest ResNet-50 step time this run measured (graph, else compile, else eager)."""
+    for mode in ("graph", "compile", "eager"):
+        rec = ctx.earlier("resnet50", mode)
+        if rec and rec["status"] == "ok":
+            return rec["detail"]["ms_per_step"], mode
+    return None, ""
+
+
+def stage_augment(ctx: Context) -> Iterator[dict[str, Any]]:
+    from pipelines.augment import build_batch_augment
+
+    dev = ctx.device
+    batch, res = (4, 16) if ctx.dry_run else (256, 224)
+    iters = 2 if ctx.dry_run else 20
+    backend = "eager" if ctx.dry_run else "inductor"
+    x, _ = images_batch(batch, res, dev)
+    step_ms, step_mode = _step_ms(ctx)
+    timer = Timer(dev)
+    for name, kwargs in POLICIES.items():
+        aug = build_batch_augment(**kwargs).to(dev)
+        g = torch.Generator(device=dev).manual_seed(0)
+        for _ in range(2):
+            aug(x, generator=g)
+        eager_s = timer.per_call(lambda aug=aug, g=g: aug(x, generator=g), iters)
+        eager = record("augment", f"{name}_eager", 1e3 * eager_s, "ms/batch", **_fraction(eager_s, step_ms))
+        yield eager
+        if ctx.left() < (5 if ctx.dry_run else 45):
+            yield record("augment", f"{name}_compiled", status="skipped", note="stage time cap reached")
+            continue
+        compiled = torch.compile(aug, fullgraph=True, dynamic=False, backend=backend)
+        for _ in range(2):
+            compiled(x)
+        comp_s = timer.per_call(lambda compiled=compiled: compiled(x), iters)
+        rec = record("augment", f"{name}_compiled", 1e3 * comp_s, "ms/batch", **_fraction(comp_s, step_ms))
+        rec["detail"].update(step_mode=step_mode, batch=batch, res=res)
+        yield with_ratio(rec, eager)
+
+
+def _fraction(seconds: float, step_ms: float | None) -> dict[str, Any]:
+    if step_ms is None:
+        return {"fraction_of_step": None}
+    return {"fraction_of_step": 1e3 * seconds / step_ms}

@@ -1,31 +1,37 @@
-"""The module of the GPU check that builds and drives the trainer's step (trainer/*, losses/*).
+"""The module of the GPU check that builds and drives the trainer's step.
 
-Every stage builds its steps through `build_step` and drives them through the returned `Trainer` handle,
-so when the trainer's API changes this file is the one place to adapt (gpu_check_lead.py takes the loop's
-host-lead ring, `trainer.lead`, as it is).
+Every stage builds its steps through `build_step`, which calls `trainer.build.build_parts` (what launch.py
+calls), so the check proves the shipped wiring; stages drive them through the returned `Trainer` handle.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
-from pipelines.config import IMAGENET_MEAN, IMAGENET_STD
-from tools.longtail import imagenet_lt_counts
+from tools.longtail import imagenet_lt_meta
+from trainer.build import Parts
 
 
 @dataclass
 class Trainer:
-    """A training step as the trainer builds it, plus the parts a check compares or restores."""
+    """A run's parts as `build_parts` makes them, with what a check drives, compares or restores."""
 
-    step: Any  # trainer.step.TrainStep
-    model: nn.Module  # possibly DDP-wrapped
-    module: nn.Module  # the unwrapped model
-    loss: nn.Module
-    optimizer: torch.optim.Optimizer
+    parts: Parts
+
+    @property
+    def step(self):  # trainer.step.TrainStep
+        return self.parts.train_step
+
+    @property
+    def module(self) -> nn.Module:
+        """The model without its DDP wrapper."""
+        from trainer.step import unwrap
+
+        return unwrap(self.parts.model)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
         self.step(images, labels)
@@ -39,7 +45,7 @@ class Trainer:
         self.step.set_lr(value)
 
     def set_epoch(self, epoch: int, epochs: int) -> None:
-        self.loss.set_epoch(epoch, epochs)
+        self.parts.loss.set_epoch(epoch, epochs)
 
     def read_loss(self) -> float | None:
         """Host sync: mean loss since the last read (resets the accumulators)."""
@@ -67,51 +73,37 @@ def build_step(
     graph_warmup: int = 3,
     ddp: bool = False,
     seed: int = 0,
+    batch_size: int = 256,
 ) -> Trainer:
-    """Model, loss and optimizer as launch.py builds them (same init for every mode thanks to the seed),
-    wrapped in DDP when asked (the process group must exist), and the TrainStep for `mode`."""
-    from losses import build_loss
-    from trainer.config import ModelConfig, OptimConfig, StepConfig
-    from trainer.models import build_model
-    from trainer.optim import build_optimizer
-    from trainer.step import TrainStep
+    """A run's parts for this model, loss and step mode (seeded: the same initial weights for every mode),
+    with DDP on a one-process group when asked (the group must exist)."""
+    from losses import LossConfig
+    from pipelines import DataConfig
+    from trainer.build import build_parts
+    from trainer.config import Config, ModelConfig, OptimConfig, RunConfig, StepConfig
 
-    torch.manual_seed(seed)
-    counts = imagenet_lt_counts(num_classes)
-    loss_fn = build_loss(loss, counts).to(device)
-    module = build_model(
-        ModelConfig(arch=arch),
-        loss_fn,
-        num_classes=num_classes,
-        class_counts=counts,
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-    ).to(device)
-    optimizer = build_optimizer(module, OptimConfig(lr=0.1, weight_decay=5e-4))
-    model: nn.Module = module
-    if ddp:
-        model = _ddp(module, device)
-    cfg = StepConfig(
-        mode=mode,
-        precision=precision,
-        compile_mode=compile_mode,
-        compile_backend=compile_backend,
-        graph_warmup=graph_warmup,
+    cfg = Config(
+        run=RunConfig(seed=seed),
+        data=DataConfig(batch_size=batch_size),
+        model=ModelConfig(arch=arch),
+        loss=LossConfig(name=loss),
+        optim=OptimConfig(lr=0.1, weight_decay=5e-4),
+        step=StepConfig(
+            mode=mode,
+            precision=precision,
+            compile_mode=compile_mode,
+            compile_backend=compile_backend,
+            graph_warmup=graph_warmup,
+        ),
     )
-    step = TrainStep(model, loss_fn, optimizer, cfg)
-    return Trainer(step, model, module, loss_fn, optimizer)
+    prepare = _ddp(device) if ddp else (lambda m: m)
+    return Trainer(build_parts(cfg, imagenet_lt_meta(num_classes), device=device, prepare=prepare))
 
 
-def _ddp(module: nn.Module, device: torch.device) -> nn.Module:
-    """DDP as launch.py gets it from Accelerate: built on a side stream on CUDA (required to capture its
-    all-reduces into a graph), default buckets, `broadcast_buffers=True`."""
+def _ddp(device: torch.device) -> Callable[[nn.Module], nn.Module]:
+    """DDP as Accelerate wraps the model in launch.py: default buckets, `broadcast_buffers=True`."""
     from torch.nn.parallel import DistributedDataParallel
 
     if device.type != "cuda":
-        return DistributedDataParallel(module)
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        model = DistributedDataParallel(module, device_ids=[device.index or 0])
-    torch.cuda.current_stream(device).wait_stream(side)
-    return model
+        return DistributedDataParallel
+    return lambda module: DistributedDataParallel(module, device_ids=[device.index or 0])

@@ -3,6 +3,8 @@ the formula, LDAM-DRW's float for float): the demo set, the conversion bench's i
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pipelines.convert.readers.cifar import cifar_lt_counts
 
 # ImageNet-LT's training counts run from 1280 images (head) to 5 (tail): imbalance 256. The loss and step
@@ -24,3 +26,18 @@ def long_tail_counts(num_classes: int, n_max: int, imbalance: float) -> list[int
 def imagenet_lt_counts(num_classes: int) -> list[int]:
     """`num_classes` counts spread over ImageNet-LT's range (1280 down to 5)."""
     return long_tail_counts(num_classes, IMAGENET_LT_N_MAX, IMAGENET_LT_IMBALANCE)
+
+
+@dataclass(frozen=True)
+class LongTailMeta:
+    """What `trainer.build.build_parts` reads of a dataset's meta, for a synthetic long tail."""
+
+    class_counts: tuple[int, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_counts)
+
+
+def imagenet_lt_meta(num_classes: int) -> LongTailMeta:
+    return LongTailMeta(tuple(imagenet_lt_counts(num_classes)))

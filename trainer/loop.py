@@ -27,22 +27,17 @@ from tqdm import tqdm
 
 from pipelines.clock import duration
 from trainer import checkpoint, history, rundir, stop, trackers
+from trainer.build import Parts
 from trainer.config import Config, OptimConfig
 from trainer.lead import HostLead, NoLead
-from trainer.optim import SGD
 from trainer.schedule import lr_at
 from trainer.step import EvalStep, TrainStep, unwrap
 
 
 @dataclass
-class Components:
-    """What launch.py builds and `fit` drives."""
+class Components(Parts):
+    """What launch.py builds and `fit` drives: the `Parts` (model as prepared by Accelerate), the loaders."""
 
-    model: nn.Module  # as prepared by Accelerate (a DDP wrapper on several processes)
-    loss: nn.Module  # a losses.Loss: set_epoch(epoch, epochs) before each epoch's steps
-    optimizer: SGD  # its param groups share the step's lr tensor
-    train_step: TrainStep
-    eval_step: EvalStep
     train_loader: Any  # pipelines loader: iterable, len(), set_epoch(epoch), close()
     eval_loader: Any
     class_counts: tuple[int, ...]  # training images per class: results and plot
