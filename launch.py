@@ -100,11 +100,16 @@ def build(cfg: Config, accelerator: Any) -> Any:
 
     device = accelerator.device
     where = dict(rank=accelerator.process_index, world_size=accelerator.num_processes, device=device)
-    views = losses.loss_class(cfg.loss.name).num_views
+    loss_class = losses.loss_class(cfg.loss.name)  # its views and their recipe feed the training loader
     check_parts(cfg, world_size=accelerator.num_processes)  # before any data is read
     with contextlib.ExitStack() as on_error:  # a failure below closes the loaders opened so far
         train_loader = make_loader(
-            cfg.data, "train", views=views, view_recipe=loss_class.view_recipe, seed=cfg.run.seed, **where
+            cfg.data,
+            "train",
+            views=loss_class.num_views,
+            view_recipe=loss_class.view_recipe,
+            seed=cfg.run.seed,
+            **where,
         )
         on_error.callback(train_loader.close)
         eval_loader = make_loader(cfg.data, "eval", seed=cfg.run.seed, **where)
