@@ -157,19 +157,19 @@ def build(cfg: Config, accelerator: Any) -> Any:
     import losses
     from pipelines import make_loader
     from trainer.loop import Components
-    from trainer.models import check_model
+    from trainer.models import check_model, training_views
     from trainer.optim import build_optimizer
     from trainer.step import EvalStep, TrainStep
 
     device = accelerator.device
     where = dict(rank=accelerator.process_index, world_size=accelerator.num_processes, device=device)
     loss_class = losses.loss_class(cfg.loss.name)
-    views = loss_class.num_views
     # The model the loss needs must fit the [model] section and the batch: checked before any data is read.
     check_model(cfg.model, loss_class, batch_size=cfg.data.batch_size, world_size=accelerator.num_processes)
+    views, view_recipe = training_views(cfg.model, loss_class)
     with contextlib.ExitStack() as on_error:  # a failure below closes the loaders opened so far
         train_loader = make_loader(
-            cfg.data, "train", views=views, view_recipe=loss_class.view_recipe, seed=cfg.run.seed, **where
+            cfg.data, "train", views=views, view_recipe=view_recipe, seed=cfg.run.seed, **where
         )
         on_error.callback(train_loader.close)
         eval_loader = make_loader(cfg.data, "eval", seed=cfg.run.seed, **where)
