@@ -97,19 +97,16 @@ def build(cfg: Config, accelerator: Any) -> Any:
     from pipelines import make_loader
     from trainer.build import build_parts, check_parts
     from trainer.loop import Components
+    from trainer.models import training_views
 
     device = accelerator.device
     where = dict(rank=accelerator.process_index, world_size=accelerator.num_processes, device=device)
-    loss_class = losses.loss_class(cfg.loss.name)  # its views and their recipe feed the training loader
     check_parts(cfg, world_size=accelerator.num_processes)  # before any data is read
+    # The loss's views and their recipe (or a two-view BatchNorm teacher's) feed the training loader.
+    views, view_recipe = training_views(cfg.model, losses.loss_class(cfg.loss.name))
     with contextlib.ExitStack() as on_error:  # a failure below closes the loaders opened so far
         train_loader = make_loader(
-            cfg.data,
-            "train",
-            views=loss_class.num_views,
-            view_recipe=loss_class.view_recipe,
-            seed=cfg.run.seed,
-            **where,
+            cfg.data, "train", views=views, view_recipe=view_recipe, seed=cfg.run.seed, **where
         )
         on_error.callback(train_loader.close)
         eval_loader = make_loader(cfg.data, "eval", seed=cfg.run.seed, **where)

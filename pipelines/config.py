@@ -70,9 +70,15 @@ class DataConfig:
     magnitude_std: float = 0.0
     augment_fill: tuple[int, ...] = (128, 128, 128)  # fill of AutoAugment / RandAugment's geometric ops
     cutout: int = 0  # side of the Cutout square in pixels, 0 = off
-    # ColorJitter (brightness, contrast, saturation, hue) with p = 1 on view 0 before the policy (the papers'
-    # large-scale recipes: 0.4, 0.4, 0.4, 0); empty: off
+    # ColorJitter (brightness, contrast, saturation, hue) with p = 1 before the policy, on view 0 and on every
+    # view of the "classification" view recipe (the papers' large-scale recipes: 0.4, 0.4, 0.4, 0); empty: off
     jitter: tuple[float, ...] = ()
+    # Views 1.. of the "classification" view recipe (GML's q and k; view 0 is GML's cls view): after the
+    # jitter and before the policy, RandomGrayscale with this probability, then GaussianBlur (sigma uniform
+    # in [0.1, 2]) with this one (GML's ImageNet-LT views: 0.2 and 0.5); 0: off. The "contrastive" recipe
+    # has its own, fixed grayscale and blur and refuses these keys.
+    view_grayscale: float = 0.0
+    view_blur: float = 0.0
     sampler: str = "uniform"  # a key of pipelines.samplers.SAMPLERS
     epoch_samples: int = 0  # samples per resampled epoch, 0: the natural epoch length
     drop_last: bool = (
@@ -135,6 +141,8 @@ class DataConfig:
                     or (len(self.jitter) == 4 and min(self.jitter) >= 0 and self.jitter[3] <= 0.5),
                     "empty or 4 values >= 0 (brightness, contrast, saturation, hue <= 0.5)",
                 ),
+                ("view_grayscale", 0 <= self.view_grayscale <= 1, "a probability in [0, 1]"),
+                ("view_blur", 0 <= self.view_blur <= 1, "a probability in [0, 1]"),
                 ("mean", len(self.mean) == 3, "3 values"),
                 ("std", len(self.std) == 3 and all(s > 0 for s in self.std), "3 positive values"),
                 ("num_classes", self.num_classes >= 0, ">= 0 (0: the largest label + 1)"),

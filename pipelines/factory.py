@@ -70,8 +70,9 @@ def make_loader(
     batches. `views` > 1 adds views, images then being [views*N, 3, H, W], view-major; with `view_recipe`
     "contrastive" they are BCL's (RandomResizedCrop(`view_crop_scale`) + flip + colour jitter 0.4/0.4/0.4/0.1
     w.p. 0.8 + grayscale w.p. 0.2, + Gaussian blur w.p. 0.5 under 64 px as in the papers' CIFAR recipe),
-    with "classification" each is cropped, flipped and augmented as view 0, with its own draws (GML). The
-    loss declares both (`num_views`, `view_recipe`).
+    with "classification" each is cropped, flipped and augmented as view 0, with its own draws, plus
+    `view_grayscale` and `view_blur` after the jitter (GML). The loss declares both (`num_views`,
+    `view_recipe`).
 
     Evaluation (`split="eval"`): centre crop of `eval_crop_ratio` of the shorter side resized to
     `eval_resolution`; each rank reads its contiguous share of the data in file order, every sample exactly
@@ -86,6 +87,13 @@ def make_loader(
         raise ValueError(f"views must be a positive integer, got {views!r}")
     check_choice("view_recipe", view_recipe, VIEW_RECIPES)
     check_rank(rank, world_size)
+    if split == "train" and views > 1 and view_recipe != "classification":
+        for key in ("view_grayscale", "view_blur"):
+            if getattr(cfg, key):
+                raise ValueError(
+                    f"data.{key}: only the 'classification' view recipe (GML) takes it; this loss's views "
+                    f"follow {view_recipe!r}, which has its own grayscale and blur"
+                )
     path = cfg.path(split)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such dataset file or folder (data.backend={cfg.backend!r})")
@@ -110,7 +118,8 @@ def make_loader(
 
         augment = build_batch_augment(cfg)
         if spec.views > 1 and view_recipe == "classification":
-            view_augment = augment  # the same module: its draws for views 1.. follow view 0's, independent
+            # view 0's stages (+ grayscale / blur): their draws for views 1.. follow view 0's, independent
+            view_augment = build_batch_augment(cfg, extra_view=True)
         elif spec.views > 1:
             from .augment.views import contrastive_view_augment
 

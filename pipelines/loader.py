@@ -28,8 +28,8 @@ from .samplers import EpochOrder
 Batch = tuple[torch.Tensor, torch.Tensor]
 # What the extra training views (views 1.. of a multi-view loss) get; the loss declares it (`view_recipe`).
 # "contrastive": BCL's recipe, RandomResizedCrop(data.view_crop_scale) + flip + colour jitter / grayscale
-# (/ blur); "classification": view 0's own crop, flip and AutoAugment / RandAugment + Cutout, drawn
-# independently per view (GML's cls, q, k).
+# (/ blur); "classification": view 0's own crop, flip, jitter and AutoAugment / RandAugment + Cutout, drawn
+# independently per view, with `data.view_grayscale` / `data.view_blur` before the policy (GML's cls, q, k).
 VIEW_RECIPES = ("contrastive", "classification")
 
 

@@ -45,12 +45,23 @@ def compiled(mode: str) -> tuple[str, ...]:
     return (f"--step.mode={mode}", "--step.compile_backend=aot_eager") if mode == "compile" else ()
 
 
+# The large-scale recipes' views: jitter on every view, grayscale and blur on views 1.. (the teacher's q, the
+# student's q and k).
+VIEWS = ("--data.jitter=[0.4, 0.4, 0.4, 0.0]", "--data.view_grayscale=0.2", "--data.view_blur=0.5")
+
+
 @pytest.mark.parametrize("mode", ["eager", pytest.param("compile", marks=pytest.mark.slow)])
 def test_teacher_then_student_epoch(demo_converted, tmp_path, mode):
-    teacher = launch.main(tiny_argv(demo_converted, tmp_path, "teacher", *TEACHER, *compiled(mode)))
+    """As the large-scale recipes: a two-view teacher (`model.bn_views = 2`), the release's views."""
+    argv = tiny_argv(
+        demo_converted, tmp_path, "teacher", *TEACHER, *VIEWS, "--model.bn_views=2", *compiled(mode)
+    )
+    teacher = launch.main(argv)
     assert teacher["final"]["top1"] is not None
     student = launch.main(
-        tiny_argv(demo_converted, tmp_path, "student", *student_args(tmp_path / "teacher"), *compiled(mode))
+        tiny_argv(
+            demo_converted, tmp_path, "student", *student_args(tmp_path / "teacher"), *VIEWS, *compiled(mode)
+        )
     )
     run = tmp_path / "student"
     (rec,) = rundir.read_metrics(run)
@@ -111,11 +122,13 @@ def test_resumed_student_equals_an_uninterrupted_one(demo_converted, tmp_path, m
 
 @pytest.mark.slow
 def test_two_processes_train_a_student(demo_converted, tmp_path):
-    """torchrun with two CPU processes: DDP around the student (frozen teacher, the queue's buffers left out
-    of DDP's broadcast, keys gathered across ranks) trains an epoch; both ranks' queues are one queue, so the
-    checkpoint's holds keys of the whole global batch."""
+    """torchrun with two CPU processes: DDP around the student with SyncBN, as the large-scale recipes
+    (frozen teacher, the queue's buffers left out of DDP's broadcast, keys gathered across ranks) trains an
+    epoch; both ranks' queues are one queue, so the checkpoint's holds keys of the whole global batch."""
     launch.main(tiny_argv(demo_converted, tmp_path, "teacher", *TEACHER, "--run.eval_every=0"))
-    argv = tiny_argv(demo_converted, tmp_path, "ddp", *student_args(tmp_path / "teacher"))
+    argv = tiny_argv(
+        demo_converted, tmp_path, "ddp", *student_args(tmp_path / "teacher"), "--model.sync_bn=true"
+    )
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     cmd += ["--master_port", str(free_port()), str(ROOT / "launch.py"), *argv]
     env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}

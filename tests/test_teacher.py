@@ -1,6 +1,6 @@
 """The teacher of a two-stage run (trainer/teacher.py) and the student `build_model` makes from it: loading
 from a run folder or a checkpoint file, the one-line errors naming model.teacher and the file, and the
-dispatch on the loss's `model`."""
+dispatch on the loss's `model`; `model.bn_views`, the two-view BatchNorm of GML's large-scale teacher."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-from losses import build_loss
+from losses import build_loss, loss_class
 from tests.test_gml_model import COUNTS, MEAN, STD, batch, make_student, tiny
 from trainer.checkpoint import CheckpointError, checkpoint_path, save_checkpoint
 from trainer.config import Config, ConfigError, DataConfig, LossConfig, ModelConfig, RunConfig, to_dict
 from trainer.gml_model import GMLStudent
-from trainer.models import build_classifier, build_model, rank_identical_buffers
+from trainer.models import build_classifier, build_model, check_model, rank_identical_buffers, training_views
 from trainer.teacher import load_teacher
 
 
@@ -132,3 +132,46 @@ def test_build_model_makes_the_student_the_loss_names(tmp_path):
         build_model(dataclasses.replace(cfg, gml_queue_size=10), loss, **where)
     with pytest.raises(CheckpointError, match="model.teacher_arch is resnet8"):
         build_model(dataclasses.replace(cfg, teacher_arch="resnet8"), loss, **where)
+
+
+def test_bn_views_classifier_classifies_view_0_with_batch_norm_over_every_view():
+    """`model.bn_views = 2` (GML's ImageNet-LT teacher, trained inside a MoCo model whose encoder normalises
+    [cls; q]): the body encodes both views in one pass, the loss gets view 0's logits only, and the running
+    statistics are those of all 2N rows; evaluation is the plain one-view classifier."""
+    cfg = ModelConfig(arch="resnet_tiny", channels_last=False, bn_views=2)
+    loss = build_loss("dbm_bs", COUNTS, scale=30.0, max_margin=0.0)
+    where = dict(num_classes=4, class_counts=COUNTS, mean=MEAN, std=STD)
+    torch.manual_seed(0)
+    model = build_model(cfg, loss, **where).train()
+    torch.manual_seed(0)
+    plain = build_model(dataclasses.replace(cfg, bn_views=1), loss, **where).train()
+    images = batch([0, 1, 2, 3])[0][:8]  # [v0; v1] of 4 images
+    out, whole = model(images), plain(images)
+    assert out.logits.shape == (4, 4) and out.features.shape[0] == 4
+    torch.testing.assert_close(out.logits, whole.logits[:4], rtol=0, atol=0)
+    bn = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    plain_bn = [m for m in plain.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bn and len(bn) == len(plain_bn)
+    for a, b in zip(bn, plain_bn, strict=True):  # running statistics of all 2N rows
+        assert torch.equal(a.running_mean, b.running_mean) and torch.equal(a.running_var, b.running_var)
+    assert not torch.allclose(out.logits, plain(images[:4]).logits)  # BatchNorm saw view 1 too
+    assert not getattr(model, "bcl", True)  # no BCL heads: no parameter more than the plain model
+    assert model.state_dict().keys() == plain.state_dict().keys()
+    with pytest.raises(ValueError, match="stacks 2 views, got 3 images"):
+        model(images[:3])
+    assert model.eval()(images).logits.shape == (8, 4)  # evaluation classifies every row
+
+
+def test_bn_views_needs_a_classifier_run_with_a_one_view_loss():
+    two = ModelConfig(arch="resnet_tiny", bn_views=2)
+    where = dict(batch_size=16, world_size=1)
+    check_model(two, loss_class("dbm_bs"), **where)
+    assert training_views(two, loss_class("dbm_bs")) == (2, "classification")
+    assert training_views(ModelConfig(), loss_class("dbm_bs")) == (1, "contrastive")
+    assert training_views(ModelConfig(), loss_class("dbm_gml")) == (3, "classification")
+    assert training_views(ModelConfig(), loss_class("bcl")) == (3, "contrastive")
+    for name, kind in (("dbm_bcl", "classifier on 3 view"), ("dbm_gml", "gml_student on 3 view")):
+        with pytest.raises(ConfigError, match=rf"model.bn_views=2: .*loss.name='{name}' trains a {kind}"):
+            check_model(two, loss_class(name), **where)
+    with pytest.raises(ValueError, match=r"model.bn_views: must be >= 1"):
+        ModelConfig(bn_views=0)

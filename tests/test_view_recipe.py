@@ -1,5 +1,6 @@
 """`view_recipe="classification"` (GML's cls, q, k views, declared by the loss): every extra view is cropped,
-flipped and augmented as view 0, with its own draws, on both backends."""
+flipped and augmented as view 0, with its own draws, on both backends; `data.view_grayscale` reaches views 1..
+only."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 
 import losses
 from pipelines import DataConfig, make_loader
-from pipelines.augment import Cutout
+from pipelines.augment import Cutout, RandomGrayscale
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # numba, as there
 
@@ -49,9 +50,9 @@ def _shift_between(a: torch.Tensor, b: torch.Tensor) -> tuple[int, int] | None:
 def test_extra_views_are_cropped_and_augmented_like_view0(backend, demo_converted):
     """One loader per backend (an FFCV loader costs a numba compile per view): padded crops and Cutout."""
     with _loader(demo_converted, backend, cutout=8) as loader:
-        # The same augmentation module on every view (here Cutout; no contrastive colour recipe).
-        assert loader.view_augment is loader.augment
+        # View 0's stages on every view (here Cutout; no contrastive colour recipe).
         assert [type(s) for s in loader.augment.stages] == [Cutout]
+        assert [type(s) for s in loader.view_augment.stages] == [Cutout]
         images, labels = next(iter(loader))
     assert images.shape == (3 * N, 3, RES, RES) and labels.shape == (N,)
     views = images.view(3, N, 3, RES, RES)
@@ -66,6 +67,17 @@ def test_extra_views_are_cropped_and_augmented_like_view0(backend, demo_converte
     inner = views[:, :, :, PAD:-PAD, PAD:-PAD].sum(2) == 0  # [3, N, 16, 16]
     assert (inner.flatten(2).sum(2) > 0).float().mean(1).min() > 0.5  # in most samples of every view
     assert not torch.equal(inner[1], inner[2]) and not torch.equal(inner[0], inner[1])
+
+
+def test_view_grayscale_reaches_the_extra_views_only(demo_converted):
+    """`data.view_grayscale` (GML's q and k): with p = 1 views 1.. are grey, view 0 keeps its colours."""
+    with _loader(demo_converted, "dali", view_grayscale=1.0) as loader:
+        assert [type(s) for s in loader.view_augment.stages] == [RandomGrayscale]
+        assert loader.augment is None
+        images, _ = next(iter(loader))
+    views = images.view(3, N, 3, RES, RES).int()
+    grey = ((views[:, :, 0] == views[:, :, 1]) & (views[:, :, 1] == views[:, :, 2])).flatten(2).all(2)
+    assert grey[1:].all() and not grey[0].any()
 
 
 def test_the_view_recipe_is_checked(tmp_path):

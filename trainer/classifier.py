@@ -3,7 +3,9 @@
 `build_classifier(cfg, num_classes, head, mean=..., std=..., views=1)` stacks `Normalize` (uint8 -> float, the
 model's first operation, so it fuses into the compiled step) -> a body from `ARCHS` (pooled features f) -> a
 classifier from `HEADS` ("linear": nn.Linear with bias; "cosine": raw cosines, the loss applies the scale) ->
-BCL's two projection heads when the loss takes several views.
+BCL's two projection heads when the loss takes several views. With `model.bn_views` > 1 the body encodes
+several views of each image in one pass and only view 0 is classified: the extra views reach BatchNorm's
+statistics only (GML's MoCo-trained teacher).
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ class LongTailClassifier(nn.Module):
         self.head_fp32 = head_fp32
         d = body.feature_dim
         self.feature_dim = d
-        self.views = views  # images per sample in a training batch (the loss's num_views), view-major
+        # images per sample in a training batch, view-major: the loss's num_views (BCL), or model.bn_views
+        self.views = views
         self.bcl = bcl is not None
         if bcl is not None:
             hidden, embed = bcl
@@ -89,12 +92,15 @@ class LongTailClassifier(nn.Module):
         """`labels` are not used: every model takes them (see the module docstring)."""
         if self.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)  # no-op for the loaders' batches
-        f = self.body(self.normalize(images))
         contrast = self.bcl and self.training  # in eval mode there is one view and only the logits
-        if contrast and f.shape[0] % self.views:
+        several = self.training and self.views > 1
+        if several and images.shape[0] % self.views:
             raise ValueError(
-                f"BCL model: a training batch stacks {self.views} views, got {f.shape[0]} images"
+                f"classifier: a training batch stacks {self.views} views, got {images.shape[0]} images"
             )
+        f = self.body(self.normalize(images))
+        if several and not self.bcl:  # model.bn_views: views 1.. only shaped BatchNorm's statistics
+            f = f[: f.shape[0] // self.views]
         if self.head_fp32:
             # Raw cosines feed an arccos (DBM) and a scale of ~30: keep the (small) heads out of bf16.
             with torch.autocast(f.device.type, enabled=False):
@@ -110,10 +116,15 @@ def build_classifier(
     mean: Sequence[float],
     std: Sequence[float],
     views: int = 1,
+    bn_views: int = 1,
 ) -> LongTailClassifier:
     """The model for `cfg.arch` (validated by ModelConfig) with a `head` classifier over `num_classes`;
-    inputs are uint8 NCHW. `views` > 1 (the loss's `num_views`: BCL) adds the contrastive heads."""
+    inputs are uint8 NCHW. `views` > 1 (the loss's `num_views`: BCL) adds the contrastive heads; `bn_views`
+    > 1 (`model.bn_views`, with a one-view loss) makes a training batch stack that many views, of which only
+    view 0 is classified."""
     bcl_heads = views > 1
+    if bcl_heads and bn_views > 1:
+        raise ValueError(f"bn_views={bn_views} needs a one-view loss, got views={views}")
     if head not in HEADS:
         raise ValueError(f"unknown classifier head {head!r}; valid: {', '.join(HEADS)}")
     arch = ARCHS[cfg.arch]
@@ -126,7 +137,7 @@ def build_classifier(
         body,
         classifier,
         (hidden, embed) if bcl_heads else None,
-        views=views,
+        views=max(views, bn_views),
         channels_last=cfg.channels_last,
         head_fp32=cfg.head_fp32,
     )
@@ -139,5 +150,8 @@ def build_classifier(
 
 
 def build(cfg: ModelConfig, loss: Loss, *, num_classes: int, class_counts, mean, std) -> nn.Module:
-    """The "classifier" kind's builder (trainer.models.MODELS): the loss's head, BCL's heads for its views."""
-    return build_classifier(cfg, num_classes, loss.head, mean=mean, std=std, views=loss.num_views)
+    """The "classifier" kind's builder (trainer.models.MODELS): the loss's head, BCL's heads for its views,
+    `model.bn_views`."""
+    return build_classifier(
+        cfg, num_classes, loss.head, mean=mean, std=std, views=loss.num_views, bn_views=cfg.bn_views
+    )

@@ -78,6 +78,11 @@ class ModelConfig:
     bcl_hidden: int = 0  # BCL projection MLP width; 0: the arch's default (CIFAR 512, large: feature dim)
     bcl_embed: int = 0  # BCL embedding size; 0: the arch's default (CIFAR 128, large 1024)
     sync_bn: bool = False  # BatchNorm statistics over every process's batch under DDP (trainer/sync_bn.py)
+    # A classifier run with a one-view loss: images per sample its body encodes in one training pass, the loss
+    # seeing view 0's logits only, so BatchNorm's statistics cover all of them; the extra views follow the
+    # "classification" view recipe (GML's ImageNet-LT teacher, trained inside a MoCo model whose encoder
+    # normalises [cls; q]: 2). 1: off.
+    bn_views: int = 1
     # The model kinds' own keys stay flat in this section, so recipes keep `model.gml_*` / `model.ncl_*`;
     # their ranges are checked here only (the kinds' modules check what needs the data or the batch).
     # GML's MoCo student (loss gml / dbm_gml; trainer/gml_model.py): its frozen teacher and its queue.
@@ -101,6 +106,7 @@ class ModelConfig:
         check_ranges(
             "model",
             (
+                ("bn_views", self.bn_views >= 1, ">= 1 (1: off)"),
                 ("bcl_hidden", self.bcl_hidden >= 0, ">= 0"),
                 ("bcl_embed", self.bcl_embed >= 0, ">= 0"),
                 ("gml_queue_size", self.gml_queue_size >= 1, ">= 1"),

@@ -105,8 +105,8 @@ class GMLStudent(nn.Module):
     leave out an older key of the same image still in the queue: only T_c's gradient differs); T_s is
     exactly 30 (the release's exp(log(1/30))); the projection MLPs run under the step's autocast; the class
     sums run in `segment_reduce`'s order, not a one-hot matmul's; the queue has one spare row for
-    overflowing keys; distillation uses the raw scaled cosines; BatchNorm is per rank (the release uses
-    SyncBN on ImageNet-LT).
+    overflowing keys; distillation uses the raw scaled cosines. BatchNorm is per rank unless `model.sync_bn`
+    (the release's large-scale runs use SyncBN, as the large-scale recipes do).
     """
 
     RANK_IDENTICAL_BUFFERS = ("steps",)

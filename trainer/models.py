@@ -31,6 +31,7 @@ __all__ = [
     "build_model",
     "check_model",
     "rank_identical_buffers",
+    "training_views",
 ]
 
 
@@ -42,10 +43,12 @@ class ModelKind:
     check: Callable[..., None] | None = None
     # [model] keys besides `arch` whose change gives the kind's model another shape (refused on resume)
     shape_keys: tuple[str, ...] = ()
+    # whether the kind honours `model.bn_views` (extra views that only BatchNorm sees) with a one-view loss
+    bn_views: bool = False
 
 
 MODELS: dict[str, ModelKind] = {
-    "classifier": ModelKind(classifier.build, shape_keys=classifier.SHAPE_KEYS),
+    "classifier": ModelKind(classifier.build, shape_keys=classifier.SHAPE_KEYS, bn_views=True),
     "gml_student": ModelKind(gml_model.build, shape_keys=gml_model.SHAPE_KEYS),
     "ncl_experts": ModelKind(ncl_model.build, check=ncl_model.check, shape_keys=ncl_model.SHAPE_KEYS),
 }
@@ -76,8 +79,22 @@ def check_model(cfg: ModelConfig, loss: Loss | type[Loss], *, batch_size: int, w
     """Refuse, before any data is read, a `[model]` section that cannot feed `loss` (a class will do) at the
     global `batch_size` over `world_size` processes: a ConfigError naming the keys at fault."""
     kind = _kind(loss)
+    if cfg.bn_views > 1 and not (kind.bn_views and loss.num_views == 1):
+        raise ConfigError(
+            f"model.bn_views={cfg.bn_views}: only a classifier run with a one-view loss takes extra views; "
+            f"loss.name={loss.name!r} trains a {loss.model} on {loss.num_views} view(s)"
+        )
     if kind.check is not None:
         kind.check(cfg, loss, batch_size=batch_size, world_size=world_size)
+
+
+def training_views(cfg: ModelConfig, loss: Loss | type[Loss]) -> tuple[int, str]:
+    """(views per image, view recipe) of a training batch for the model `loss` needs: the loss's own
+    (`num_views`, `view_recipe`), or `model.bn_views` views of the "classification" recipe (checked by
+    `check_model`)."""
+    if cfg.bn_views > 1:
+        return cfg.bn_views, "classification"
+    return loss.num_views, loss.view_recipe
 
 
 def rank_identical_buffers(model: nn.Module) -> list[str]:

@@ -3,7 +3,8 @@
 `load_teacher("runs/NAME", num_classes=C, arch="resnet56")` reads the newest readable checkpoint of the run
 folder `runs/NAME` (`trainer.checkpoint.load_latest`), or a checkpoint file given directly, rebuilds the
 classifier that run trained from the resolved config stored in the checkpoint (arch, head, views,
-normalisation), loads its weights, and returns it in eval mode with no parameter requiring a gradient.
+normalisation; `model.bn_views` shaped only its BatchNorm statistics, which the weights hold), loads its
+weights, and returns it in eval mode with no parameter requiring a gradient.
 Every failure is a `CheckpointError` that names `model.teacher` and the file.
 
 A student run's own checkpoints hold the teacher's weights too (they are part of the student's state_dict),

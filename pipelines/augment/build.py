@@ -1,4 +1,5 @@
-"""`build_batch_augment`: the view-0 augmentation a `DataConfig` names, one batched module for the loaders."""
+"""`build_batch_augment`: the augmentation a `DataConfig` names for view 0 (or for the extra views of the
+"classification" view recipe), one batched module for the loaders."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from torch import nn
 from ..config import DataConfig
 from .autoaugment import BatchAutoAugment
 from .cutout import Cutout
-from .jitter import ColorJitter
+from .jitter import ColorJitter, GaussianBlur, RandomGrayscale
 from .policies import AUTOAUGMENT_POLICIES
 from .randaugment import BatchRandAugment
 
@@ -43,7 +44,9 @@ class BatchAugment(nn.Module):
         return x.contiguous(memory_format=layout)
 
 
-def build_batch_augment(cfg: DataConfig | None = None, **overrides) -> BatchAugment | None:
+def build_batch_augment(
+    cfg: DataConfig | None = None, *, extra_view: bool = False, **overrides
+) -> BatchAugment | None:
     """The view-0 augmentation `cfg` names: [ColorJitter (`jitter`),] AutoAugment or RandAugment
     (`auto_augment`, with `randaugment_n`, `randaugment_m`, `magnitude_std`, `randaugment_style`,
     `augment_fill`), then Cutout (`cutout`); None if none of them. `overrides` replace keys of `cfg`
@@ -52,11 +55,19 @@ def build_batch_augment(cfg: DataConfig | None = None, **overrides) -> BatchAugm
     `jitter` = (brightness, contrast, saturation, hue) is a per-sample ColorJitter applied to every image
     (p = 1) before the policy, as the released large-scale BCL code's view 0 (`RandomApply([ColorJitter(0.4,
     0.4, 0.4, 0)], p=1.0)` before RandAugment).
+
+    `extra_view`: the augmentation of views 1.. under the "classification" view recipe, the same stages with
+    RandomGrayscale (`view_grayscale`) and GaussianBlur (`view_blur`) between the jitter and the policy, the
+    order of GML's released "randclsstack" view (crop, flip, jitter, grayscale, blur, RandAugment).
     """
     cfg = dataclasses.replace(cfg or DataConfig(), **overrides)
     stages: list[nn.Module] = []
     if cfg.jitter:
         stages.append(ColorJitter(*(float(v) for v in cfg.jitter), p=1.0))
+    if extra_view and cfg.view_grayscale:
+        stages.append(RandomGrayscale(cfg.view_grayscale))
+    if extra_view and cfg.view_blur:
+        stages.append(GaussianBlur((0.1, 2.0), p=cfg.view_blur))
     fill = tuple(cfg.augment_fill)
     if cfg.auto_augment in AUTOAUGMENT_POLICIES:
         stages.append(BatchAutoAugment(cfg.auto_augment, fill=fill))

@@ -5,7 +5,8 @@ with probability p), `RandomGrayscale` and `GaussianBlur`, each following torchv
 `transforms.v2` op on uint8 images (float32 arithmetic, the same truncation), one pass over the batch.
 `ColorJitter(b, c, s, 0, p=1)` is also the large-scale recipes' view-0 jitter before RandAugment
 (`build_batch_augment(..., jitter=(b, c, s, h))`); without hue it equals torchvision's `ColorJitter` to the
-bit for the same drawn factors and order.
+bit for the same drawn factors and order. `RandomGrayscale` and `GaussianBlur` also follow it on GML's extra
+views (`data.view_grayscale`, `data.view_blur`). Each op's `draw` returns its per-sample parameters.
 """
 
 from __future__ import annotations
@@ -138,8 +139,12 @@ class RandomGrayscale(nn.Module):
         super().__init__()
         self.p = float(p)
 
+    def draw(self, n: int, device, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Per-sample parameters: `apply` (N, bool)."""
+        return {"apply": coin((n,), self.p, device, generator)}
+
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        flag = coin((x.shape[0], 1, 1, 1), self.p, x.device, generator)
+        flag = self.draw(x.shape[0], x.device, generator)["apply"].view(-1, 1, 1, 1)
         return torch.where(flag, grayscale(x).to(torch.uint8).expand_as(x), x)
 
 
@@ -176,9 +181,16 @@ class GaussianBlur(nn.Module):
         if self.kernel_size % 2 == 0:
             raise ValueError(f"GaussianBlur kernel_size must be odd, got {self.kernel_size}")
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        n, device = x.shape[0], x.device
+    def draw(self, n: int, device, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Per-sample parameters: `sigma` (N) and `apply` (N, bool)."""
         sigma = _uniform(n, *self.sigma, device, generator)
-        flag = coin((n, 1, 1, 1), self.p, device, generator)
-        k = min(self.kernel_size, 2 * ((min(x.shape[-2:]) - 1) // 2) + 1)  # reflect padding needs pad < size
-        return torch.where(flag, gaussian_blur(x, sigma, k), x)
+        return {"sigma": sigma, "apply": coin((n,), self.p, device, generator)}
+
+    def size_for(self, x: torch.Tensor) -> int:
+        """The kernel size used on `x`: at most its side (reflect padding needs pad < size)."""
+        return min(self.kernel_size, 2 * ((min(x.shape[-2:]) - 1) // 2) + 1)
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        p = self.draw(x.shape[0], x.device, generator)
+        flag = p["apply"].view(-1, 1, 1, 1)
+        return torch.where(flag, gaussian_blur(x, p["sigma"], self.size_for(x)), x)
