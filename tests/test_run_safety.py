@@ -219,6 +219,23 @@ def test_the_shared_folder_check_names_the_node_and_rank_that_never_see_the_toke
     err = rundir.blind_error(path.parent, [("node-a", 0, True), ("node-b", 3, False), ("node-b", 2, False)])
     assert isinstance(err, rundir.RunDirError)
     assert (
-        f"run folder {path.parent} is not shared between the nodes: node-b (rank 2), node-b (rank 3)"
+        f"run folder {path.parent} is not shared between the nodes: rank 2 on node-b, rank 3 on node-b"
         in str(err)
     )
+
+
+def test_nodes_are_told_apart_under_any_launcher(monkeypatch):
+    """By host name, and by the launcher's node index where it sets one (nodes simulated on one host)."""
+    import socket
+
+    host = socket.gethostname()
+    for var in ("GROUP_RANK", "SLURM_NODEID", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    assert rundir.node_name() == host
+    monkeypatch.setenv("SLURM_NODEID", "3")  # plain srun: no LOCAL_WORLD_SIZE
+    assert rundir.node_name() == f"{host} (node 3)"
+    monkeypatch.setenv("GROUP_RANK", "1")  # torchrun
+    assert rundir.node_name() == f"{host} (node 1)"
+    with pytest.raises(ValueError, match="run.shared_check_s: must be >= 0"):
+        load_config(None, ["--run.shared_check_s=-1"])
+    assert load_config(None, ["--run.shared_check_s=2"]).run.shared_check_s == 2

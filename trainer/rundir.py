@@ -93,24 +93,20 @@ def clean_stale(run_dir: Path) -> list[tuple[Path, int]]:
 
 
 SHARED_CHECK_FILE = ".shared-check"
-# How long a process waits to see rank 0's token: NFS clients cache a lookup that found nothing (every rank
-# probed the run folder before rank 0 created it) for `acdirmin`-`acdirmax`, 30-60 s by default.
-SHARED_CHECK_TIMEOUT = 60.0
 
 
-def check_shared(run_dir: Path, accelerator: Any, *, timeout: float = SHARED_CHECK_TIMEOUT) -> None:
+def check_shared(run_dir: Path, accelerator: Any, *, timeout: float) -> None:
     """On several nodes, every process must see the run folder rank 0 writes (checkpoints, metrics, and the
-    checkpoint a resume reads): rank 0 writes a token there, every process waits up to `timeout` seconds to
-    read it back (`sees_token`). A collective: every rank calls it, and every rank raises, naming the nodes
-    and ranks that could not see the token. Nodes are told apart by host name, gathered from every process,
-    so the check runs under any launcher (torchrun, accelerate, plain `srun`)."""
+    checkpoint a resume reads): rank 0 writes a token there, every process waits up to `timeout` seconds
+    (`run.shared_check_s`) to read it back (`sees_token`). A collective: every rank calls it, and every rank
+    raises, naming the nodes and ranks that could not see the token. Nodes are told apart by `node_name()`,
+    gathered from every process, so the check runs under any launcher (torchrun, accelerate, plain `srun`)."""
     import os
-    import socket
 
     from accelerate.utils import broadcast_object_list, gather_object
 
-    host = socket.gethostname()
-    if len(set(gather_object([host]))) == 1:
+    node = node_name()
+    if len(set(gather_object([node]))) == 1:
         return  # one node: one filesystem
     token = [os.urandom(8).hex() if accelerator.is_main_process else None]
     broadcast_object_list(token)
@@ -119,12 +115,23 @@ def check_shared(run_dir: Path, accelerator: Any, *, timeout: float = SHARED_CHE
         atomic_write_text(path, token[0])
     accelerator.wait_for_everyone()
     seen = sees_token(path, token[0], timeout=timeout)
-    reports = gather_object([(host, accelerator.process_index, seen)])
+    reports = gather_object([(node, accelerator.process_index, seen)])
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         path.unlink(missing_ok=True)
     if error := blind_error(run_dir, reports):
         raise error
+
+
+def node_name() -> str:
+    """This process's node: its host name, with the launcher's node index where it sets one (torchrun's
+    GROUP_RANK, Slurm's SLURM_NODEID), so that nodes simulated on one host count as several too."""
+    import os
+    import socket
+
+    host = socket.gethostname()
+    index = os.environ.get("GROUP_RANK", os.environ.get("SLURM_NODEID"))
+    return host if index is None else f"{host} (node {index})"
 
 
 def sees_token(path: Path, token: str, *, timeout: float, poll: float = 1.0) -> bool:
@@ -151,11 +158,12 @@ def sees_token(path: Path, token: str, *, timeout: float, poll: float = 1.0) -> 
 
 
 def blind_error(run_dir: Path, reports: Iterable[tuple[str, int, bool]]) -> RunDirError | None:
-    """The error naming the (host, rank) reports that did not see rank 0's token, or None if all did."""
-    blind = sorted((host, rank) for host, rank, seen in reports if not seen)
+    """The error naming the ranks and nodes of the (node, rank, seen) reports that did not see rank 0's
+    token, or None if all did."""
+    blind = sorted((rank, node) for node, rank, seen in reports if not seen)
     if not blind:
         return None
-    who = ", ".join(f"{host} (rank {rank})" for host, rank in blind)
+    who = ", ".join(f"rank {rank} on {node}" for rank, node in blind)
     return RunDirError(
         f"run folder {run_dir} is not shared between the nodes: {who} cannot see what rank 0 writes there; "
         "put run.out_dir (and data.dir) on a filesystem every node mounts"
