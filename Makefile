@@ -23,6 +23,7 @@ define install-venv
 	@bash tools/setup_system.sh
 	@test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
 	$(1)/bin/python -m pip install -q --upgrade pip wheel setuptools
+	$(1)/bin/python -m pip uninstall -qq -y nvidia-dali-cuda120  # the CUDA 12 build an older setup installed: same files
 	$(1)/bin/python -m pip install -q --progress-bar off -c $(2) -e '.[dev]'
 	$(1)/bin/python -c "import ffcv, nvidia.dali, torch, torchvision, accelerate; print('fastlt: $(1) ready, torch', torch.__version__)"
 	@touch $(1)/.fastlt-installed

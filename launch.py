@@ -207,7 +207,7 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
             rundir.start_run_dir(
                 run_dir, cfg, environment(accelerator=accelerator), resumed=bool(args.resume)
             )
-        rundir.check_shared(run_dir, accelerator)
+        rundir.check_shared(run_dir, accelerator, timeout=cfg.run.shared_check_s)
         trackers.start(accelerator, cfg.run, run_dir, to_dict(cfg))
         accelerator.wait_for_everyone()
         return fit(cfg, accelerator, parts, run_dir, hist)

@@ -18,6 +18,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Split = Literal["train", "eval"]
 CROPS = ("resized", "padded")  # training crop of view 0; "padded": CIFAR's RandomCrop(res, padding)
+# How many steps a consumer may have queued on the device behind the one it is enqueuing: the training and
+# evaluation loops (trainer.lead's ring) make the host wait before step i until step i - MAX_LEAD has
+# finished. A backend that hands out its library's buffers without a copy must therefore keep the last
+# MAX_LEAD + 1 batches it yielded alive: the one being enqueued and the MAX_LEAD the device may still read.
+MAX_LEAD = 2
 
 
 def check_choice(key: str, value: str, valid: Iterable[str]) -> None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .config import MAX_LEAD
 from .dali_tuning import decoder_args
 from .shards import CorruptSampleError, check_shard_folder, open_shards
 
@@ -34,11 +35,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Batches DALI prepares ahead of the one handed out. 4 = the 2 steps the training loop may run ahead of the
-# GPU (its bounded host lead) + the batch in the consumer's hands + 1 spare that absorbs a hiccup (a log-point
-# sync, a GC pause, the first steps after an evaluation). DALI's default is 2; NVIDIA's MLPerf ResNet-50
-# configs use 3 to 5. Each extra batch costs only its decoded images (256 x 224 x 224 x 3 B = 39 MB a view).
-PREFETCH = 4
+# Batches DALI prepares ahead of the one handed out. 4 = the MAX_LEAD (2) steps the loops may run ahead of
+# the GPU (their bounded host lead) + the batch in the consumer's hands + 1 spare that absorbs a hiccup (a
+# log-point sync, a GC pause, the first steps after an evaluation). DALI's default is 2; NVIDIA's MLPerf
+# ResNet-50 configs use 3 to 5. Each extra batch costs only its decoded images (256 x 224 x 224 x 3 B = 39 MB
+# a view).
+PREFETCH = MAX_LEAD + 2
+# Output batches kept referenced after they were handed out (see `epoch`).
+KEEP_OUTPUTS = MAX_LEAD + 1
 
 
 def _dali():
@@ -46,7 +50,7 @@ def _dali():
         from nvidia.dali import fn, pipeline, types
         from nvidia.dali.plugin.pytorch import DALIGenericIterator
     except ImportError as exc:  # pragma: no cover - environment problem
-        raise ImportError(f"the dali backend needs `nvidia-dali-cuda120` ({exc}); run `make setup`") from exc
+        raise ImportError(f"the dali backend needs `nvidia-dali-cuda130` ({exc}); run `make setup`") from exc
     return fn, pipeline, types, DALIGenericIterator
 
 
@@ -96,6 +100,8 @@ class DaliBackend:
         self._decoder_args = decoder_args(meta.max_resolution) if self.cuda else {}
         # What the source handed DALI without a copy, kept alive until DALI is done with it (see `_source`).
         self._fed: collections.deque = collections.deque(maxlen=PREFETCH + 2)
+        # What the iterator handed out without a copy, kept while queued steps may read it (see `epoch`).
+        self._out: collections.deque = collections.deque(maxlen=KEEP_OUTPUTS)
         self._iterator = None
         self._pipe = None
         self._in_epoch = False  # an epoch was started and not run to its end
@@ -251,6 +257,12 @@ class DaliBackend:
                 raise
             except RuntimeError as exc:
                 raise self._failure(epoch, n, exc) from exc
+            # The outputs are zero-copy views (DLPack) of DALI's buffers, and a buffer DALI gets back may be
+            # reused for a later batch without waiting for torch's stream. The consumer drops batch i when it
+            # fetches batch i + 1, yet the device may still have MAX_LEAD queued steps (and their copies or
+            # augmentations) reading batches i - 1 and i: keep the last MAX_LEAD + 1 batches referenced, the
+            # one handed out included, so none returns to DALI before the loops' lead bound has passed it.
+            self._out.append(out)
             n += 1
             yield [out[name].permute(0, 3, 1, 2) for name in self._names[:-1]], out["labels"]  # NHWC -> NCHW
             if self._generation != generation:
@@ -281,6 +293,7 @@ class DaliBackend:
         self._discard()
         self._batches = []
         self._fed.clear()  # drop our views first, so the shards' maps can close now
+        self._out.clear()
         self.shards.close()
 
 

@@ -5,12 +5,15 @@ ToTensor -> ToDevice(non_blocking) -> ToTorchImage(channels_last); evaluation ce
 uint8: a CPU NormalizeImage after ToTensor hangs FFCV's loader, and the model normalises anyway. The order
 is fastlt's own `EpochOrder`, not FFCV's (whose `distributed=True` needs a process group and pads
 evaluation with duplicates), so both backends draw the same samples. Fields are named by
-`data.image_field` / `data.label_field`; other fields of a foreign `.beton` are left undecoded. Note that
-FFCV sets torch's CPU thread count to `num_workers` whenever it builds or iterates a loader.
+`data.image_field` / `data.label_field`; other fields of a foreign `.beton` are left undecoded. FFCV sets
+torch's CPU thread count to `num_workers` whenever it builds or iterates a loader (and from its epoch
+thread); this backend puts the caller's count back each time (`_keep_torch_threads`), so the trainer's
+OMP_NUM_THREADS / `torch.set_num_threads` holds.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -125,16 +128,17 @@ class FfcvBackend:
             return  # a rank with no evaluation share: nothing to build, nothing to yield
         ffcv = _ffcv()
         try:
-            self._loader = ffcv.loader.Loader(
-                str(spec.path),
-                batch_size=spec.batch_size,
-                num_workers=spec.threads,
-                os_cache=True,
-                order=_order_type()(order),
-                drop_last=spec.drops_last,
-                pipelines=self._pipelines(),
-                seed=spec.seed,
-            )
+            with _keep_torch_threads():
+                self._loader = ffcv.loader.Loader(
+                    str(spec.path),
+                    batch_size=spec.batch_size,
+                    num_workers=spec.threads,
+                    os_cache=True,
+                    order=_order_type()(order),
+                    drop_last=spec.drops_last,
+                    pipelines=self._pipelines(),
+                    seed=spec.seed,
+                )
         except BetonError:
             raise
         except Exception as exc:
@@ -205,13 +209,16 @@ class FfcvBackend:
         if self._loader is None or self.num_batches == 0:
             return
         self._loader.next_epoch = epoch
-        it = iter(self._loader)
+        with _keep_torch_threads() as restore:
+            it = iter(self._loader)
         self._active = it
         names, image = self._outputs, self.spec.cfg.image_field
         views = [names.index(image)] + [i for i, n in enumerate(names) if n.startswith(f"{image}_view")]
         label = names.index(self.spec.cfg.label_field)
         try:
-            for out in it:
+            for k, out in enumerate(it):
+                if k == 0:
+                    restore()  # the epoch thread set them too, before it queued its first batch
                 yield [out[i] for i in views], out[label].reshape(-1)
                 if self._active is not it:
                     raise RuntimeError("this epoch's iterator was abandoned: a newer epoch has started")
@@ -228,6 +235,25 @@ class FfcvBackend:
     def close(self) -> None:
         self._stop_active()
         self._loader = None
+
+
+@contextlib.contextmanager
+def _keep_torch_threads():
+    """Put torch's CPU thread count back as it was on entry, on exit and whenever the `restore` it yields is
+    called: FFCV's `Compiler.set_num_threads(num_workers)` sets torch's too (a CPU run of a recipe went from
+    5 to 25 minutes), and the decoding threads are FFCV's own (numba's count, which it keeps)."""
+    import torch
+
+    threads = torch.get_num_threads()
+
+    def restore() -> None:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+    try:
+        yield restore
+    finally:
+        restore()
 
 
 def _stop(it) -> None:

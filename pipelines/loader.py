@@ -166,8 +166,9 @@ class Loader:
 
     Images are uint8 [N, 3, H, W] in channels_last memory (`views=3`: [3N, ...], view-major), labels int64
     [N], both on `device`. Labels are the caller's to keep; images without a batched augmentation are views
-    of the libraries' recycled output buffers, valid only until a few more batches have been drawn: consume or
-    copy them before moving on (a captured step copies into its static input anyway).
+    of the libraries' recycled output buffers, valid while `MAX_LEAD` more batches are drawn (the host lead
+    the training and evaluation loops keep to, `pipelines.config`): consume or copy them by then (a captured
+    step copies into its static input anyway).
     """
 
     def __init__(

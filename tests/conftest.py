@@ -75,8 +75,8 @@ def demo_converted(demo_images, tmp_path_factory) -> Path:
 @pytest.fixture
 def one_thread():
     """One intra-op thread from the first step on, for runs compared bitwise-close (resume tests): earlier
-    tests (and FFCV, which sets torch's thread count to its worker count) may leave another count behind,
-    and a different reduction order in the first steps is enough to break the agreement after two epochs."""
+    tests may leave another count behind, and a different reduction order in the first steps is enough to
+    break the agreement after two epochs."""
     import torch
 
     before = torch.get_num_threads()

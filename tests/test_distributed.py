@@ -146,7 +146,7 @@ def test_two_nodes_on_loopback(demo_converted, tmp_path):
 def test_a_run_folder_the_other_node_cannot_see_is_refused(demo_converted, tmp_path):
     """Each node resolves a relative run.out_dir in its own working folder: two filesystems, as on a cluster
     whose run folder is on a node-local disk."""
-    argv = tiny_argv(demo_converted, tmp_path, "local", "--run.out_dir=runs")
+    argv = tiny_argv(demo_converted, tmp_path, "local", "--run.out_dir=runs", "--run.shared_check_s=2")
     cwds = [tmp_path / "node_a", tmp_path / "node_b"]
     for cwd in cwds:
         cwd.mkdir()

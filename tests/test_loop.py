@@ -1,15 +1,24 @@
-"""`train_one_epoch`'s contract with its loader, on a real tiny step: the two ways a loader can break it."""
+"""`train_one_epoch`'s contract with its loader, on a real tiny step: the two ways a loader can break it;
+the host-lead bound of training and evaluation; which buffers evaluation broadcasts."""
 
 from __future__ import annotations
+
+import queue
+import threading
+import time
 
 import pytest
 import torch
 
 from losses import build_loss
+from pipelines.config import MAX_LEAD
 from trainer.config import ModelConfig, OptimConfig, StepConfig
-from trainer.loop import train_one_epoch
-from trainer.models import build_classifier
+from trainer.lead import HostLead, NoLead
+from trainer.loop import buffers_to_broadcast, evaluate, train_one_epoch
+from trainer.models import build_classifier, rank_identical_buffers
+from trainer.ncl_model import NCLModel
 from trainer.optim import build_optimizer
+from trainer.resnet_cifar import ResNetCifar
 from trainer.step import TrainStep
 
 COUNTS = (30, 10, 3)
@@ -101,3 +110,106 @@ def test_the_host_never_leads_the_gpu_by_more_than_two_steps():
     for images, labels in batches:
         unbounded(images, labels)
     assert unbounded.meter.max > 5
+
+
+@pytest.mark.gpu
+def test_evaluation_never_leads_the_gpu_by_more_than_max_lead_steps():
+    batches = [(torch.zeros(4, 3, 8, 8, device="cuda"), torch.zeros(4, dtype=torch.long, device="cuda"))] * 40
+    step = SlowCudaStep()
+    evaluate(step, ListLoader(batches))  # the default bound: the device's ring
+    assert step.meter.max <= MAX_LEAD
+
+
+# --- evaluation's lead on a CPU twin of an asynchronous device ---
+
+
+class ThreadDevice:
+    """Runs submitted work in order on a worker thread: a device slower than the host; `done` counts it."""
+
+    def __init__(self) -> None:
+        self.submitted = self.done = 0
+        self.cond = threading.Condition()
+        self.work: queue.Queue = queue.Queue()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def submit(self, fn) -> int:
+        self.submitted += 1
+        self.work.put((self.submitted - 1, fn))
+        return self.submitted - 1
+
+    def _run(self) -> None:
+        while True:
+            index, fn = self.work.get()
+            fn()
+            with self.cond:
+                self.done = index + 1
+                self.cond.notify_all()
+
+
+class ThreadEvent:
+    """record / query / synchronize, ordered with the device's work as a CUDA event on its stream."""
+
+    def __init__(self, device: ThreadDevice) -> None:
+        self.device, self.mark = device, None
+
+    def record(self) -> None:
+        self.mark = self.device.submit(lambda: None)
+
+    def query(self) -> bool:
+        return self.mark is None or self.device.done > self.mark
+
+    def synchronize(self) -> None:
+        with self.device.cond:
+            self.device.cond.wait_for(self.query)
+
+
+class SlowEvalStep:
+    """EvalStep's interface; each call queues ~5 ms of work on the twin and measures the host's lead."""
+
+    def __init__(self, device: ThreadDevice) -> None:
+        from tools.gpu_check_lead import LeadMeter
+
+        self.twin = device
+        self.device = torch.device("cpu")
+        self.meter = LeadMeter(lambda: ThreadEvent(device))
+        self.calls = 0
+
+    def __call__(self, images, labels) -> None:
+        self.calls += 1
+        self.twin.submit(lambda: time.sleep(0.005))
+        self.meter.mark()
+
+    def read_metrics(self) -> dict:
+        return {"samples": self.calls}
+
+
+def test_the_ring_bounds_the_lead_of_the_evaluation_loop_cpu_twin():
+    batches = [(None, None)] * 30  # a loader that is never the bottleneck
+    free_device, bound_device = ThreadDevice(), ThreadDevice()
+    free, bound = SlowEvalStep(free_device), SlowEvalStep(bound_device)
+    evaluate(free, ListLoader(batches), NoLead())
+    ring = HostLead(new_event=lambda: ThreadEvent(bound_device))
+    report = evaluate(bound, ListLoader(batches), ring)
+    assert report["samples"] == 30 and report["eval_time"] > 0
+    assert free.meter.max > 5  # unbounded, the host queues far ahead of the slow device
+    assert bound.meter.max <= MAX_LEAD and ring.max_lead == MAX_LEAD
+    assert ring.waits > 0  # and it got there by waiting, not by luck
+
+
+# --- evaluation's buffer broadcast ---
+
+
+def test_evaluation_broadcasts_the_buffers_that_differ_between_ranks_only():
+    """BatchNorm statistics differ per rank after training and are broadcast from rank 0; NCL's queues are
+    equal on every rank by construction (and the largest buffers): left out, as DDP leaves them out."""
+    model = NCLModel(
+        5, body=lambda: ResNetCifar(1, (4, 8, 16)), mean=(0.5,) * 3, std=(0.25,) * 3, moco_dim=6, queue_size=8
+    )
+    names = {id(buf): name for name, buf in model.named_buffers()}
+    sent = {names[id(buf)] for buf in buffers_to_broadcast(model)}
+    same = set(rank_identical_buffers(model))
+    assert same == {"queues", "queue_ptr"}
+    assert sent == set(names.values()) - same
+    assert any(name.endswith("running_mean") for name in sent)
+    plain = build_classifier(ModelConfig(arch="resnet_tiny"), 3, "linear", mean=(0.5,) * 3, std=(0.25,) * 3)
+    assert len(buffers_to_broadcast(plain)) == len(list(plain.buffers()))

@@ -183,3 +183,59 @@ def test_the_sweep_of_interrupted_writes_leaves_a_users_tmp_files(tmp_path):
         path.write_text("a user's file")
     assert [p for p, _ in rundir.clean_stale(tmp_path)] == [ours]
     assert all(p.exists() for p in theirs) and (tmp_path / "config.toml").read_text() == "x = 1\n"
+
+
+def test_the_shared_folder_check_waits_for_a_token_that_appears_late(tmp_path):
+    """On NFS a node may not see rank 0's run folder for up to a minute (a cached failed lookup): the check
+    keeps looking (listing the folders, which revalidates the cache) until the token shows up."""
+    import threading
+    import time
+
+    run_dir = tmp_path / "runs" / "late"
+    path = run_dir / rundir.SHARED_CHECK_FILE
+
+    def rank0_writes_late() -> None:
+        time.sleep(0.4)
+        run_dir.mkdir(parents=True)
+        path.write_text("token")
+
+    writer = threading.Thread(target=rank0_writes_late)
+    start = time.monotonic()
+    writer.start()
+    try:
+        assert rundir.sees_token(path, "token", timeout=20, poll=0.05)
+    finally:
+        writer.join()
+    assert time.monotonic() - start >= 0.4
+
+
+def test_the_shared_folder_check_names_the_node_and_rank_that_never_see_the_token(tmp_path):
+    path = tmp_path / "run" / rundir.SHARED_CHECK_FILE
+    assert not rundir.sees_token(path, "token", timeout=0.2, poll=0.05)
+    path.parent.mkdir()
+    path.write_text("another run's token")
+    assert not rundir.sees_token(path, "token", timeout=0.1, poll=0.05)
+    assert rundir.blind_error(path.parent, [("node-a", 0, True), ("node-a", 1, True)]) is None
+    err = rundir.blind_error(path.parent, [("node-a", 0, True), ("node-b", 3, False), ("node-b", 2, False)])
+    assert isinstance(err, rundir.RunDirError)
+    assert (
+        f"run folder {path.parent} is not shared between the nodes: rank 2 on node-b, rank 3 on node-b"
+        in str(err)
+    )
+
+
+def test_nodes_are_told_apart_under_any_launcher(monkeypatch):
+    """By host name, and by the launcher's node index where it sets one (nodes simulated on one host)."""
+    import socket
+
+    host = socket.gethostname()
+    for var in ("GROUP_RANK", "SLURM_NODEID", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    assert rundir.node_name() == host
+    monkeypatch.setenv("SLURM_NODEID", "3")  # plain srun: no LOCAL_WORLD_SIZE
+    assert rundir.node_name() == f"{host} (node 3)"
+    monkeypatch.setenv("GROUP_RANK", "1")  # torchrun
+    assert rundir.node_name() == f"{host} (node 1)"
+    with pytest.raises(ValueError, match="run.shared_check_s: must be >= 0"):
+        load_config(None, ["--run.shared_check_s=-1"])
+    assert load_config(None, ["--run.shared_check_s=2"]).run.shared_check_s == 2

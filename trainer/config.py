@@ -40,6 +40,9 @@ class RunConfig:
     keep_checkpoints: int = 2  # the newest checkpoints kept: an older one to resume from if one is damaged
     progress: bool = True  # a progress bar on a terminal (a batch job's log gets plain lines either way)
     overwrite: bool = False  # True: a new run replaces the outputs of an earlier run in the same folder
+    # On several nodes, how long each process waits to see the run folder rank 0 writes: NFS clients cache a
+    # lookup that found nothing (every rank probed the folder before rank 0 made it) for 30-60 s by default.
+    shared_check_s: float = 60.0
     trackers: tuple[str, ...] = ()  # keys of trainer.trackers.TRACKERS: "tensorboard", "wandb"
     wandb_mode: Literal["offline", "online"] = "offline"
     wandb_project: str = "fastlt"
@@ -63,6 +66,7 @@ class RunConfig:
                 ("eval_every", self.eval_every >= 0, ">= 0"),
                 ("checkpoint_every", self.checkpoint_every >= 0, ">= 0"),
                 ("keep_checkpoints", self.keep_checkpoints >= 1, ">= 1"),
+                ("shared_check_s", self.shared_check_s >= 0, ">= 0"),
             ),
             self,
         )

@@ -1,20 +1,21 @@
-"""A bound on how far the host runs ahead of the device: a ring of `max_lead` CUDA events.
+"""A bound on how far the host runs ahead of the device: a ring of `MAX_LEAD` CUDA events.
 
-The training loop enqueues steps without waiting for them (the step never syncs; the host reads metrics
-only every `run.log_every` steps), so without a bound the host can run tens of steps ahead of the GPU. FFCV
-1.0.2 rewrites its pinned host slots as soon as the consumer asks for the next batch, without waiting for
-the previous copy out of that slot to have run on the device: once the host leads by more than its few
-slots, the GPU trains on images and labels of a later batch, silently. `HostLead(max_lead=2)` makes the
-host wait, before enqueuing step i, for the event recorded after step i - 2, so at most 2 steps are queued
-and no loader buffer is reused before its copy ran. The wait is normally already satisfied (the GPU is busy
-with step i - 1), so it costs nothing when the device is the bottleneck; it waits on one event, never on
-the whole device, and never inside a capture.
+The training and evaluation loops enqueue steps without waiting for them (the step never syncs), so without
+a bound the host can run tens of steps ahead of the GPU, and loaders recycle their buffers on the host's
+clock: FFCV 1.0.2 rewrites a pinned host slot as soon as the consumer asks for the next batch, and DALI's
+zero-copy outputs live only as long as the backend references them. `HostLead()` makes the host wait,
+before enqueuing step i, for the event recorded after step i - MAX_LEAD (`pipelines.config.MAX_LEAD`, the
+one number the backends size their kept batches by), so no loader buffer is reused while a queued step may
+still read it. The wait is normally already satisfied when the device is the bottleneck; it waits on one
+blocking event (the host thread sleeps, it does not spin a core), never on the whole device or in a capture.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, Protocol
+
+from pipelines.config import MAX_LEAD
 
 
 class Event(Protocol):
@@ -26,7 +27,9 @@ class Event(Protocol):
 def cuda_event() -> Any:
     import torch
 
-    return torch.cuda.Event()  # no timing: the lightest event, record/query/synchronize only
+    # No timing: the lightest event. Blocking: `synchronize()` sleeps in the driver instead of spinning
+    # a core that the loader's decoding threads need.
+    return torch.cuda.Event(blocking=True)
 
 
 class HostLead:
@@ -36,7 +39,7 @@ class HostLead:
     host until step i has finished on the device. Nothing is allocated per step.
     """
 
-    def __init__(self, max_lead: int = 2, new_event: Callable[[], Event] = cuda_event) -> None:
+    def __init__(self, max_lead: int = MAX_LEAD, new_event: Callable[[], Event] = cuda_event) -> None:
         if max_lead < 1:
             raise ValueError(f"max_lead must be >= 1, got {max_lead}")
         self.max_lead = max_lead
@@ -70,3 +73,8 @@ class NoLead:
 
     def record(self) -> None:
         pass
+
+
+def host_lead(device: Any) -> HostLead | NoLead:
+    """The bound a loop over `device` uses: the event ring on CUDA, nothing on CPU."""
+    return HostLead() if device.type == "cuda" else NoLead()

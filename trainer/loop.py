@@ -13,6 +13,7 @@ the loss and the loaders receive (`set_epoch(epoch)`), as in the papers' code.
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
@@ -29,9 +31,12 @@ from pipelines.clock import duration
 from trainer import checkpoint, history, rundir, stop, trackers
 from trainer.build import Parts
 from trainer.config import Config, OptimConfig
-from trainer.lead import HostLead, NoLead
+from trainer.lead import HostLead, NoLead, host_lead
+from trainer.models import rank_identical_buffers
 from trainer.schedule import lr_at
 from trainer.step import EvalStep, TrainStep, unwrap
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -94,12 +99,12 @@ def train_one_epoch(
     loss_sum = correct = 0.0
     loss_steps = samples = 0
     lr = optim.lr
-    lead = HostLead(max_lead=2) if step.device.type == "cuda" else NoLead()  # see trainer/lead.py
+    lead = host_lead(step.device)  # see trainer/lead.py
     start = last_time = time.perf_counter()
     last_step = 0
     done = 0
     for i, (images, labels) in enumerate(loader):
-        lead.wait()  # at most 2 steps queued on the GPU: no loader buffer is reused before its copy ran
+        lead.wait()  # at most MAX_LEAD steps queued on the GPU: no loader buffer is reused while read
         lr = lr_at(optim, epoch, i, steps, epochs)
         step.set_lr(lr)  # an in-place device write: no sync, no recompile, no recapture
         step(images, labels)
@@ -153,20 +158,32 @@ def broadcast_buffers(model: nn.Module) -> None:
     """Give every rank rank 0's buffers (BatchNorm running statistics). DDP broadcasts them at the start of
     each training forward, so after the last step each rank holds its own update; evaluating with them would
     make each rank's share see a different model. Rank 0's are the ones the checkpoint saves, and the ones
-    every rank gets at the next training step anyway, so a resumed run stays exact."""
+    every rank gets at the next training step anyway, so a resumed run stays exact. The buffers every rank
+    updates identically by construction (`rank_identical_buffers`: NCL's and GML's queues, which DDP is told
+    to ignore too) are left out: equal already, and the largest by far."""
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
         return
-    for buf in unwrap(model).buffers():
+    for buf in buffers_to_broadcast(unwrap(model)):
         dist.broadcast(buf.data, src=0)
 
 
-def evaluate(step: EvalStep, loader: Iterable[Any]) -> dict[str, Any]:
+def buffers_to_broadcast(module: nn.Module) -> list[torch.Tensor]:
+    """`module`'s buffers that may differ between ranks after training: all but the rank-identical ones."""
+    same = set(rank_identical_buffers(module))
+    return [buf for name, buf in module.named_buffers() if name not in same]
+
+
+def evaluate(step: EvalStep, loader: Iterable[Any], lead: HostLead | NoLead | None = None) -> dict[str, Any]:
     """Top-1, many/medium/few and per-class accuracy over the whole eval set, summed over processes. Each
     rank's loader holds a disjoint share of the samples (no padding), so every sample counts exactly once;
-    `samples` in the result says how many were counted."""
+    `samples` in the result says how many were counted. The host's lead is bounded as in training (`lead`,
+    by default the device's `host_lead`): a forward-only step is fast enough for a loader to outrun it."""
+    lead = host_lead(step.device) if lead is None else lead
     start = time.perf_counter()
     for images, labels in loader:
+        lead.wait()
         step(images, labels)
+        lead.record()
     report = step.read_metrics()  # host sync + all-reduce of the per-class counts
     report["eval_time"] = time.perf_counter() - start
     return report
@@ -211,6 +228,8 @@ def fit(
     epochs = run.epochs
     if main:
         rundir.write_metrics(run_dir, hist.records)  # drops lines written after the checkpoint
+    if main:  # set by OMP_NUM_THREADS or torch's default; the loaders, built by now, leave it as it was
+        log.info("torch runs CPU ops on %d threads", torch.get_num_threads())
     if hist.epoch:
         accelerator.print(f"resuming {run_dir} after epoch {hist.epoch} of {epochs}", flush=True)
     # A run stopped by a signal saves the state at the start of its epoch (trainer/stop.py): the checkpoint

@@ -92,37 +92,82 @@ def clean_stale(run_dir: Path) -> list[tuple[Path, int]]:
     return removed
 
 
-def check_shared(run_dir: Path, accelerator: Any) -> None:
+SHARED_CHECK_FILE = ".shared-check"
+
+
+def check_shared(run_dir: Path, accelerator: Any, *, timeout: float) -> None:
     """On several nodes, every process must see the run folder rank 0 writes (checkpoints, metrics, and the
-    checkpoint a resume reads): rank 0 writes a token there, every process reads it back. A collective:
-    every rank calls it, and every rank raises when any one cannot see the token."""
+    checkpoint a resume reads): rank 0 writes a token there, every process waits up to `timeout` seconds
+    (`run.shared_check_s`) to read it back (`sees_token`). A collective: every rank calls it, and every rank
+    raises, naming the nodes and ranks that could not see the token. Nodes are told apart by `node_name()`,
+    gathered from every process, so the check runs under any launcher (torchrun, accelerate, plain `srun`)."""
     import os
-    import socket
 
     from accelerate.utils import broadcast_object_list, gather_object
 
-    if int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes)) == accelerator.num_processes:
+    node = node_name()
+    if len(set(gather_object([node]))) == 1:
         return  # one node: one filesystem
     token = [os.urandom(8).hex() if accelerator.is_main_process else None]
     broadcast_object_list(token)
-    path = run_dir / ".shared-check"
+    path = run_dir / SHARED_CHECK_FILE
     if accelerator.is_main_process:
         atomic_write_text(path, token[0])
     accelerator.wait_for_everyone()
-    try:
-        seen = path.read_text() == token[0]
-    except OSError:
-        seen = False
-    blind = [host for host, ok in gather_object([(socket.gethostname(), seen)]) if not ok]
+    seen = sees_token(path, token[0], timeout=timeout)
+    reports = gather_object([(node, accelerator.process_index, seen)])
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         path.unlink(missing_ok=True)
-    if blind:
-        hosts = ", ".join(sorted(set(blind)))
-        raise RunDirError(
-            f"run folder {run_dir} is not shared between the nodes: {hosts} cannot see what rank 0 writes "
-            "there; put run.out_dir (and data.dir) on a filesystem every node mounts"
-        )
+    if error := blind_error(run_dir, reports):
+        raise error
+
+
+def node_name() -> str:
+    """This process's node: its host name, with the launcher's node index where it sets one (torchrun's
+    GROUP_RANK, Slurm's SLURM_NODEID), so that nodes simulated on one host count as several too."""
+    import os
+    import socket
+
+    host = socket.gethostname()
+    index = os.environ.get("GROUP_RANK", os.environ.get("SLURM_NODEID"))
+    return host if index is None else f"{host} (node {index})"
+
+
+def sees_token(path: Path, token: str, *, timeout: float, poll: float = 1.0) -> bool:
+    """Whether this process reads `token` from `path` within `timeout` seconds. Before each try it lists the
+    folder and its parent: a listing revalidates an NFS client's cached directory entries, where a plain
+    open could keep answering from a cached "no such file" until the cache expires."""
+    import contextlib
+    import os
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        for folder in (path.parent.parent, path.parent):
+            with contextlib.suppress(OSError):
+                os.listdir(folder)
+        try:
+            if path.read_text() == token:
+                return True
+        except OSError:
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll)
+
+
+def blind_error(run_dir: Path, reports: Iterable[tuple[str, int, bool]]) -> RunDirError | None:
+    """The error naming the ranks and nodes of the (node, rank, seen) reports that did not see rank 0's
+    token, or None if all did."""
+    blind = sorted((rank, node) for node, rank, seen in reports if not seen)
+    if not blind:
+        return None
+    who = ", ".join(f"rank {rank} on {node}" for rank, node in blind)
+    return RunDirError(
+        f"run folder {run_dir} is not shared between the nodes: {who} cannot see what rank 0 writes there; "
+        "put run.out_dir (and data.dir) on a filesystem every node mounts"
+    )
 
 
 def start_run_dir(run_dir: Path, cfg: Config, env: dict[str, Any], *, resumed: bool = False) -> None:
