@@ -66,11 +66,18 @@ def dataset_meta(cfg: DataConfig, path: Path, split: str) -> tuple[DatasetMeta, 
     index_dir = backend.index_dir(path, root)
     counts, cached = class_counts(cfg, path, root, index_dir)
     if cfg.num_classes:
-        if len(counts) > cfg.num_classes:
+        if len(counts) > cfg.num_classes:  # counts cached before data.num_classes was set
             raise MetaError(
                 f"{path}: holds labels up to {len(counts) - 1}, but data.num_classes = {cfg.num_classes}"
             )
         counts = np.pad(counts, (0, cfg.num_classes - len(counts)))
+    empty = np.flatnonzero(counts == 0)
+    if split == "train" and len(empty):  # the losses' class priors and margins need every class
+        c, given = int(empty[0]), f"data.num_classes = {cfg.num_classes}" if cfg.num_classes else "its labels"
+        raise MetaError(
+            f"{path}: class {c} has no training sample ({len(empty)} of {len(counts)} classes are empty, "
+            f"counted from {given}); check its labels or data.num_classes"
+        )
     stem = path.name.removesuffix(backend.suffix)
     formats = {cfg.backend: backend.format_entry(path, cfg, index_dir), FOREIGN: {"counts": str(cached)}}
     return counted_meta(counts, split=split, stem=stem, source=str(path), formats=formats), index_dir
@@ -87,6 +94,7 @@ def class_counts(cfg: DataConfig, path: Path, root: Path, index_dir: Path | None
     labels = BACKENDS[cfg.backend].read_labels(path, cfg, index_dir)  # an error names a negative label
     if not len(labels):
         raise DataError(f"{path}: holds no samples")
+    check_label_range(labels, path, cfg.num_classes)
     counts = np.bincount(labels)
     record = {
         "data": fp[0],
@@ -100,6 +108,27 @@ def class_counts(cfg: DataConfig, path: Path, root: Path, index_dir: Path | None
     except OSError as exc:  # the counts are known: a cache that cannot be written only costs time
         log.warning("cannot cache the class counts of %s in %s (%s); set data.cache_dir", path, cached, exc)
     return counts, cached
+
+
+MAX_INFERRED_CLASSES = 1 << 20  # without data.num_classes, a larger label is taken for a typo
+
+
+def check_label_range(labels: np.ndarray, path: Path, num_classes: int) -> None:
+    """Every label below `data.num_classes` (unset: below MAX_INFERRED_CLASSES), checked before a per-class
+    array is made: a typo like 3000000000 would otherwise cost gigabytes before any message."""
+    bound = num_classes or MAX_INFERRED_CLASSES
+    top = int(np.argmax(labels))
+    if labels[top] < bound:
+        return
+    if num_classes:
+        raise MetaError(
+            f"{path}: sample {top} has label {labels[top]}, but data.num_classes = {num_classes} "
+            f"(labels 0..{num_classes - 1})"
+        )
+    raise MetaError(
+        f"{path}: sample {top} has label {labels[top]}, more than {MAX_INFERRED_CLASSES} classes: a typo? "
+        "If not, set data.num_classes"
+    )
 
 
 def _read_counts(cached: Path, fp: list) -> np.ndarray | None:

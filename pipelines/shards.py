@@ -81,7 +81,7 @@ class ShardSet:
         return CorruptSampleError(
             f"{self.shards[self.shard_of[i]]}: sample {self.keys[i]!r} (index {i}) is corrupt: "
             f"{image_problem(self._slice(i))}; re-convert the dataset, or set data.skip_corrupt = true "
-            "to train without such samples (they are listed at start)"
+            "to leave such samples out of training and evaluation (they are listed at start)"
         )
 
     def corrupt_samples(self, indices: np.ndarray | None = None) -> np.ndarray:

@@ -1,0 +1,171 @@
+"""Every sample of a split checked when its loader opens, so damage stops a run before it trains or evaluates.
+
+A sample whose bytes were zero-filled, overwritten or cut short would otherwise be found mid-epoch (DALI:
+after a whole training epoch, when it sits in the evaluation split) or never (FFCV decodes a zero-filled
+JPEG as a black image and trains on it under its label). The check reads only the bytes that tell
+(`image_bytes`: a JPEG's start and end markers, a PNG's signature and IEND chunk), vectorised over all
+samples, so it costs a few page reads a sample. Raw pixels (what the converter stores for CIFAR-size images
+in a `.beton`) have no marker and are not checked. Images of foreign data are also held to
+`data.max_pixels` (their header's size, read without decoding): one huge image would cost gigabytes a batch.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .errors import DataError
+from .image_bytes import JPEG_EOI, JPEG_SOI, JPEG_TRAILER, PNG_SIGNATURE, image_problem, jpeg_problem
+
+if TYPE_CHECKING:
+    from .config import DataConfig
+    from .loader import LoaderSpec
+    from .meta import DatasetMeta
+    from .shards import ShardSet
+
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # frame headers
+_HEADER_SCAN = 1 << 16  # bytes of a JPEG searched for its frame header (EXIF blocks come first)
+
+
+def whole_mask(view: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """True where `view[start:end]` starts and ends as a JPEG that ends with its marker: five byte reads a
+    sample, vectorised (the rest, PNGs and JPEGs with a trailer, go through `image_problem`)."""
+    starts, ends = np.asarray(starts, np.int64), np.asarray(ends, np.int64)
+    ok = ends - starts >= len(JPEG_SOI) + len(JPEG_EOI)
+    s, e = np.where(ok, starts, 0), np.where(ok, ends, len(JPEG_SOI) + len(JPEG_EOI))
+    if len(view) == 0:
+        return np.zeros(len(starts), bool)
+    for k, byte in enumerate(JPEG_SOI):
+        ok &= view[np.minimum(s + k, len(view) - 1)] == byte
+    for k, byte in enumerate(JPEG_EOI):
+        ok &= view[np.clip(e - len(JPEG_EOI) + k, 0, len(view) - 1)] == byte
+    return ok
+
+
+def image_size(data: bytes | np.ndarray) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header or a PNG's IHDR chunk, not decoding (None: not found)."""
+    head = bytes(data[: len(PNG_SIGNATURE) + 16])
+    if head.startswith(PNG_SIGNATURE) and len(head) >= 24 and head[12:16] == b"IHDR":
+        return struct.unpack(">II", head[16:24])
+    if not head.startswith(JPEG_SOI):
+        return None
+    limit, buf = min(len(data), _HEADER_SCAN), b""
+    i = 2
+    while True:
+        if i + 9 > len(buf):  # read on in growing steps: the frame header is usually in the first 1 KiB
+            if len(buf) >= limit:
+                return None
+            buf = bytes(data[: min(limit, max(1024, 4 * len(buf), i + 9))])
+            continue
+        if buf[i] != 0xFF:
+            return None
+        marker = buf[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in _SOF:
+            height, width = struct.unpack(">HH", buf[i + 5 : i + 9])
+            return width, height
+        if marker == 0xD8 or 0xD0 <= marker <= 0xD7:  # no length field
+            i += 2
+            continue
+        i += 2 + struct.unpack(">H", buf[i + 2 : i + 4])[0]
+
+
+def shard_problems(shards) -> list[int]:
+    """Indices of the samples of a `ShardSet` that are not whole JPEGs or PNGs (`image_problem`)."""
+    bad: list[int] = []
+    for s, view in enumerate(shards._views):
+        idx = np.flatnonzero(shards.shard_of == s)
+        starts = shards.offsets[idx]
+        suspects = idx[~whole_mask(view, starts, starts + shards.sizes[idx])]
+        bad += [int(i) for i in suspects if image_problem(shards._slice(int(i))) is not None]
+    return sorted(bad)
+
+
+def check_shard_pixels(shards, max_pixels: int) -> None:
+    """Refuse a sample of a `ShardSet` whose header gives more than `max_pixels` pixels (data.max_pixels),
+    naming its shard and key."""
+    for i in range(len(shards)):
+        size = image_size(shards._slice(i))
+        if size is not None and size[0] * size[1] > max_pixels:
+            raise DataError(
+                f"{shards.shards[shards.shard_of[i]]}: sample {shards.keys[i]!r} (index {i}) is a "
+                f"{size[0]}x{size[1]} image, over data.max_pixels = {max_pixels}; resize it, or raise "
+                "data.max_pixels"
+            )
+
+
+def beton_problems(path, reader, image_field: str) -> list[tuple[int, str]]:
+    """(index, problem) of each JPEG sample of a `.beton` (FFCV `Reader`) that is not a whole JPEG; raw
+    samples have no marker to check."""
+    ix = list(reader.handlers).index(image_field)
+    meta = reader.metadata[f"f{ix}"]
+    jpg = np.flatnonzero(meta["mode"] == 0)  # RGBImageField: 0 = JPEG, 1 = raw pixels
+    if not len(jpg):
+        return []
+    table = reader.alloc_table
+    order = np.argsort(table["ptr"], kind="stable")
+    ptrs = meta["data_ptr"][jpg].astype(np.int64)
+    at = np.clip(np.searchsorted(table["ptr"][order], ptrs), 0, len(order) - 1)
+    found = table["ptr"][order][at].astype(np.int64) == ptrs
+    sizes = np.where(found, table["size"][order][at].astype(np.int64), 0)
+    view = np.memmap(path, dtype=np.uint8, mode="r")
+    ends = np.minimum(ptrs + sizes, len(view))
+    suspects = np.flatnonzero(~whole_mask(view, ptrs, ends))
+    out = []
+    for k in suspects.tolist():
+        problem = jpeg_problem(view[ptrs[k] : ends[k]], JPEG_TRAILER) if found[k] else "no allocated bytes"
+        if problem is not None:
+            out.append((int(jpg[k]), problem))
+    return out
+
+
+def check_beton_pixels(path, reader, image_field: str, max_pixels: int) -> None:
+    """Refuse a `.beton` sample whose stored size exceeds `max_pixels` (data.max_pixels), naming its index."""
+    ix = list(reader.handlers).index(image_field)
+    meta = reader.metadata[f"f{ix}"]
+    pixels = meta["width"].astype(np.int64) * meta["height"].astype(np.int64)
+    big = np.flatnonzero(pixels > max_pixels)
+    if len(big):
+        i = int(big[0])
+        raise DataError(
+            f"{path}: sample {i} is a {meta['width'][i]}x{meta['height'][i]} image, over data.max_pixels = "
+            f"{max_pixels} ({len(big)} such); resize it, or raise data.max_pixels"
+        )
+
+
+SKIP_CORRUPT = "data.skip_corrupt"  # what a left-out sample's `skipped` record says left it out
+
+
+def checked_shards(shards: ShardSet, spec: LoaderSpec, meta: DatasetMeta) -> ShardSet:
+    """The `ShardSet` a DALI loader serves: every sample checked (either split); a damaged one refused with
+    what to do, or left out under data.skip_corrupt; foreign images held to data.max_pixels."""
+    try:
+        bad = shard_problems(shards)
+        if bad and not spec.cfg.skip_corrupt:
+            first = shards._corrupt(bad[0])
+            raise type(first)(f"{first} [{len(bad)} corrupt sample(s) in all]")
+        if not meta.max_resolution:  # foreign data: no converter bounded its sizes
+            check_shard_pixels(shards, spec.cfg.max_pixels)
+    except BaseException:
+        shards.close()
+        raise
+    return shards.without(np.asarray(bad, np.int64)) if bad else shards
+
+
+def check_beton(path, reader, cfg: DataConfig, *, foreign: bool) -> None:
+    """A `.beton` checked before its loader decodes anything: every JPEG sample whole (FFCV would decode a
+    zero-filled one as a black image), and, for foreign data, every image within data.max_pixels."""
+    bad = beton_problems(path, reader, cfg.image_field)
+    if bad:
+        i, problem = bad[0]
+        raise DataError(
+            f"{path}: sample {i} (field {cfg.image_field!r}) is corrupt: {problem} [{len(bad)} corrupt "
+            "sample(s)]; re-convert the dataset (the ffcv backend cannot leave samples out; the dali backend "
+            "can, with data.skip_corrupt = true)"
+        )
+    if foreign:
+        check_beton_pixels(path, reader, cfg.image_field, cfg.max_pixels)
