@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import DataError
-from .image_bytes import JPEG_EOI, JPEG_SOI, JPEG_TRAILER, PNG_SIGNATURE, image_problem, jpeg_problem
+from .image_bytes import JPEG_SOI, JPEG_TRAILER, PNG_SIGNATURE, jpeg_problem, whole_mask
 
 if TYPE_CHECKING:
     from .config import DataConfig
@@ -26,22 +26,7 @@ if TYPE_CHECKING:
     from .shards import ShardSet
 
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # frame headers
-_HEADER_SCAN = 1 << 16  # bytes of a JPEG searched for its frame header (EXIF blocks come first)
-
-
-def whole_mask(view: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """True where `view[start:end]` starts and ends as a JPEG that ends with its marker: five byte reads a
-    sample, vectorised (the rest, PNGs and JPEGs with a trailer, go through `image_problem`)."""
-    starts, ends = np.asarray(starts, np.int64), np.asarray(ends, np.int64)
-    ok = ends - starts >= len(JPEG_SOI) + len(JPEG_EOI)
-    s, e = np.where(ok, starts, 0), np.where(ok, ends, len(JPEG_SOI) + len(JPEG_EOI))
-    if len(view) == 0:
-        return np.zeros(len(starts), bool)
-    for k, byte in enumerate(JPEG_SOI):
-        ok &= view[np.minimum(s + k, len(view) - 1)] == byte
-    for k, byte in enumerate(JPEG_EOI):
-        ok &= view[np.clip(e - len(JPEG_EOI) + k, 0, len(view) - 1)] == byte
-    return ok
+_HEADER_SCAN = 1 << 20  # bytes of a JPEG searched for its frame header (EXIF, ICC blocks come first)
 
 
 def image_size(data: bytes | np.ndarray) -> tuple[int, int] | None:
@@ -72,17 +57,6 @@ def image_size(data: bytes | np.ndarray) -> tuple[int, int] | None:
             i += 2
             continue
         i += 2 + struct.unpack(">H", buf[i + 2 : i + 4])[0]
-
-
-def shard_problems(shards) -> list[int]:
-    """Indices of the samples of a `ShardSet` that are not whole JPEGs or PNGs (`image_problem`)."""
-    bad: list[int] = []
-    for s, view in enumerate(shards._views):
-        idx = np.flatnonzero(shards.shard_of == s)
-        starts = shards.offsets[idx]
-        suspects = idx[~whole_mask(view, starts, starts + shards.sizes[idx])]
-        bad += [int(i) for i in suspects if image_problem(shards._slice(int(i))) is not None]
-    return sorted(bad)
 
 
 def check_shard_pixels(shards, max_pixels: int) -> None:
@@ -144,7 +118,7 @@ def checked_shards(shards: ShardSet, spec: LoaderSpec, meta: DatasetMeta) -> Sha
     """The `ShardSet` a DALI loader serves: every sample checked (either split); a damaged one refused with
     what to do, or left out under data.skip_corrupt; foreign images held to data.max_pixels."""
     try:
-        bad = shard_problems(shards)
+        bad = shards.corrupt_samples().tolist()
         if bad and not spec.cfg.skip_corrupt:
             first = shards._corrupt(bad[0])
             raise type(first)(f"{first} [{len(bad)} corrupt sample(s) in all]")
