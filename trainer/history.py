@@ -23,6 +23,7 @@ from trainer.optim import SGD
 from trainer.plot import plot_per_class_accuracy
 from trainer.rng import rng_state, set_rng_state
 from trainer.step import unwrap
+from trainer.teacher import record_of
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ def snapshot(cfg: Config, accelerator: Any, model: nn.Module, optimizer: SGD, hi
             "history": hist.records,
             "world_size": accelerator.num_processes,
             "config": to_dict(cfg),
+            **({"teacher": record} if (record := record_of(unwrap(model))) else {}),
         }
     )
 
