@@ -312,6 +312,7 @@ if __name__ == "__main__":
     from pipelines import DataError
     from trainer.checkpoint import CheckpointError
     from trainer.loop import DivergedError
+    from trainer.resnet_imagenet import PretrainedError
     from trainer.rundir import RunDirError
     from trainer.stop import EXIT_CODE, Stopped
 
@@ -321,7 +322,15 @@ if __name__ == "__main__":
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"launch.py: {err}", file=sys.stderr, flush=True)
         sys.exit(EXIT_CODE)
-    except (ConfigError, LaunchError, RunDirError, CheckpointError, DataError, DivergedError) as err:
+    except (
+        ConfigError,
+        LaunchError,
+        RunDirError,
+        CheckpointError,
+        DataError,
+        DivergedError,
+        PretrainedError,
+    ) as err:
         sys.exit(f"launch.py: {err}")
     except FileNotFoundError as err:  # a data path or a shard's index file: the message names it
         sys.exit(f"launch.py: {err}")

@@ -26,7 +26,7 @@ from .config import DataConfig
 from .errors import DataError
 from .fileio import atomic_write_text
 from .meta import FOREIGN, DatasetMeta, MetaError, counted_meta, meta_path_for, read_meta
-from .shard_index import TAR_BLOCK, ShardError
+from .shard_index import TAR_BLOCK, ShardError, tar_files
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def cache_root(setting: str = "") -> Path:
 def fingerprint(path: Path) -> list:
     """What identifies the data's content cheaply: its resolved path and the size and mtime (ns) of the file,
     or of every shard of the folder."""
-    files = [path] if path.is_file() else sorted(path.glob("*.tar"))
+    files = [path] if path.is_file() else tar_files(path)
     return [str(path.resolve()), [[f.name, (st := f.stat()).st_size, st.st_mtime_ns] for f in files]]
 
 
@@ -152,7 +152,7 @@ def _read_counts(cached: Path, fp: list) -> np.ndarray | None:
 def shard_indexes(folder: Path, root: Path) -> Path | None:
     """None when every shard of `folder` has its index beside it; else the cache folder holding an index
     for each, made by DALI's `wds2idx` on first use."""
-    tars = sorted(folder.glob("*.tar"))
+    tars = tar_files(folder)
     if not tars:
         raise ShardError(f"{folder}: no .tar shards in this folder")
     if all(t.with_suffix(".idx").is_file() for t in tars):

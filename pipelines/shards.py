@@ -22,7 +22,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .image_bytes import image_problem, jpeg_problem, looks_whole, whole_mask
-from .shard_index import ShardError, ShardIndex, check_header, member_key, parse_index
+from .shard_index import (
+    ShardError,
+    ShardIndex,
+    check_header,
+    check_reachable,
+    member_key,
+    parse_index,
+    tar_files,
+)
 
 if TYPE_CHECKING:
     from .meta import DatasetMeta
@@ -157,7 +165,7 @@ def shard_paths(directory: Path, meta: DatasetMeta | None) -> list[Path]:
     """The shards named by the meta file (in its order), else every `*.tar` of the folder, sorted."""
     if meta is not None and "dali" in meta.formats and meta.formats["dali"].get("shards"):
         return [directory / name for name in meta.formats["dali"]["shards"]]
-    return sorted(directory.glob("*.tar"))
+    return tar_files(directory)
 
 
 def check_shard_folder(path: Path) -> None:
@@ -186,6 +194,8 @@ def read_shard_index(
     for s, tar in enumerate(tars):
         idx = Path(index_dir, tar.name).with_suffix(".idx") if index_dir else tar.with_suffix(".idx")
         if not tar.is_file():
+            if tar.is_symlink():
+                check_reachable(tar)
             raise FileNotFoundError(f"{tar}: shard listed in the meta file is missing")
         if not idx.is_file():
             where = f"in {idx.parent}" if index_dir else "beside it"

@@ -113,11 +113,26 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is reported with the file name
-        raise CheckpointError(f"{path}: cannot read checkpoint: {exc}") from exc
+        raise CheckpointError(f"{path}: cannot read checkpoint: {_reason(path, exc)}") from exc
     expected = state.pop(DIGEST_KEY, None) if isinstance(state, dict) else None
     if expected is not None and expected != digest(state):
         raise CheckpointError(f"{path}: checksum mismatch, the file was damaged after it was written")
     return state
+
+
+def _reason(path: Path, exc: Exception) -> str:
+    """Why torch.load failed, in one line that is never empty (a zero-byte file raises a bare EOFError)."""
+    try:
+        if path.stat().st_size == 0:
+            return "the file is empty (0 bytes): a write that never finished"
+    except OSError:
+        pass
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return (
+        f"{type(exc).__name__}: {lines[0]}"
+        if lines
+        else f"{type(exc).__name__} (truncated or not a checkpoint)"
+    )
 
 
 def load_latest(run_dir: Path) -> dict[str, Any]:
