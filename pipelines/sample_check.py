@@ -6,12 +6,15 @@ JPEG as a black image and trains on it under its label). The check reads only th
 (`image_bytes`: a JPEG's start and end markers, a PNG's signature and IEND chunk), vectorised over all
 samples, so it costs a few page reads a sample. Raw pixels (what the converter stores for CIFAR-size images
 in a `.beton`) have no marker and are not checked. Images of foreign data are also held to
-`data.max_pixels` (their header's size, read without decoding): one huge image would cost gigabytes a batch.
+`data.max_pixels` (their header's size, read without decoding; the largest is cached in the data cache
+folder, keyed by the shards' sizes and mtimes): one huge image would cost gigabytes a batch.
 """
 
 from __future__ import annotations
 
+import json
 import struct
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -59,17 +62,47 @@ def image_size(data: bytes | np.ndarray) -> tuple[int, int] | None:
         i += 2 + struct.unpack(">H", buf[i + 2 : i + 4])[0]
 
 
-def check_shard_pixels(shards, max_pixels: int) -> None:
-    """Refuse a sample of a `ShardSet` whose header gives more than `max_pixels` pixels (data.max_pixels),
-    naming its shard and key."""
+def largest_image(shards: ShardSet) -> tuple[int, int, int]:
+    """(index, width, height) of the sample of a `ShardSet` with the most pixels by its header (-1, 0, 0:
+    no readable header). A Python pass of a few microseconds a sample: `check_shard_pixels` caches it."""
+    best = (-1, 0, 0)
     for i in range(len(shards)):
         size = image_size(shards._slice(i))
-        if size is not None and size[0] * size[1] > max_pixels:
-            raise DataError(
-                f"{shards.shards[shards.shard_of[i]]}: sample {shards.keys[i]!r} (index {i}) is a "
-                f"{size[0]}x{size[1]} image, over data.max_pixels = {max_pixels}; resize it, or raise "
-                "data.max_pixels"
-            )
+        if size is not None and size[0] * size[1] > best[1] * best[2]:
+            best = (i, *size)
+    return best
+
+
+def check_shard_pixels(shards: ShardSet, max_pixels: int, cache: Path | None = None) -> None:
+    """Refuse a `ShardSet` whose largest image (by its header) has more than `max_pixels` pixels
+    (data.max_pixels), naming its shard and key. With `cache` (the data cache folder), the largest image is
+    remembered under `<cache>/sizes/`, keyed like the class counts by the shards' size and mtime."""
+    from .fileio import atomic_write_text
+    from .foreign import _key, fingerprint
+
+    fp = fingerprint(shards.directory)
+    cached = cache / "sizes" / f"{_key('sizes', fp)}.json" if cache else None
+    try:
+        record = json.loads(cached.read_text()) if cached else None
+    except (OSError, ValueError):
+        record = None
+    ok = isinstance(record, dict) and record.get("fingerprint") == fp
+    largest = record.get("largest") if ok else None
+    if not (isinstance(largest, list) and len(largest) == 3 and -1 <= largest[0] < len(shards)):
+        largest = list(largest_image(shards))
+        if cached:
+            try:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(cached, json.dumps({"fingerprint": fp, "largest": largest}) + "\n")
+            except OSError:  # the check is done: a cache that cannot be written only costs time
+                pass
+    i, width, height = largest
+    if width * height > max_pixels:
+        raise DataError(
+            f"{shards.shards[shards.shard_of[i]]}: sample {shards.keys[i]!r} (index {i}) is a "
+            f"{width}x{height} image, over data.max_pixels = {max_pixels}; resize it, or raise "
+            "data.max_pixels"
+        )
 
 
 def beton_problems(path, reader, image_field: str) -> list[tuple[int, str]]:
@@ -123,7 +156,9 @@ def checked_shards(shards: ShardSet, spec: LoaderSpec, meta: DatasetMeta) -> Sha
             first = shards._corrupt(bad[0])
             raise type(first)(f"{first} [{len(bad)} corrupt sample(s) in all]")
         if not meta.max_resolution:  # foreign data: no converter bounded its sizes
-            check_shard_pixels(shards, spec.cfg.max_pixels)
+            from .foreign import cache_root
+
+            check_shard_pixels(shards, spec.cfg.max_pixels, cache_root(spec.cfg.cache_dir))
     except BaseException:
         shards.close()
         raise
