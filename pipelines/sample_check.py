@@ -7,15 +7,17 @@ JPEG as a black image and trains on it under its label). The check reads only th
 samples, so it costs a few page reads a sample. Raw pixels (what the converter stores for CIFAR-size images
 in a `.beton`) have no marker and are not checked. Images of foreign data are also held to
 `data.max_pixels` (their header's size, read without decoding; the largest is cached in the data cache
-folder, keyed by the shards' sizes and mtimes): one huge image would cost gigabytes a batch.
+folder): one huge image would cost gigabytes a batch. What a check finds is `cached` in the data cache folder
+(`data.cache_dir`), keyed by the files' sizes and mtimes, so another rank or run reads it back.
 """
 
 from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -73,30 +75,48 @@ def largest_image(shards: ShardSet) -> tuple[int, int, int]:
     return best
 
 
-def check_shard_pixels(shards: ShardSet, max_pixels: int, cache: Path | None = None) -> None:
-    """Refuse a `ShardSet` whose largest image (by its header) has more than `max_pixels` pixels
-    (data.max_pixels), naming its shard and key. With `cache` (the data cache folder), the largest image is
-    remembered under `<cache>/sizes/`, keyed like the class counts by the shards' size and mtime."""
+def cached(
+    kind: str, path: Path, cache: Path, compute: Callable[[], Any], valid: Callable[[Any], bool]
+) -> Any:
+    """`compute()` (a JSON value), remembered in `<cache>/checks/` under a key of `kind` and the data's
+    resolved path and its files' sizes and mtimes, so another open (another rank, the next run) of unchanged
+    data reads it back; a record that is unreadable or fails `valid` is computed again. A cache that cannot
+    be written only costs time."""
     from .fileio import atomic_write_text
     from .foreign import _key, fingerprint
 
-    fp = fingerprint(shards.directory)
-    cached = cache / "sizes" / f"{_key('sizes', fp)}.json" if cache else None
+    fp = fingerprint(path)
+    file = cache / "checks" / f"{_key(kind, fp)}.json"
     try:
-        record = json.loads(cached.read_text()) if cached else None
+        record = json.loads(file.read_text())
     except (OSError, ValueError):
         record = None
-    ok = isinstance(record, dict) and record.get("fingerprint") == fp
-    largest = record.get("largest") if ok else None
-    if not (isinstance(largest, list) and len(largest) == 3 and -1 <= largest[0] < len(shards)):
-        largest = list(largest_image(shards))
-        if cached:
-            try:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(cached, json.dumps({"fingerprint": fp, "largest": largest}) + "\n")
-            except OSError:  # the check is done: a cache that cannot be written only costs time
-                pass
-    i, width, height = largest
+    if isinstance(record, dict) and record.get("fingerprint") == fp and valid(record.get("value")):
+        return record["value"]
+    value = compute()
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(file, json.dumps({"kind": kind, "fingerprint": fp, "value": value}) + "\n")
+    except OSError:
+        pass
+    return value
+
+
+def _indices(n: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, list) and all(isinstance(i, int) and 0 <= i < n for i in v)
+
+
+def check_shard_pixels(shards: ShardSet, max_pixels: int, cache: Path) -> None:
+    """Refuse a `ShardSet` whose largest image (by its header) has more than `max_pixels` pixels
+    (data.max_pixels), naming its shard and key; the largest image is `cached`."""
+    n = len(shards)
+    i, width, height = cached(
+        "sizes",
+        shards.directory,
+        cache,
+        lambda: list(largest_image(shards)),
+        lambda v: isinstance(v, list) and len(v) == 3 and all(isinstance(x, int) for x in v) and v[0] < n,
+    )
     if width * height > max_pixels:
         raise DataError(
             f"{shards.shards[shards.shard_of[i]]}: sample {shards.keys[i]!r} (index {i}) is a "
@@ -150,15 +170,17 @@ SKIP_CORRUPT = "data.skip_corrupt"  # what a left-out sample's `skipped` record 
 def checked_shards(shards: ShardSet, spec: LoaderSpec, meta: DatasetMeta) -> ShardSet:
     """The `ShardSet` a DALI loader serves: every sample checked (either split); a damaged one refused with
     what to do, or left out under data.skip_corrupt; foreign images held to data.max_pixels."""
+    from .foreign import cache_root
+
+    cache = cache_root(spec.cfg.cache_dir)
     try:
-        bad = shards.corrupt_samples().tolist()
+        compute = lambda: shards.corrupt_samples().tolist()  # noqa: E731
+        bad = cached("corrupt-shards", spec.path, cache, compute, _indices(len(shards)))
         if bad and not spec.cfg.skip_corrupt:
             first = shards._corrupt(bad[0])
             raise type(first)(f"{first} [{len(bad)} corrupt sample(s) in all]")
         if not meta.max_resolution:  # foreign data: no converter bounded its sizes
-            from .foreign import cache_root
-
-            check_shard_pixels(shards, spec.cfg.max_pixels, cache_root(spec.cfg.cache_dir))
+            check_shard_pixels(shards, spec.cfg.max_pixels, cache)
     except BaseException:
         shards.close()
         raise
@@ -168,7 +190,15 @@ def checked_shards(shards: ShardSet, spec: LoaderSpec, meta: DatasetMeta) -> Sha
 def check_beton(path, reader, cfg: DataConfig, *, foreign: bool) -> None:
     """A `.beton` checked before its loader decodes anything: every JPEG sample whole (FFCV would decode a
     zero-filled one as a black image), and, for foreign data, every image within data.max_pixels."""
-    bad = beton_problems(path, reader, cfg.image_field)
+    from .foreign import cache_root
+
+    bad = cached(
+        f"corrupt-beton:{cfg.image_field}",
+        Path(path),
+        cache_root(cfg.cache_dir),
+        lambda: [list(p) for p in beton_problems(path, reader, cfg.image_field)],
+        lambda v: isinstance(v, list) and all(isinstance(p, list) and len(p) == 2 for p in v),
+    )
     if bad:
         i, problem = bad[0]
         raise DataError(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import tracemalloc
 from pathlib import Path
@@ -89,7 +90,11 @@ def test_a_zero_filled_jpeg_in_a_beton_is_refused_at_open(tmp_path):
     data = bytearray(beton.read_bytes())
     offset, size = where[3]
     data[offset : offset + size] = bytes(size)
+    stat = beton.stat()
     beton.write_bytes(bytes(data))
+    os.utime(beton, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    make_loader(cfg, "train").close()  # same size and mtime: the verdict cached by the first open holds
+    beton.touch()
     with pytest.raises(DataError, match=r"train.beton: sample 3 \(field 'image'\) is corrupt: no JPEG start"):
         make_loader(cfg, "train")
     data[offset : offset + size] = images[3][: size // 2] + bytes(size - size // 2)  # cut short
@@ -107,13 +112,14 @@ def test_foreign_images_over_max_pixels_are_refused_naming_shard_and_key(tmp_pat
     write_tar(folder / "part-0000.tar", members)
     cfg = DataConfig(backend="dali", dir=str(tmp_path), cache_dir=str(tmp_path / "cache"), **KW)
     make_loader(cfg, "train").close()
-    assert len(list((tmp_path / "cache" / "sizes").glob("*.json"))) == 1  # the largest image, remembered
+    kinds = {json.loads(f.read_text())["kind"] for f in (tmp_path / "cache" / "checks").glob("*.json")}
+    assert kinds == {"corrupt-shards", "sizes"}  # what the checks found, remembered
     for _ in range(2):  # from the cache, then counted again without it
         with pytest.raises(
             DataError, match=r"part-0000.tar: sample 'k2' \(index 2\) is a 300x200 image, over"
         ):
             make_loader(DataConfig(**{**cfg.__dict__, "max_pixels": 50000}), "train")
-        shutil.rmtree(tmp_path / "cache" / "sizes")
+        shutil.rmtree(tmp_path / "cache" / "checks")
     beton = tmp_path / "big.beton"
     write_beton(beton, [jpeg(40, 30), jpeg(300, 200)], [0, 1])
     bcfg = DataConfig(backend="ffcv", dir=str(tmp_path), train="big.beton", max_pixels=50000, **KW)
