@@ -282,7 +282,7 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
     except BaseException:
         lock.forget_folder_if_unused()  # a run that could not start leaves no folder behind
         raise
-    cfg = teacher.pinned(cfg, unwrap(parts.model))  # the config recorded names the teacher file used
+    cfg = teacher.pinned(cfg, unwrap(parts.model), state)  # the config recorded names the teacher file used
     try:
         hist = (
             history.restore(accelerator, parts.model, parts.optimizer, state)

@@ -173,3 +173,5 @@ def test_a_student_checkpoint_holds_its_teacher_and_names_the_file(tmp_path):
     torch.testing.assert_close(again.teacher(images).logits, original(images).logits)
     assert record_of(again)["path"] == teacher_file  # still the true teacher, not the student's file
     assert pinned(recorded, again) is recorded
+    older = {"path": str(own), "model": {}}  # a checkpoint from before students recorded their teacher
+    assert pinned(cfg, student, older) is cfg and pinned(cfg, student, state).model.teacher == teacher_file

@@ -76,11 +76,15 @@ def record_of(model: nn.Module) -> TeacherRecord | None:
     return getattr(model, "teacher_record", None)
 
 
-def pinned(cfg: Config, model: nn.Module) -> Config:
+def pinned(cfg: Config, model: nn.Module, resumed: dict[str, Any] | None = None) -> Config:
     """`cfg` with `model.teacher` naming the teacher file `model` was built with (a run folder given names
-    its newest checkpoint at the time): what the run records, so its config says which teacher it used."""
+    its newest checkpoint at the time): what the run records, so its config says which teacher it used.
+    A run `resumed` from a checkpoint that does not record its teacher keeps `cfg`: the folder's newest
+    checkpoint now need not be the one the run started with (whose weights the checkpoint restores)."""
     record = record_of(model)
     if record is None or cfg.model.teacher == record["path"]:
+        return cfg
+    if resumed is not None and not isinstance(resumed.get("teacher"), dict):
         return cfg
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, teacher=record["path"]))
 
