@@ -35,7 +35,10 @@ def test_every_pretrained_error_is_one_line_naming_the_key(tmp_path):
         "": "model.pretrained is empty",
         "torchvision:NoSuch_Weights.X": "model.pretrained: torchvision:NoSuch_Weights.X is not a torchvision",
         str(text): "weights.txt is not a PyTorch weights file torch.load reads with weights_only",
-        str(evil): "evil.pth is not a PyTorch weights file torch.load reads with weights_only",
+        str(
+            evil
+        ): "evil.pth is not a PyTorch weights file torch.load reads with weights_only (a state_dict of "
+        "tensors): the weights-only unpickler refuses it (Unsupported",
         str(small): "resnet18.pth is not a torchvision ResNet-152 state_dict: ",
     }
     for source, want in cases.items():

@@ -26,6 +26,7 @@ import torch
 
 from pipelines.fileio import atomic_write_bytes
 from trainer.rundir import CHECKPOINT_DIR
+from trainer.torchload import load_reason
 
 FORMAT_VERSION = 1
 DIGEST_KEY = "sha256"
@@ -127,12 +128,7 @@ def _reason(path: Path, exc: Exception) -> str:
             return "the file is empty (0 bytes): a write that never finished"
     except OSError:
         pass
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return (
-        f"{type(exc).__name__}: {lines[0]}"
-        if lines
-        else f"{type(exc).__name__} (truncated or not a checkpoint)"
-    )
+    return load_reason(exc) if str(exc).strip() else f"{type(exc).__name__} (truncated or not a checkpoint)"
 
 
 def load_latest(run_dir: Path) -> dict[str, Any]:

@@ -13,6 +13,8 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
 
+from trainer.torchload import load_reason
+
 
 class TorchvisionBody(nn.Module):
     """A torchvision ResNet up to the global average pool; forward returns [N, feature_dim]."""
@@ -36,12 +38,6 @@ class PretrainedError(ValueError):
     another architecture); the one-line message names the key and the file."""
 
 
-def first_line(exc: BaseException) -> str:
-    """An exception's message cut to one line (torch's load and load_state_dict errors run to many)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
-
-
 def _torchvision_weights(name: str) -> dict[str, Tensor]:
     """`ResNet152_Weights.IMAGENET1K_V1` through torchvision's weights API and its download cache: works
     offline once the file is in the cache, and says how to pass a file when it cannot be fetched."""
@@ -50,7 +46,7 @@ def _torchvision_weights(name: str) -> dict[str, Tensor]:
     except (ValueError, KeyError, AttributeError) as exc:
         raise PretrainedError(
             f"model.pretrained: {TORCHVISION_PREFIX}{name} is not a torchvision weights name "
-            f"(e.g. torchvision:ResNet152_Weights.IMAGENET1K_V1): {first_line(exc)}"
+            f"(e.g. torchvision:ResNet152_Weights.IMAGENET1K_V1): {load_reason(exc)}"
         ) from None
     try:
         return weights.get_state_dict(progress=False)
@@ -82,7 +78,7 @@ def _load_state_dict(source: str, arch: str) -> dict[str, Tensor]:
     except Exception as exc:  # noqa: BLE001 - a text file, a damaged one, a pickle weights_only refuses
         raise PretrainedError(
             f"model.pretrained: {file} is not a PyTorch weights file torch.load reads with weights_only "
-            f"(a state_dict of tensors): {type(exc).__name__}: {first_line(exc)}"
+            f"(a state_dict of tensors): {load_reason(exc)}"
         ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
