@@ -55,7 +55,7 @@ class DaliBackend:
     """The `Backend` of `<stem>.dali` folders (and of any folder of WebDataset shards)."""
 
     suffix = ".dali"
-    checks_samples = True  # each sample's bytes as they are fed (`ShardSet.jpegs`): data.skip_corrupt works
+    checks_samples = True  # samples checked at open and as fed (`ShardSet.jpegs`): data.skip_corrupt works
 
     @classmethod
     def accepts(cls, path: Path) -> bool:
