@@ -145,10 +145,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def _main(argv: list[str] | None) -> dict[str, Any]:
     args, overrides = parse_args(sys.argv[1:] if argv is None else list(argv))
     overrides = launcher_precision(overrides)
-    from trainer import checkpoint, history, rundir, trackers
+    from trainer import checkpoint, history, rundir, teacher, trackers
     from trainer.config import to_dict
     from trainer.environment import environment
     from trainer.runlock import RunLock
+    from trainer.step import unwrap
 
     state = None
     if args.resume:
@@ -189,10 +190,12 @@ def _main(argv: list[str] | None) -> dict[str, Any]:
     if refusal[0]:
         raise rundir.RunDirError(refusal[0])
     try:
-        parts = build(cfg, accelerator)
+        # A resumed GML student rebuilds its teacher from its own checkpoint (trainer/teacher.py)
+        parts = build(teacher.resume_config(cfg, state) if state else cfg, accelerator)
     except BaseException:
         lock.forget_folder_if_unused()  # a run that could not start leaves no folder behind
         raise
+    cfg = teacher.pinned(cfg, unwrap(parts.model), state)  # the config recorded names the teacher file used
     try:
         hist = (
             history.restore(accelerator, parts.model, parts.optimizer, state)
@@ -222,6 +225,7 @@ if __name__ == "__main__":
     from pipelines import DataError
     from trainer.checkpoint import CheckpointError
     from trainer.loop import DivergedError
+    from trainer.resnet_imagenet import PretrainedError
     from trainer.rundir import RunDirError
     from trainer.stop import EXIT_CODE, Stopped
 
@@ -231,7 +235,15 @@ if __name__ == "__main__":
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"launch.py: {err}", file=sys.stderr, flush=True)
         sys.exit(EXIT_CODE)
-    except (ConfigError, LaunchError, RunDirError, CheckpointError, DataError, DivergedError) as err:
+    except (
+        ConfigError,
+        LaunchError,
+        RunDirError,
+        CheckpointError,
+        DataError,
+        DivergedError,
+        PretrainedError,
+    ) as err:
         sys.exit(f"launch.py: {err}")
     except FileNotFoundError as err:  # a data path or a shard's index file: the message names it
         sys.exit(f"launch.py: {err}")

@@ -95,9 +95,11 @@ class DataConfig:
     crop_ratio: tuple[float, ...] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect-ratio range
     view_crop_scale: tuple[float, ...] = ()  # BCL's contrastive views' crop area range; empty: crop_scale
     eval_crop_ratio: float = 0.875  # eval centre crop side / shorter side (224/256); 1.0: whole image (CIFAR)
-    skip_corrupt: bool = (
-        False  # leave out (and list) damaged training samples (a backend that checks_samples)
-    )
+    # leave out (and list) the damaged samples every loader looks for when it opens, in training and in
+    # evaluation (a backend that checks_samples); false: a damaged sample stops the run before it starts
+    skip_corrupt: bool = False
+    # the largest image (width x height) foreign data may hold: one huge image costs gigabytes a batch
+    max_pixels: int = 1 << 26
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     # Data fastlt did not convert (a .beton from FFCV's own writer, a folder of WebDataset shards): the
@@ -150,6 +152,7 @@ class DataConfig:
                 ("view_blur", 0 <= self.view_blur <= 1, "a probability in [0, 1]"),
                 ("mean", len(self.mean) == 3, "3 values"),
                 ("std", len(self.std) == 3 and all(s > 0 for s in self.std), "3 positive values"),
+                ("max_pixels", self.max_pixels >= 1, ">= 1"),
                 ("num_classes", self.num_classes >= 0, ">= 0 (0: the largest label + 1)"),
                 ("image_field", bool(self.image_field), "a field name"),
                 (
@@ -163,7 +166,7 @@ class DataConfig:
         if self.skip_corrupt and not BACKENDS[self.backend].checks_samples:
             checking = [name for name, b in BACKENDS.items() if b.checks_samples]
             raise ValueError(
-                f"data.skip_corrupt: only the {', '.join(checking)} backend checks samples as it reads them"
+                f"data.skip_corrupt: only the {', '.join(checking)} backend can leave damaged samples out"
             )
         _range("crop_scale", self.crop_scale, 0.0, 1.0)
         _range("crop_ratio", self.crop_ratio, 1e-3, 1e3)

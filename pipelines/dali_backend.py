@@ -23,6 +23,7 @@ import numpy as np
 
 from .config import MAX_LEAD
 from .dali_tuning import decoder_args
+from .sample_check import SKIP_CORRUPT, checked_shards
 from .shards import CorruptSampleError, check_shard_folder, open_shards
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ class DaliBackend:
     """The `Backend` of `<stem>.dali` folders (and of any folder of WebDataset shards)."""
 
     suffix = ".dali"
-    checks_samples = True  # each sample's bytes as they are fed (`ShardSet.jpegs`): data.skip_corrupt works
+    checks_samples = True  # samples checked at open and as fed (`ShardSet.jpegs`): data.skip_corrupt works
 
     @classmethod
     def accepts(cls, path: Path) -> bool:
@@ -88,9 +89,8 @@ class DaliBackend:
     def __init__(self, spec: LoaderSpec, meta: DatasetMeta):
         check_shard_folder(spec.path)
         self.spec = spec
-        self.shards = open_shards(spec.path, meta, index_dir=spec.index_dir)
-        if spec.train and spec.cfg.skip_corrupt:
-            self.shards = self.shards.without(self.shards.corrupt_samples())
+        # every sample's markers checked now (both splits), not mid-epoch; skip_corrupt leaves them out
+        self.shards = checked_shards(open_shards(spec.path, meta, index_dir=spec.index_dir), spec, meta)
         self.labels = self.shards.labels
         # what the losses and metrics count: without the samples left out
         self.meta = _without(meta, self.shards.dropped, spec.path) if self.shards.dropped else meta
@@ -305,14 +305,17 @@ def _without(meta: DatasetMeta, dropped: tuple[dict, ...], path) -> DatasetMeta:
         counts[d["label"]] -= 1
     listed = "; ".join(f"{Path(d['shard']).name}:{d['key']} ({d['error']})" for d in dropped[:10])
     log.warning(
-        "%s: data.skip_corrupt leaves out %d corrupt sample(s): %s%s",
+        "%s: data.skip_corrupt leaves out %d corrupt sample(s), %d of %d remain: %s%s",
         path,
         len(dropped),
+        meta.num_samples - len(dropped),
+        meta.num_samples,
         listed,
         " ..." if len(dropped) > 10 else "",
     )
     skipped = tuple(
-        {"path": f"{d['shard']}:{d['key']}", "line": d["index"], "error": d["error"]} for d in dropped
+        {"path": f"{d['shard']}:{d['key']}", "line": d["index"], "error": d["error"], "by": SKIP_CORRUPT}
+        for d in dropped
     )
     return dataclasses.replace(
         meta,

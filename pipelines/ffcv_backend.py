@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import DataError
+from .sample_check import check_beton
 
 if TYPE_CHECKING:
     import torch
@@ -79,7 +80,7 @@ class FfcvBackend:
     """The `Backend` of `<stem>.beton` files."""
 
     suffix = ".beton"
-    checks_samples = False  # data.skip_corrupt: FFCV decodes without a check it could skip on
+    checks_samples = False  # samples are checked at open (`check_beton`), but FFCV cannot leave one out
 
     @classmethod
     def accepts(cls, path: Path) -> bool:
@@ -117,6 +118,7 @@ class FfcvBackend:
         self.spec, self.meta = spec, meta
         cfg = spec.cfg
         reader, self.labels = read_beton(spec.path, cfg.image_field, cfg.label_field)
+        check_beton(spec.path, reader, cfg, foreign=not meta.max_resolution)  # before a sample is decoded
         self._unused = [n for n in reader.handlers if n not in (cfg.image_field, cfg.label_field)]
         self._active = None
         self._loader = None

@@ -26,7 +26,7 @@ from .config import DataConfig
 from .errors import DataError
 from .fileio import atomic_write_text
 from .meta import FOREIGN, DatasetMeta, MetaError, counted_meta, meta_path_for, read_meta
-from .shard_index import TAR_BLOCK, ShardError
+from .shard_index import TAR_BLOCK, ShardError, tar_files
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def cache_root(setting: str = "") -> Path:
 def fingerprint(path: Path) -> list:
     """What identifies the data's content cheaply: its resolved path and the size and mtime (ns) of the file,
     or of every shard of the folder."""
-    files = [path] if path.is_file() else sorted(path.glob("*.tar"))
+    files = [path] if path.is_file() else tar_files(path)
     return [str(path.resolve()), [[f.name, (st := f.stat()).st_size, st.st_mtime_ns] for f in files]]
 
 
@@ -66,11 +66,18 @@ def dataset_meta(cfg: DataConfig, path: Path, split: str) -> tuple[DatasetMeta, 
     index_dir = backend.index_dir(path, root)
     counts, cached = class_counts(cfg, path, root, index_dir)
     if cfg.num_classes:
-        if len(counts) > cfg.num_classes:
+        if len(counts) > cfg.num_classes:  # counts cached before data.num_classes was set
             raise MetaError(
                 f"{path}: holds labels up to {len(counts) - 1}, but data.num_classes = {cfg.num_classes}"
             )
         counts = np.pad(counts, (0, cfg.num_classes - len(counts)))
+    empty = np.flatnonzero(counts == 0)
+    if split == "train" and len(empty):  # the losses' class priors and margins need every class
+        c, given = int(empty[0]), f"data.num_classes = {cfg.num_classes}" if cfg.num_classes else "its labels"
+        raise MetaError(
+            f"{path}: class {c} has no training sample ({len(empty)} of {len(counts)} classes are empty, "
+            f"counted from {given}); check its labels or data.num_classes"
+        )
     stem = path.name.removesuffix(backend.suffix)
     formats = {cfg.backend: backend.format_entry(path, cfg, index_dir), FOREIGN: {"counts": str(cached)}}
     return counted_meta(counts, split=split, stem=stem, source=str(path), formats=formats), index_dir
@@ -87,6 +94,7 @@ def class_counts(cfg: DataConfig, path: Path, root: Path, index_dir: Path | None
     labels = BACKENDS[cfg.backend].read_labels(path, cfg, index_dir)  # an error names a negative label
     if not len(labels):
         raise DataError(f"{path}: holds no samples")
+    check_label_range(labels, path, cfg.num_classes)
     counts = np.bincount(labels)
     record = {
         "data": fp[0],
@@ -100,6 +108,27 @@ def class_counts(cfg: DataConfig, path: Path, root: Path, index_dir: Path | None
     except OSError as exc:  # the counts are known: a cache that cannot be written only costs time
         log.warning("cannot cache the class counts of %s in %s (%s); set data.cache_dir", path, cached, exc)
     return counts, cached
+
+
+MAX_INFERRED_CLASSES = 1 << 20  # without data.num_classes, a larger label is taken for a typo
+
+
+def check_label_range(labels: np.ndarray, path: Path, num_classes: int) -> None:
+    """Every label below `data.num_classes` (unset: below MAX_INFERRED_CLASSES), checked before a per-class
+    array is made: a typo like 3000000000 would otherwise cost gigabytes before any message."""
+    bound = num_classes or MAX_INFERRED_CLASSES
+    top = int(np.argmax(labels))
+    if labels[top] < bound:
+        return
+    if num_classes:
+        raise MetaError(
+            f"{path}: sample {top} has label {labels[top]}, but data.num_classes = {num_classes} "
+            f"(labels 0..{num_classes - 1})"
+        )
+    raise MetaError(
+        f"{path}: sample {top} has label {labels[top]}, more than {MAX_INFERRED_CLASSES} classes: a typo? "
+        "If not, set data.num_classes"
+    )
 
 
 def _read_counts(cached: Path, fp: list) -> np.ndarray | None:
@@ -123,7 +152,7 @@ def _read_counts(cached: Path, fp: list) -> np.ndarray | None:
 def shard_indexes(folder: Path, root: Path) -> Path | None:
     """None when every shard of `folder` has its index beside it; else the cache folder holding an index
     for each, made by DALI's `wds2idx` on first use."""
-    tars = sorted(folder.glob("*.tar"))
+    tars = tar_files(folder)
     if not tars:
         raise ShardError(f"{folder}: no .tar shards in this folder")
     if all(t.with_suffix(".idx").is_file() for t in tars):

@@ -73,3 +73,18 @@ def looks_whole(view: np.ndarray, start: int, end: int) -> bool:
     ):
         return True
     return image_problem(view[start:end]) is None
+
+
+def whole_mask(view: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """True where `view[start:end]` starts and ends as a JPEG that ends with its marker: five byte reads a
+    sample, vectorised (the rest, PNGs and JPEGs with a trailer, go through `image_problem`)."""
+    starts, ends = np.asarray(starts, np.int64), np.asarray(ends, np.int64)
+    ok = ends - starts >= len(JPEG_SOI) + len(JPEG_EOI)
+    s, e = np.where(ok, starts, 0), np.where(ok, ends, len(JPEG_SOI) + len(JPEG_EOI))
+    if len(view) == 0:
+        return np.zeros(len(starts), bool)
+    for k, byte in enumerate(JPEG_SOI):
+        ok &= view[np.minimum(s + k, len(view) - 1)] == byte
+    for k, byte in enumerate(JPEG_EOI):
+        ok &= view[np.clip(e - len(JPEG_EOI) + k, 0, len(view) - 1)] == byte
+    return ok

@@ -110,9 +110,10 @@ class Backend(Protocol):
     """A data format and its decoding pipeline; `pipelines.backends.BACKENDS` registers one per format.
 
     Class side, the format (used before any loader is built, and for data fastlt did not convert):
-    `suffix` of a split's file or folder (`<stem><suffix>`); `checks_samples`: whether it checks each
-    sample's bytes as it reads them (what `data.skip_corrupt` needs); `accepts(path)`: whether `path` as
-    named is this format's; `check_path(path)`: refuse what cannot be (one line naming the file);
+    `suffix` of a split's file or folder (`<stem><suffix>`); `checks_samples`: whether it can leave the
+    damaged samples its open-time check finds out (what `data.skip_corrupt` needs); `accepts(path)`:
+    whether `path` as named is this format's; `check_path(path)`: refuse what cannot be (one line naming
+    the file);
     `index_dir(path, cache)`: a cache folder of the index files such data lacks, or None; `read_labels(path,
     cfg, index_dir)`: every sample's label in file order; `format_entry(path, cfg, index_dir)`: its
     `formats` entry in a meta.

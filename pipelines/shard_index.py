@@ -31,6 +31,25 @@ class ShardIndex:
     names: list[str]
 
 
+def tar_files(folder: Path) -> list[Path]:
+    """The `*.tar` shards of a folder, sorted, each one that `stat` reaches: a dangling symlink or a loop of
+    them is a one-line `ShardError` naming it, not an OSError from whatever touches it first."""
+    tars = sorted(Path(folder).glob("*.tar"))
+    for tar in tars:
+        check_reachable(tar)
+    return tars
+
+
+def check_reachable(tar: Path) -> None:
+    """A `ShardError` naming `tar` when `stat` cannot reach it (a broken or looping symlink)."""
+    try:
+        tar.stat()
+    except OSError as exc:
+        raise ShardError(
+            f"{tar}: cannot open this shard: {exc.strerror or exc} (a broken or looping symlink?)"
+        ) from None
+
+
 def parse_index(idx: Path, tar: Path) -> ShardIndex:
     try:
         lines = idx.read_text().splitlines()

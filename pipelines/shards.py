@@ -5,8 +5,9 @@ them); `map_shards` memory-maps the tars and reads the `.cls` labels, so the DAL
 it draws as slices of the maps. Opening checks what it can cheaply (indexes that parse, offsets inside the
 tar, tar headers where the index says, integer labels); every error names the shard (and the sample).
 Labels against the meta file are the loader's check (`DatasetMeta.check_labels`), not this module's.
-Sample bytes are checked as they are handed out (`jpegs`): each must start and end as a whole JPEG (or
-PNG) does, which catches the damaged samples on which a DALI decoder can crash the whole process.
+Sample bytes are checked all at once when a loader opens (`corrupt_samples`, `sample_check`) and again as
+they are handed out (`jpegs`): each must start and end as a whole JPEG (or PNG) does, which catches the
+damaged samples on which a DALI decoder can crash the whole process.
 """
 
 from __future__ import annotations
@@ -20,8 +21,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .image_bytes import image_problem, jpeg_problem, looks_whole
-from .shard_index import ShardError, ShardIndex, check_header, member_key, parse_index
+from .image_bytes import image_problem, jpeg_problem, looks_whole, whole_mask
+from .shard_index import (
+    ShardError,
+    ShardIndex,
+    check_header,
+    check_reachable,
+    member_key,
+    parse_index,
+    tar_files,
+)
 
 if TYPE_CHECKING:
     from .meta import DatasetMeta
@@ -81,18 +90,20 @@ class ShardSet:
         return CorruptSampleError(
             f"{self.shards[self.shard_of[i]]}: sample {self.keys[i]!r} (index {i}) is corrupt: "
             f"{image_problem(self._slice(i))}; re-convert the dataset, or set data.skip_corrupt = true "
-            "to train without such samples (they are listed at start)"
+            "to leave such samples out of training and evaluation (they are listed at start)"
         )
 
     def corrupt_samples(self, indices: np.ndarray | None = None) -> np.ndarray:
         """Indices (among `indices`, default all) of the samples `jpegs` would refuse, in order. Touches two
-        pages a sample: a pass over the shards at a small fraction of their size."""
+        pages a sample, vectorised: a pass over the shards at a small fraction of their size."""
         idx = np.arange(len(self)) if indices is None else np.asarray(indices, np.int64)
-        views, shard_of, offsets, sizes = self._views, self.shard_of, self.offsets, self.sizes
-        bad = [
-            i for i in idx.tolist() if not looks_whole(views[shard_of[i]], offsets[i], offsets[i] + sizes[i])
-        ]
-        return np.asarray(bad, np.int64)
+        bad = []
+        for s, view in enumerate(self._views):
+            mine = idx[self.shard_of[idx] == s]
+            starts = self.offsets[mine]
+            suspects = mine[~whole_mask(view, starts, starts + self.sizes[mine])]
+            bad += [i for i in suspects.tolist() if image_problem(self._slice(i)) is not None]
+        return np.asarray(sorted(bad), np.int64)
 
     def without(self, indices: np.ndarray) -> ShardSet:
         """This set less `indices`, recorded in `dropped`; it shares the mapped shards (close only one)."""
@@ -154,7 +165,7 @@ def shard_paths(directory: Path, meta: DatasetMeta | None) -> list[Path]:
     """The shards named by the meta file (in its order), else every `*.tar` of the folder, sorted."""
     if meta is not None and "dali" in meta.formats and meta.formats["dali"].get("shards"):
         return [directory / name for name in meta.formats["dali"]["shards"]]
-    return sorted(directory.glob("*.tar"))
+    return tar_files(directory)
 
 
 def check_shard_folder(path: Path) -> None:
@@ -183,6 +194,8 @@ def read_shard_index(
     for s, tar in enumerate(tars):
         idx = Path(index_dir, tar.name).with_suffix(".idx") if index_dir else tar.with_suffix(".idx")
         if not tar.is_file():
+            if tar.is_symlink():
+                check_reachable(tar)
             raise FileNotFoundError(f"{tar}: shard listed in the meta file is missing")
         if not idx.is_file():
             where = f"in {idx.parent}" if index_dir else "beside it"

@@ -42,3 +42,13 @@ def test_runs_that_cannot_be_compared_are_named(tmp_path, capsys):
         (tmp_path / name / "results.json").write_text(json.dumps(results))
     assert compare_runs.main([str(tmp_path / "b"), str(tmp_path / "c")]) == 2
     assert "c: trained on other class counts" in capsys.readouterr().err
+
+
+def test_an_unwritable_out_is_one_line(tmp_path, capsys):
+    (tmp_path / "b").mkdir()
+    results = {"final": {"epoch": 1, "top1": 0.5, "per_class": [0.5, 0.5]}, "class_counts": [5, 3]}
+    (tmp_path / "b" / "results.json").write_text(json.dumps(results))
+    out = tmp_path / "no-such-folder" / "x.png"
+    assert compare_runs.main([str(tmp_path / "b"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"compare_runs: --out {out}: cannot write the figure: No such file or directory"

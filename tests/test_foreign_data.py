@@ -113,10 +113,12 @@ def test_counts_and_indexes_are_made_once_then_read_from_the_cache(foreign, tmp_
         make_loader(cfg, "train")  # the loader's own labels disagree with such counts, and say where
     counts_file.write_bytes(original)
     os.utime(counts_file, ns=(made[str(counts_file.relative_to(cache))][1],) * 2)
+    opened = listing(cache)  # and what the refused open's sample check cached
+    assert {k: v for k, v in opened.items() if not k.startswith("checks")} == made
 
     with make_loader(cfg, "train") as loader:
         assert loader.meta == meta and len(loader) == meta.num_samples // 32
-    assert listing(cache) == made  # nothing counted, indexed or written again
+    assert listing(cache) == opened  # nothing counted, indexed, checked or written again
 
 
 def test_changed_data_is_counted_again(foreign, tmp_path):

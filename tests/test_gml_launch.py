@@ -114,7 +114,14 @@ def test_resumed_student_equals_an_uninterrupted_one(demo_converted, tmp_path, m
     newer["epoch"] = 2
     checkpoint.save_checkpoint(checkpoint.checkpoint_path(tmp_path / "teacher", 2), newer)
 
+    # ... and is then moved away: the student's checkpoint holds its teacher, its config names the file.
+    used = str(checkpoint.checkpoint_path(tmp_path / "teacher", 1))
+    assert load_config(run / "config.toml").model.teacher == used
+    (tmp_path / "teacher").rename(tmp_path / "moved")
+    with pytest.raises(CheckpointError, match=r"--model.teacher=.*moved would change the model"):
+        launch.main(["--resume", str(run), f"--model.teacher={tmp_path / 'moved'}"])
     launch.main(["--resume", str(run)])
+    assert load_config(run / "config.toml").model.teacher == used
     a, _ = assert_same_run(tmp_path / "straight", run)
     assert a["epoch"] == 2
     assert {"queue.keys", "queue.ids", "queue.pointers", "steps", "log_temperature"} <= set(a["model"])

@@ -158,11 +158,8 @@ def test_the_loader_names_the_sample_or_skips_it_when_asked(demo_converted, tmp_
 
     data, key = _damaged_copy(demo_converted, tmp_path)
     cfg = DataConfig(backend="dali", dir=str(data), batch_size=16, resolution=16, num_workers=1)
-    with (
-        make_loader(cfg, "train") as loader,
-        pytest.raises(CorruptSampleError, match=f"'{key}' \\(index 4\\)"),
-    ):
-        list(loader)
+    with pytest.raises(CorruptSampleError, match=f"'{key}' \\(index 4\\)"):
+        make_loader(cfg, "train")  # found when the loader opens, before any epoch
     full = read_meta(data / "train.dali")
     with make_loader(DataConfig(**{**cfg.__dict__, "skip_corrupt": True}), "train") as loader:
         assert loader.meta.num_samples == full.num_samples - 1 and sum(loader.meta.class_counts) == 287

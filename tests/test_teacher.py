@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from torch import nn
 
 from losses import build_loss, loss_class
 from tests.test_gml_model import COUNTS, MEAN, STD, batch, make_student, tiny
-from trainer.checkpoint import CheckpointError, checkpoint_path, save_checkpoint
+from trainer.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
 from trainer.config import Config, ConfigError, DataConfig, LossConfig, ModelConfig, RunConfig, to_dict
 from trainer.gml_model import GMLStudent
 from trainer.models import build_classifier, build_model, check_model, rank_identical_buffers, training_views
@@ -175,3 +176,45 @@ def test_bn_views_needs_a_classifier_run_with_a_one_view_loss():
             check_model(two, loss_class(name), **where)
     with pytest.raises(ValueError, match=r"model.bn_views: must be >= 1"):
         ModelConfig(bn_views=0)
+
+
+def test_a_student_checkpoint_holds_its_teacher_and_names_the_file(tmp_path):
+    """A resumed student must not need the teacher's run folder: its checkpoint gives the teacher's weights
+    and config (`load_teacher` on it, what `resume_config` points a resume at), and the config it records
+    names the teacher file actually used (`pinned`), not the folder."""
+    from trainer import history
+    from trainer.teacher import pinned, record_of, resume_config
+
+    run = tmp_path / "runs" / "teacher"
+    original = save_teacher_run(run, epoch=3, epochs=3).eval()
+    model_cfg = ModelConfig(arch="resnet_tiny", channels_last=False, teacher=str(run), gml_queue_size=16)
+    cfg = Config(model=model_cfg, loss=LossConfig(name="dbm_gml"))
+    student = build_model(
+        model_cfg, build_loss("dbm_gml", COUNTS), num_classes=4, class_counts=COUNTS, mean=MEAN, std=STD
+    )
+    teacher_file = str(checkpoint_path(run, 3))
+    assert record_of(student)["path"] == teacher_file and record_of(student)["epoch"] == 3
+    recorded = pinned(cfg, student)
+    assert recorded.model.teacher == teacher_file and pinned(recorded, student) is recorded
+
+    class One:  # what `snapshot` needs of an Accelerator: one process
+        is_main_process, num_processes = True, 1
+
+    own = checkpoint_path(tmp_path / "runs" / "student", 1)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
+    save_checkpoint(own, history.snapshot(recorded, One(), student, optimizer, history.History(1)))
+    state = load_checkpoint(own)
+    assert state["teacher"]["path"] == teacher_file
+    shutil.rmtree(run)  # the teacher's folder is gone (moved, cleaned up)
+    state["path"] = str(own)
+    resumed = resume_config(recorded, state)
+    assert resumed.model.teacher == str(own) and resume_config(Config(), state).model.teacher == ""
+    again = build_model(
+        resumed.model, build_loss("dbm_gml", COUNTS), num_classes=4, class_counts=COUNTS, mean=MEAN, std=STD
+    )
+    images = batch([0, 1])[0]
+    torch.testing.assert_close(again.teacher(images).logits, original(images).logits)
+    assert record_of(again)["path"] == teacher_file  # still the true teacher, not the student's file
+    assert pinned(recorded, again) is recorded
+    older = {"path": str(own), "model": {}}  # a checkpoint from before students recorded their teacher
+    assert pinned(cfg, student, older) is cfg and pinned(cfg, student, state).model.teacher == teacher_file

@@ -49,3 +49,21 @@ def test_trackers_are_checked_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match=r"'wandb' needs the wandb package.*pip install wandb"):
         launch.main(tiny_argv(tmp_path / "no_data", tmp_path, "wb", '--run.trackers=["wandb"]'))
     assert not (tmp_path / "wb").exists()
+
+
+def test_a_tensorboard_that_fails_to_import_is_one_line_and_leaves_no_folder(tmp_path, monkeypatch):
+    """A package that is installed but broken (a protobuf that does not fit): found before the run folder."""
+    import sys
+
+    fake = tmp_path / "site"
+    (fake / "tensorboard").mkdir(parents=True)
+    (fake / "tensorboard" / "__init__.py").write_text('raise ImportError("protobuf 9 does not fit\\nmore")\n')
+    monkeypatch.syspath_prepend(str(fake))
+    for name in [m for m in sys.modules if m.startswith(("tensorboard", "torch.utils.tensorboard"))]:
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(ConfigError) as err:
+        launch.main(tiny_argv(tmp_path / "no_data", tmp_path, "tb", '--run.trackers=["tensorboard"]'))
+    assert "\n" not in str(err.value) and "importing torch.utils.tensorboard fails (ImportError: " in str(
+        err.value
+    )
+    assert not (tmp_path / "tb").exists()

@@ -101,7 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     names = [r.name for r in args.runs]
     print(table(names, runs, args.best))
-    atomic_write_bytes(args.out, figure_png(names, runs))
+    try:
+        atomic_write_bytes(args.out, figure_png(names, runs))
+    except OSError as err:  # a missing folder, no permission, a full disk
+        print(
+            f"compare_runs: --out {args.out}: cannot write the figure: {err.strerror or err}", file=sys.stderr
+        )
+        return 2
     print(f"per-class accuracy against training count: {args.out}")
     return 0
 

@@ -26,6 +26,7 @@ import torch
 
 from pipelines.fileio import atomic_write_bytes
 from trainer.rundir import CHECKPOINT_DIR
+from trainer.torchload import load_reason
 
 FORMAT_VERSION = 1
 DIGEST_KEY = "sha256"
@@ -113,11 +114,21 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is reported with the file name
-        raise CheckpointError(f"{path}: cannot read checkpoint: {exc}") from exc
+        raise CheckpointError(f"{path}: cannot read checkpoint: {_reason(path, exc)}") from exc
     expected = state.pop(DIGEST_KEY, None) if isinstance(state, dict) else None
     if expected is not None and expected != digest(state):
         raise CheckpointError(f"{path}: checksum mismatch, the file was damaged after it was written")
     return state
+
+
+def _reason(path: Path, exc: Exception) -> str:
+    """Why torch.load failed, in one line that is never empty (a zero-byte file raises a bare EOFError)."""
+    try:
+        if path.stat().st_size == 0:
+            return "the file is empty (0 bytes): a write that never finished"
+    except OSError:
+        pass
+    return load_reason(exc) if str(exc).strip() else f"{type(exc).__name__} (truncated or not a checkpoint)"
 
 
 def load_latest(run_dir: Path) -> dict[str, Any]:

@@ -24,9 +24,10 @@ from losses.functional import as_counts
 from losses.output import MoCoOutput, ModelOutput
 from trainer.classifier import build_classifier, mlp
 from trainer.config import ConfigError, ModelConfig
-from trainer.teacher import load_teacher
+from trainer.teacher import load_teacher, record_of
 
-SHAPE_KEYS = ("gml_queue_size", "gml_base_k", "gml_embed_dim")  # the queue's layout and the heads' size
+# the queue's layout and the heads' size, and the teacher (a resumed student keeps the one it holds)
+SHAPE_KEYS = ("gml_queue_size", "gml_base_k", "gml_embed_dim", "teacher", "teacher_arch")
 
 
 def queue_layout(class_counts: Sequence[int] | Tensor, size: int, base: int) -> tuple[Tensor, Tensor]:
@@ -126,6 +127,7 @@ class GMLStudent(nn.Module):
         super().__init__()
         self.student = student
         self.teacher = teacher.requires_grad_(False).eval()
+        self.teacher_record = record_of(teacher)  # its checkpoints say which teacher (trainer/teacher.py)
         self.distill = distill
         d, d_t = student.feature_dim, teacher.feature_dim
         self.embed_q = mlp(d, d, embed_dim)  # GML's `MLP(d, d, dim)` (mlp=True)

@@ -23,6 +23,7 @@ from trainer.optim import SGD
 from trainer.plot import plot_per_class_accuracy
 from trainer.rng import rng_state, set_rng_state
 from trainer.step import unwrap
+from trainer.teacher import record_of
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ def snapshot(cfg: Config, accelerator: Any, model: nn.Module, optimizer: SGD, hi
             "history": hist.records,
             "world_size": accelerator.num_processes,
             "config": to_dict(cfg),
+            **({"teacher": record} if (record := record_of(unwrap(model))) else {}),
         }
     )
 
@@ -132,8 +134,11 @@ def restore(accelerator: Any, model: nn.Module, optimizer: SGD, state: dict[str,
     return History(state["epoch"], state["best"], state["last_eval"], list(state["history"]))
 
 
-def results(cfg: Config, class_counts: tuple[int, ...], hist: History) -> dict[str, Any]:
-    """What results.json holds: the best and the final evaluation, counts, time and throughput."""
+def results(
+    cfg: Config, class_counts: tuple[int, ...], hist: History, metas: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What results.json holds: the best and the final evaluation, counts, time and throughput, and per
+    split (`metas`: each loader's meta) the damaged samples data.skip_corrupt left out of it."""
     records = hist.records
     final = hist.last_eval or {}
     rates = [r["img_per_s"] for r in records if r.get("img_per_s")]
@@ -148,7 +153,15 @@ def results(cfg: Config, class_counts: tuple[int, ...], hist: History) -> dict[s
         "shot_classes": {g: final.get(f"{g}_classes") for g in ("many", "medium", "few")},
         "train_time_s": sum(r.get("train_time", 0.0) for r in records),
         "img_per_s_median": statistics.median(rates) if rates else None,
+        "left_out": {split: left_out(meta) for split, meta in (metas or {}).items()},
     }
+
+
+def left_out(meta: Any) -> int:
+    """How many samples of a loader's data data.skip_corrupt left out (it trains or evaluates on fewer)."""
+    from pipelines.sample_check import SKIP_CORRUPT
+
+    return sum(1 for s in meta.skipped if s.get("by") == SKIP_CORRUPT)
 
 
 def finish(cfg: Config, run_dir: Path, class_counts: tuple[int, ...], results: dict[str, Any]) -> None:

@@ -291,7 +291,10 @@ def fit(
         if last or (run.checkpoint_every > 0 and (epoch + 1) % run.checkpoint_every == 0):
             history.save(cfg, accelerator, parts.model, parts.optimizer, run_dir, hist)
             on_disk, start_state = hist.epoch, None
-    results = history.results(cfg, parts.class_counts, hist)
+    metas = {
+        split: loader.meta for split, loader in (("train", parts.train_loader), ("eval", parts.eval_loader))
+    }
+    results = history.results(cfg, parts.class_counts, hist, metas)
     if main:
         history.finish(cfg, run_dir, parts.class_counts, results)
     accelerator.wait_for_everyone()

@@ -74,29 +74,47 @@ def _section_types(section_cls: type) -> dict[str, Any]:
 
 
 def from_dict(tree: dict[str, Any], source: str = "config") -> Config:
-    """Build a Config from nested dicts, naming the offending key and the valid ones on any mismatch."""
+    """Build a Config from nested dicts, naming the offending key and the valid ones on any mismatch, and
+    where its value came from: the override (`--section.key=value`) that set it, else `source`."""
     sections = {f.name: f.type for f in dataclasses.fields(Config)}
     section_types = typing.get_type_hints(Config)
     kwargs = {}
     for name, values in tree.items():
         if name not in sections:
-            raise ConfigError(f"{source}: unknown section [{name}]; valid sections: {', '.join(sections)}")
+            given = next((v for v in values.values() if isinstance(v, Override)), None)
+            at = _origin(name, next(iter(values)), given) if isinstance(values, dict) and given else source
+            raise ConfigError(f"{at}: unknown section [{name}]; valid sections: {', '.join(sections)}")
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: [{name}] must be a table of keys")
         cls = section_types[name]
         fields = _section_types(cls)
         checked = {}
         for key, value in values.items():
+            at = _origin(name, key, value) if isinstance(value, Override) else source
             if key not in fields:
                 raise ConfigError(
-                    f"{source}: unknown key {name}.{key}; valid keys in [{name}]: {', '.join(fields)}"
+                    f"{at}: unknown key {name}.{key}; valid keys in [{name}]: {', '.join(fields)}"
                 )
-            checked[key] = _coerce(value, fields[key], f"{source}: {name}.{key}")
+            checked[key] = _coerce(value, fields[key], f"{at}: {name}.{key}")
         try:
             kwargs[name] = cls(**checked)
         except ValueError as err:  # a section's own checks: choices and ranges, naming the key
-            raise ConfigError(f"{source}: {err}") from None
+            overridden = [k for k, v in values.items() if isinstance(v, Override)]
+            key = next((k for k in sorted(overridden, key=len, reverse=True) if _names(err, name, k)), None)
+            at = _origin(name, key, values[key]) if key else source
+            raise ConfigError(f"{at}: {err}") from None
     return Config(**kwargs)
+
+
+def _origin(section: str, key: str, value: Override | None) -> str:
+    """`override --section.key=value`, as typed: what an error about a command-line value blames."""
+    return f"override --{section}.{key}={value.raw}" if value is not None else f"override --{section}.{key}"
+
+
+def _names(err: Exception, section: str, key: str) -> bool:
+    """Whether a section's check message is about `section.key` (it starts with the key's name)."""
+    text = str(err)
+    return any(text.startswith(f"{prefix}{section}.{key}{end}") for prefix in ("", "--") for end in ":[= ")
 
 
 def _parse_override_value(text: str) -> Override:

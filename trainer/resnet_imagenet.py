@@ -13,6 +13,8 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck
 
+from trainer.torchload import load_reason
+
 
 class TorchvisionBody(nn.Module):
     """A torchvision ResNet up to the global average pool; forward returns [N, feature_dim]."""
@@ -31,15 +33,20 @@ class TorchvisionBody(nn.Module):
 TORCHVISION_PREFIX = "torchvision:"
 
 
+class PretrainedError(ValueError):
+    """`model.pretrained` names no usable weights (an unknown name, a file that is no state_dict, or one of
+    another architecture); the one-line message names the key and the file."""
+
+
 def _torchvision_weights(name: str) -> dict[str, Tensor]:
     """`ResNet152_Weights.IMAGENET1K_V1` through torchvision's weights API and its download cache: works
     offline once the file is in the cache, and says how to pass a file when it cannot be fetched."""
     try:
         weights = torchvision.models.get_weight(name)
     except (ValueError, KeyError, AttributeError) as exc:
-        raise ValueError(
+        raise PretrainedError(
             f"model.pretrained: {TORCHVISION_PREFIX}{name} is not a torchvision weights name "
-            f"(e.g. torchvision:ResNet152_Weights.IMAGENET1K_V1): {exc}"
+            f"(e.g. torchvision:ResNet152_Weights.IMAGENET1K_V1): {load_reason(exc)}"
         ) from None
     try:
         return weights.get_state_dict(progress=False)
@@ -54,7 +61,7 @@ def _torchvision_weights(name: str) -> dict[str, Tensor]:
 def _load_state_dict(source: str, arch: str) -> dict[str, Tensor]:
     """A state_dict from a file, or from torchvision's weights by name (`torchvision:<Weights>.<NAME>`)."""
     if not source:
-        raise ValueError(
+        raise PretrainedError(
             f"model.pretrained is empty: arch {arch} needs ImageNet-pretrained torchvision ResNet-152 "
             f"weights: {TORCHVISION_PREFIX}ResNet152_Weights.IMAGENET1K_V1 or a file (resnet152-b121ed2d.pth)"
         )
@@ -66,12 +73,34 @@ def _load_state_dict(source: str, arch: str) -> dict[str, Tensor]:
             f"model.pretrained: {file} not found (arch {arch} needs an ImageNet-pretrained "
             f"torchvision ResNet-152 state_dict)"
         )
-    state = torch.load(file, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a text file, a damaged one, a pickle weights_only refuses
+        raise PretrainedError(
+            f"model.pretrained: {file} is not a PyTorch weights file torch.load reads with weights_only "
+            f"(a state_dict of tensors): {load_reason(exc)}"
+        ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise ValueError(f"model.pretrained: {file} does not hold a state_dict (got {type(state).__name__})")
+        raise PretrainedError(
+            f"model.pretrained: {file} does not hold a state_dict (got {type(state).__name__})"
+        )
     return state
+
+
+def _mismatch(net: nn.Module, state: dict[str, Tensor]) -> str:
+    """What differs between a state_dict and the network it was meant for, in one line."""
+    want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    missing = [k for k in want if k not in state]
+    extra = [k for k in state if k not in want]
+    shapes = [k for k in want if k in state and tuple(getattr(state[k], "shape", ())) != want[k]]
+    parts = [
+        f"{len(keys)} {what} (first {keys[0]!r})"
+        for what, keys in (("missing keys", missing), ("unexpected keys", extra), ("shapes differ", shapes))
+        if keys
+    ]
+    return "; ".join(parts) or "the weights do not load"
 
 
 class PlacesResNet152(nn.Module):
@@ -89,10 +118,11 @@ class PlacesResNet152(nn.Module):
         state = _load_state_dict(pretrained, "resnet152_places")
         try:
             net.load_state_dict(state)
-        except RuntimeError as exc:
-            raise ValueError(
-                f"model.pretrained: {pretrained} is not a torchvision ResNet-152 state_dict: {exc}"
-            ) from exc
+        except RuntimeError:
+            raise PretrainedError(
+                f"model.pretrained: {pretrained} is not a torchvision ResNet-152 state_dict: "
+                f"{_mismatch(net, state)}"
+            ) from None
         self.frozen = nn.Sequential(
             net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4[:2]
         )

@@ -7,31 +7,44 @@ normalisation; `model.bn_views` shaped only its BatchNorm statistics, which the 
 weights, and returns it in eval mode with no parameter requiring a gradient.
 Every failure is a `CheckpointError` that names `model.teacher` and the file.
 
-A student run's own checkpoints hold the teacher's weights too (they are part of the student's state_dict),
-so a resumed student continues with the teacher it started with, even if the teacher's run folder has
-gained newer checkpoints since: the folder is read again only to rebuild the teacher's architecture.
+A student is self-contained: its checkpoints hold the teacher's weights (part of the student's state_dict)
+and, under "teacher", the teacher's file and resolved config (`TeacherRecord`), so `model.teacher` may also
+name a student's checkpoint, and a resumed student rebuilds its teacher from its own checkpoint
+(`resume_config`) without the teacher's run folder, which may have moved or gained newer checkpoints. The
+student's recorded config names the teacher file actually used (`pinned`), never just a folder.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from torch import nn
 
 from losses import loss_class
 from trainer.checkpoint import CheckpointError, load_checkpoint, load_latest
 from trainer.classifier import build_classifier
-from trainer.config import ConfigError
+from trainer.config import Config, ConfigError
 from trainer.recipe import from_dict
 
 log = logging.getLogger(__name__)
 
 
+class TeacherRecord(TypedDict):
+    """What a student's checkpoint says of its teacher (key "teacher"), with the teacher's weights under
+    `teacher.` in its "model"."""
+
+    path: str  # the teacher's checkpoint file
+    epoch: int | None
+    config: dict[str, Any]  # the teacher run's resolved config: what rebuilds its architecture
+
+
 def read_teacher(source: str | Path) -> tuple[Path, dict[str, Any]]:
     """(file, checkpoint) for `model.teacher`: a run folder means its newest readable checkpoint, anything
-    else is taken as the checkpoint file itself."""
+    else is taken as the checkpoint file itself; a GML student's checkpoint gives the teacher it holds (the
+    file named is then the teacher's own, as the student recorded it)."""
     if not str(source).strip():
         raise CheckpointError(
             "model.teacher is empty: give the teacher's run folder (runs/NAME) or checkpoint file"
@@ -45,10 +58,44 @@ def read_teacher(source: str | Path) -> tuple[Path, dict[str, Any]]:
     try:
         if path.is_dir():
             state = load_latest(path)
-            return Path(state.pop("path")), state
-        return path, load_checkpoint(path)
+            path = Path(state.pop("path"))
+        else:
+            state = load_checkpoint(path)
     except CheckpointError as err:
         raise CheckpointError(f"model.teacher: {err}") from None
+    record = state.get("teacher") if isinstance(state, dict) else None
+    if isinstance(record, dict) and isinstance(state.get("model"), dict):  # a student's: its teacher
+        weights = {
+            k.removeprefix("teacher."): v for k, v in state["model"].items() if k.startswith("teacher.")
+        }
+        return Path(record["path"]), {"config": record["config"], "model": weights, "epoch": record["epoch"]}
+    return path, state
+
+
+def record_of(model: nn.Module) -> TeacherRecord | None:
+    """The `TeacherRecord` of a model built with a teacher (None for any other)."""
+    return getattr(model, "teacher_record", None)
+
+
+def pinned(cfg: Config, model: nn.Module, resumed: dict[str, Any] | None = None) -> Config:
+    """`cfg` with `model.teacher` naming the teacher file `model` was built with (a run folder given names
+    its newest checkpoint at the time): what the run records, so its config says which teacher it used.
+    A run `resumed` from a checkpoint that does not record its teacher keeps `cfg`: the folder's newest
+    checkpoint now need not be the one the run started with (whose weights the checkpoint restores)."""
+    record = record_of(model)
+    if record is None or cfg.model.teacher == record["path"]:
+        return cfg
+    if resumed is not None and not isinstance(resumed.get("teacher"), dict):
+        return cfg
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, teacher=record["path"]))
+
+
+def resume_config(cfg: Config, state: dict[str, Any]) -> Config:
+    """The config a resumed run builds its model from: a GML student's checkpoint holds its teacher, so the
+    teacher is rebuilt from that checkpoint (`state["path"]`), not from the teacher's run folder."""
+    if not isinstance(state.get("teacher"), dict) or not cfg.model.teacher:
+        return cfg  # not a student, or a checkpoint from before students recorded their teacher
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, teacher=str(state["path"])))
 
 
 def freeze(model: nn.Module) -> nn.Module:
@@ -98,4 +145,5 @@ def load_teacher(source: str | Path, *, num_classes: int, arch: str = "", head: 
         log.warning(
             "model.teacher: %s is from epoch %d of %d: the teacher run has not finished", path, done, planned
         )
+    model.teacher_record = TeacherRecord(path=str(path), epoch=done, config=state["config"])
     return freeze(model)

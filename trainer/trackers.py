@@ -31,29 +31,39 @@ def _wandb(run: RunConfig, run_dir: Path) -> Any:
     return WandBTracker(run.wandb_project, name=run.name, mode=run.wandb_mode, dir=str(run_dir))
 
 
-# name -> (the package it needs, its builder)
-TRACKERS: dict[str, tuple[str, Callable[[RunConfig, Path], Any]]] = {
-    "tensorboard": ("tensorboard", _tensorboard),
-    "wandb": ("wandb", _wandb),
+# name -> (the package it needs, the module its tracker imports, its builder)
+TRACKERS: dict[str, tuple[str, str, Callable[[RunConfig, Path], Any]]] = {
+    "tensorboard": ("tensorboard", "torch.utils.tensorboard", _tensorboard),
+    "wandb": ("wandb", "wandb", _wandb),
 }
 
 
 def check_installed(run: RunConfig) -> None:
-    """Every requested tracker's package imports; otherwise a one-line error saying what to install."""
+    """Every requested tracker's package is installed and imports (a broken install, e.g. a protobuf that
+    does not fit, fails here, before the run folder exists); otherwise a one-line error saying what to do."""
     for name in run.trackers:
-        package = TRACKERS[name][0]
+        package, module, _ = TRACKERS[name]
         if importlib.util.find_spec(package) is None:
             raise ConfigError(
                 f"run.trackers: {name!r} needs the {package} package, which is not installed: "
                 f"pip install {package}  (or pip install 'fastlt[trackers]')"
             )
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # noqa: BLE001 - whatever a broken install raises, said in one line
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            why = f"{type(exc).__name__}: {lines[0] if lines else 'no message'}"
+            raise ConfigError(
+                f"run.trackers: {name!r}: importing {module} fails ({why}); repair it (pip install "
+                f"--force-reinstall {package}) or leave it out of run.trackers"
+            ) from None
 
 
 def start(accelerator: Any, run: RunConfig, run_dir: Path, config: dict[str, dict[str, Any]]) -> None:
     """Create the run's trackers on the main process and store the resolved config as their parameters."""
     if not run.trackers or not accelerator.is_main_process:
         return
-    accelerator.log_with = [TRACKERS[name][1](run, run_dir) for name in run.trackers]
+    accelerator.log_with = [TRACKERS[name][2](run, run_dir) for name in run.trackers]
     flat = {f"{section}.{key}": _param(v) for section, values in config.items() for key, v in values.items()}
     accelerator.init_trackers(run.name, config=flat)
 

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from ..shards import jpeg_problem
+from ..image_bytes import image_problem, jpeg_problem
 
 FFCV_JPG, FFCV_RAW = 0, 1  # RGBImageField's per-sample `mode` values
 EXIF_ORIENTATION = 0x0112
@@ -137,6 +137,8 @@ def decode(data: bytes, opts: EncodeOptions) -> tuple[np.ndarray | None, bool, t
     full (at 1/8 scale, which skips most of the IDCT) to prove it is readable.
     """
     im = Image.open(io.BytesIO(data))
+    if im.format in ("JPEG", "PNG") and (problem := image_problem(data)):
+        raise ValueError(problem)  # zero-filled or cut short: PIL would decode the rest as black or grey
     orientation = _orientation(im)
     w, h = im.size
     upright = (h, w) if orientation in (5, 6, 7, 8) else (w, h)

@@ -40,7 +40,8 @@ def _encode_task(task: tuple[str, Any]) -> tuple[bool, Encoded | str]:
             return False, "empty file"
         return True, encode_bytes(data, _ENCODE)
     except UnidentifiedImageError:
-        return False, "not an image file (unrecognised format)"
+        zeros = not data.strip(b"\0")
+        return False, "all zero bytes (zero-filled)" if zeros else "not an image file (unrecognised format)"
     except Exception as exc:  # reported per sample: the main process skips it or stops with its name
         return False, f"{type(exc).__name__}: {exc}"
 
