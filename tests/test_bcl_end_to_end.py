@@ -1,4 +1,4 @@
-"""DBM-BCL end to end (issue #7): three views per image through the loaders, one encoder pass, the BCL heads
+"""DBM-BCL end to end: three views per image through the loaders, one encoder pass, the BCL heads
 and the balanced contrastive loss, for both backends, through `launch.main` as a user runs it."""
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from pipelines.foreign import class_counts, dataset_meta
 from tests.foreign_data import read_split, write_ffcv_beton, write_wds_shards
 from tests.helpers import tiny_argv
 
-# numba prints a harmless KeyError from a finalizer of FFCV's compiled functions (spec/pipelines.md §2.2).
+# numba prints a harmless KeyError from a finalizer of FFCV's compiled functions, never a failure of ours.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 KW = dict(resolution=32, batch_size=32, num_workers=1, eval_crop_ratio=1.0)

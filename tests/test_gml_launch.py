@@ -23,7 +23,7 @@ from trainer.checkpoint import CheckpointError
 from trainer.recipe import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-# numba prints a harmless KeyError from a finalizer of FFCV's compiled functions (spec/pipelines.md §2.2).
+# numba prints a harmless KeyError from a finalizer of FFCV's compiled functions, never a failure of ours.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 TEACHER = ("--loss.name=dbm_bs", "--loss.scale=30", "--loss.max_margin=0")
 

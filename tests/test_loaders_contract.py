@@ -20,7 +20,7 @@ from pipelines import DataConfig, make_loader, read_meta
 from pipelines.backends import BACKENDS as REGISTRY
 from pipelines.samplers import EpochOrder
 
-# numba prints a harmless KeyError from a finalizer of FFCV's compiled functions (spec/pipelines.md §2.2).
+# numba prints a harmless KeyError from a finalizer of FFCV's compiled functions, never a failure of ours.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""BCL's balanced contrastive term (spec/losses.md §4.4) and the `bcl` / `dbm_bcl` losses."""
+"""BCL's balanced contrastive term (BCL, CVPR 2022) and the `bcl` / `dbm_bcl` losses."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The losses' pure functions against spec/losses.md's hand-worked values (§10), gradcheck and |cos| = 1."""
+"""The losses' pure functions against hand-worked values, gradcheck and |cos| = 1."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""NCL's losses (spec/losses.md §4.5): the hard-category mask, NBOD, InfoNCE and the `ncl` / `ncl_linear` /
+"""NCL's losses: the hard-category mask, NBOD, InfoNCE and the `ncl` / `ncl_linear` /
 `dbm_ncl` totals, against hand-worked cases and a loop-by-loop transcription of the DBM release."""
 
 from __future__ import annotations

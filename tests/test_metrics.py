@@ -20,7 +20,7 @@ def test_shot_group_boundaries():
 
 
 def test_cifar100_lt_if100_groups():
-    # spec/losses.md §10.1: n_i = floor(500 * 0.01 ** (i / 99)) -> 35 / 35 / 30 classes
+    # CIFAR-100-LT at imbalance 100: n_i = floor(500 * 0.01 ** (i / 99)) -> 35 / 35 / 30 classes
     counts = [int(500 * 0.01 ** (i / 99)) for i in range(100)]
     assert sum(counts) == 10_847
     groups = shot_groups(counts)

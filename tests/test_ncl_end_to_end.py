@@ -1,4 +1,4 @@
-"""DBM-NCL end to end (issue #14) through `launch.main` as a user runs it: two views per image through both
+"""DBM-NCL end to end through `launch.main` as a user runs it: two views per image through both
 loaders, the three experts with their key branches and queues, the NCL loss, eager and compiled; and a
 resumed run that ends where an uninterrupted one does, queues and key bodies included."""
 

@@ -1,4 +1,4 @@
-"""Nothing silently wrong, nothing lost (the trainer's side of issue 13): a diverged run stops and says so,
+"""Nothing silently wrong, nothing lost: a diverged run stops and says so,
 counts that do not match the labels are refused, a failed resume leaves the run folder as it was, older
 checkpoints survive a damaged newest one, interrupted writes are cleaned up, errors are one line."""
 

@@ -44,7 +44,7 @@ from tools.output import add_json_flag, record, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ("fastlt_ffcv", "raw_ffcv", "fastlt_dali", "raw_dali", "torchvision")
-# Not in the default set: DBM-BCL's three views of each image (issue #7), against the one-view loaders.
+# Not in the default set: DBM-BCL's three views of each image, against the one-view loaders.
 VIEW_NAMES = ("fastlt_ffcv_3views", "fastlt_dali_3views")
 
 

@@ -4,7 +4,7 @@ The accumulators are fixed [C] buffers updated with `index_add_` (never `bincoun
 from a host read of the max): static shapes and no host sync, so they live inside a compiled or captured
 step. Counts are float32, exact up to 2**24 per class between reads (far above any eval set or log interval).
 
-Shot groups (spec/datasets.md, spec/losses.md §8) come from the TRAINING counts: many > 100 images,
+Shot groups (as in both papers and their baselines) come from the TRAINING counts: many > 100 images,
 medium 20..100 inclusive, few < 20. A group's accuracy is the unweighted mean of its classes' accuracies;
 a group with no evaluated class is None, never NaN.
 """

@@ -1,4 +1,4 @@
-"""The CIFAR ResNet family of both papers (spec/losses.md §6.5): 3x3 stem, three stages of BasicBlocks,
+"""The CIFAR ResNet family of both papers: 3x3 stem, three stages of BasicBlocks,
 "option A" shortcuts, global average pool. ResNet-32 is 5 blocks per stage and 64-d features.
 
 The body ends at the pooled features; the classifier lives in `trainer.models`. Initialisation follows the

@@ -1,6 +1,6 @@
 """ImageNet-style bodies: torchvision ResNets without their `fc`, and FBL's frozen Places-LT ResNet-152.
 
-torchvision's own initialisation is what both papers use (spec/losses.md §6.5): kaiming-normal fan_out on
+torchvision's own initialisation is what both papers use: kaiming-normal fan_out on
 convolutions, BatchNorm weight 1 and bias 0, no zero-init of the last BN of each block.
 """
 
@@ -104,7 +104,7 @@ def _mismatch(net: nn.Module, state: dict[str, Tensor]) -> str:
 
 
 class PlacesResNet152(nn.Module):
-    """FBL's `resnet152_p` + `Block` (spec/losses.md §6.4).
+    """FBL's `resnet152_p` + `Block` (the FBL release's Places-LT body).
 
     `frozen`: an ImageNet-pretrained ResNet-152 with layer4 cut to its first 2 blocks; no parameter needs a
     gradient, it stays in eval mode whatever `train()` says (BN statistics fixed), and it runs under no_grad.

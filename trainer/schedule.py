@@ -1,7 +1,7 @@
 """Learning-rate schedules: pure functions `(epoch, step, steps_per_epoch, epochs, cfg) -> lr`, by name.
 
 `epoch` is 0-indexed, `step` the step within it. All three recipes of the papers set the rate once per
-epoch (spec/losses.md §6), so these are constant within an epoch; `step` and `steps_per_epoch` are part of
+epoch, so these are constant within an epoch; `step` and `steps_per_epoch` are part of
 the signature so a per-step schedule can join the registry without changing the loop. The loop writes the
 value into the optimizer's lr tensor (`lr.fill_(value)`): no recompile, no recapture.
 """
