@@ -159,6 +159,7 @@ def build(cfg: Config, accelerator: Any) -> Any:
     from trainer.loop import Components
     from trainer.models import check_model
     from trainer.optim import build_optimizer
+    from trainer.posthoc import eval_views
     from trainer.step import EvalStep, TrainStep
 
     device = accelerator.device
@@ -205,7 +206,9 @@ def build(cfg: Config, accelerator: Any) -> Any:
             loss=loss,
             optimizer=optimizer,
             train_step=TrainStep(model, loss, optimizer, cfg.step),
-            eval_step=EvalStep(model, cfg.step, meta.class_counts),
+            eval_step=EvalStep(
+                model, cfg.step, meta.class_counts, views=eval_views(cfg.eval, model, loss, meta.class_counts)
+            ),
             train_loader=train_loader,
             eval_loader=eval_loader,
             class_counts=meta.class_counts,

@@ -76,6 +76,11 @@ def check_model(cfg: ModelConfig, loss: Loss | type[Loss], *, batch_size: int, w
     """Refuse, before any data is read, a `[model]` section that cannot feed `loss` (a class will do) at the
     global `batch_size` over `world_size` processes: a ConfigError naming the keys at fault."""
     kind = _kind(loss)
+    if cfg.init_from and loss.model != "classifier":
+        raise ConfigError(
+            f"model.init_from: stage 2 re-trains a classifier's head; loss.name={loss.name!r} trains a "
+            f"{loss.model} model"
+        )
     if kind.check is not None:
         kind.check(cfg, loss, batch_size=batch_size, world_size=world_size)
 

@@ -28,17 +28,16 @@ from trainer.recipe import from_dict
 log = logging.getLogger(__name__)
 
 
-def read_teacher(source: str | Path) -> tuple[Path, dict[str, Any]]:
-    """(file, checkpoint) for `model.teacher`: a run folder means its newest readable checkpoint, anything
-    else is taken as the checkpoint file itself."""
+def read_teacher(source: str | Path, key: str = "model.teacher") -> tuple[Path, dict[str, Any]]:
+    """(file, checkpoint) for `key` (`model.teacher`, or a stage-2 run's `model.init_from`): a run folder
+    means its newest readable checkpoint, anything else is taken as the checkpoint file itself."""
+    role = "teacher" if key == "model.teacher" else "stage-1"
     if not str(source).strip():
-        raise CheckpointError(
-            "model.teacher is empty: give the teacher's run folder (runs/NAME) or checkpoint file"
-        )
+        raise CheckpointError(f"{key} is empty: give the {role} run's folder (runs/NAME) or checkpoint file")
     path = Path(source)
     if not path.exists():
         raise CheckpointError(
-            f"model.teacher: {path} does not exist (train the teacher run first, or give the path of its "
+            f"{key}: {path} does not exist (train the {role} run first, or give the path of its "
             "run folder or of a checkpoint file)"
         )
     try:
@@ -47,7 +46,7 @@ def read_teacher(source: str | Path) -> tuple[Path, dict[str, Any]]:
             return Path(state.pop("path")), state
         return path, load_checkpoint(path)
     except CheckpointError as err:
-        raise CheckpointError(f"model.teacher: {err}") from None
+        raise CheckpointError(f"{key}: {err}") from None
 
 
 def freeze(model: nn.Module) -> nn.Module:
