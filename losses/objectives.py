@@ -29,8 +29,10 @@ class LogitAdjustment(Part):
 
     def __init__(self, class_counts: Tensor, cfg: LossConfig) -> None:
         super().__init__(class_counts, cfg)
-        weight = getattr(self, "la_tau", 1.0)
-        self.register_buffer("log_prior", weight * LF.log_prior(class_counts), persistent=False)
+        self.register_buffer("log_prior", self.prior_weight() * LF.log_prior(class_counts), persistent=False)
+
+    def prior_weight(self) -> float:
+        return self.la_tau
 
     def forward(self, logits: Tensor | TargetLogits, target: Tensor) -> Tensor:
         return cross_entropy(logits, target, prior=self.log_prior)
@@ -40,6 +42,9 @@ class BalancedSoftmax(LogitAdjustment):
     """CE(z + log p): Balanced Softmax, also BCL's LogitAdjust: the logit adjustment with τ fixed at 1."""
 
     uses = ()
+
+    def prior_weight(self) -> float:
+        return 1.0
 
 
 class DeferredReweighting(Part):
