@@ -22,7 +22,8 @@ class LossConfig:
     name: str = "ce"  # a key of losses.LOSSES
     scale: float = 30.0  # s of the cosine classifier (32 on CIFAR)
     max_margin: float = 0.1  # DBM's K: the rarest class's margin
-    tau: float = 1.0
+    tau: float = 1.0  # DBM's margin exponent: m_c = K * (n_ref / n_c) ** tau
+    la_tau: float = 1.0  # the logit adjustment's weight on log p (`la`, `dbm_la`; 1 = Balanced Softmax)
     lambda_inst: float = 1.0
     # "min": n_ref = n_min, as the paper writes it; "last": the released code's count of the last label.
     margin_norm: MarginNorm = "min"
@@ -59,6 +60,7 @@ class LossConfig:
             ("scale", self.scale > 0, "> 0"),
             ("max_margin", self.max_margin >= 0, ">= 0"),
             ("tau", self.tau >= 0, ">= 0"),
+            ("la_tau", 0 <= self.la_tau < math.inf, "a finite number >= 0"),
             ("lambda_inst", self.lambda_inst >= 0, ">= 0"),
             ("drw_epoch", self.drw_epoch >= 0, ">= 0"),
             ("drw_fraction", 0 <= self.drw_fraction <= 1, "in [0, 1] (0: use drw_epoch)"),

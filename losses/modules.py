@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from losses import functional as LF
 from losses.config import LossConfig
 from losses.logit_maps import DBMargin, FeatureBalance, LDAMargin, LinearLogits, ScaledCosine
-from losses.objectives import BalancedSoftmax, CrossEntropy, DeferredReweighting
+from losses.objectives import BalancedSoftmax, CrossEntropy, DeferredReweighting, LogitAdjustment
 from losses.output import ModelOutput
 from losses.parts import Part, require
 
@@ -100,6 +100,12 @@ class BS(Loss):
     name, head, parts = "bs", "linear", (LinearLogits, BalancedSoftmax)
 
 
+class LA(Loss):
+    """Logit-adjusted CE(z + la_tau * log p) on linear logits (`bs` at la_tau = 1)."""
+
+    name, head, parts = "la", "linear", (LinearLogits, LogitAdjustment)
+
+
 class LDAMDRW(Loss):
     """LDAM margins on the cosine head, scaled by `ldam_scale`, with DRW."""
 
@@ -122,6 +128,12 @@ class DBMDRW(Loss):
 
 class DBMBS(Loss):
     name, head, parts = "dbm_bs", "cosine", (DBMargin, BalancedSoftmax)
+
+
+class DBMLA(Loss):
+    """DBM logits, then the logit adjustment: `dbm_bs` at la_tau = 1."""
+
+    name, head, parts = "dbm_la", "cosine", (DBMargin, LogitAdjustment)
 
 
 class FBL(Loss):

@@ -1,4 +1,4 @@
-"""Objectives (CE, DRW, Balanced Softmax): forward(logits, target) -> 0-dim loss.
+"""Objectives (CE, DRW, Balanced Softmax, logit adjustment): forward(logits, target) -> 0-dim loss.
 
 `logits` is a float tensor [N, C] or, from DBM and LDAM, `TargetLogits` (see `functional.cross_entropy`).
 """
@@ -21,15 +21,30 @@ class CrossEntropy(Part):
         return cross_entropy(logits, target)
 
 
-class BalancedSoftmax(Part):
-    """CE(z + log p): Balanced Softmax, also BCL's LogitAdjust (τ = 1). The prior is added after scaling."""
+class LogitAdjustment(Part):
+    """CE(z + la_tau * log p): the logit-adjusted loss (Menon et al., ICLR 2021). The prior is added after
+    scaling (to DBM's `s * cos` as to linear logits); prediction stays the argmax of the model's logits."""
+
+    uses = ("la_tau",)
 
     def __init__(self, class_counts: Tensor, cfg: LossConfig) -> None:
         super().__init__(class_counts, cfg)
-        self.register_buffer("log_prior", LF.log_prior(class_counts), persistent=False)
+        self.register_buffer("log_prior", self.prior_weight() * LF.log_prior(class_counts), persistent=False)
+
+    def prior_weight(self) -> float:
+        return self.la_tau
 
     def forward(self, logits: Tensor | TargetLogits, target: Tensor) -> Tensor:
         return cross_entropy(logits, target, prior=self.log_prior)
+
+
+class BalancedSoftmax(LogitAdjustment):
+    """CE(z + log p): Balanced Softmax, also BCL's LogitAdjust: the logit adjustment with τ fixed at 1."""
+
+    uses = ()
+
+    def prior_weight(self) -> float:
+        return 1.0
 
 
 class DeferredReweighting(Part):

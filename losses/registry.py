@@ -11,13 +11,13 @@ from torch import Tensor
 from losses.bcl import BCL, DBMBCL
 from losses.config import LossConfig
 from losses.gml import DBMGML, GML
-from losses.modules import BS, CE, CEDRW, DBMBS, DBMCE, DBMDRW, FBL, LDAMDRW, CosineCE, Loss
+from losses.modules import BS, CE, CEDRW, DBMBS, DBMCE, DBMDRW, DBMLA, FBL, LA, LDAMDRW, CosineCE, Loss
 from losses.ncl import DBMNCL, NCL, NCLLinear
 
 LOSSES: dict[str, type[Loss]] = {
     cls.name: cls
     for cls in (
-        *(CE, CEDRW, BS, LDAMDRW, CosineCE, DBMCE, DBMDRW, DBMBS, FBL, BCL, DBMBCL),
+        *(CE, CEDRW, BS, LA, LDAMDRW, CosineCE, DBMCE, DBMDRW, DBMBS, DBMLA, FBL, BCL, DBMBCL),
         *(GML, DBMGML),
         *(NCL, NCLLinear, DBMNCL),
     )

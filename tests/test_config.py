@@ -150,6 +150,9 @@ def test_recipes_exist():
         "cifar10_lt_dbm_ncl",
         "cifar100_lt_ncl",
         "cifar10_lt_ncl",
+        "cifar100_lt_crt",
+        "imagenet_lt_crt",
+        "imagenet_lt_dbm_ce_vit_s16",
     ):
         assert required in names, f"configs/{required}.toml is missing"
     assert any(n.startswith("imagenet_lt_dbm") and "resnext50" in n for n in names)

@@ -29,11 +29,13 @@ NAMES = [
     "ce",
     "ce_drw",
     "bs",
+    "la",
     "ldam_drw",
     "cosine_ce",
     "dbm_ce",
     "dbm_drw",
     "dbm_bs",
+    "dbm_la",
     "fbl",
     "bcl",
     "dbm_bcl",
@@ -50,7 +52,7 @@ CLASSIFIER_LOSSES = [n for n in NAMES if LOSSES[n].model == "classifier"]
 def test_registry_names_heads_views():
     assert list(LOSSES) == NAMES
     heads = {name: LOSSES[name].head for name in NAMES}
-    assert {n for n, h in heads.items() if h == "linear"} == {"ce", "ce_drw", "bs", "fbl", "ncl_linear"}
+    assert {n for n, h in heads.items() if h == "linear"} == {"ce", "ce_drw", "bs", "la", "fbl", "ncl_linear"}
     assert all(h in ("linear", "cosine") for h in heads.values())
     # BCL and GML: view 0 + two more views; NCL: the classification view + the MoCo key view.
     views = {n: 3 if n.endswith(("bcl", "gml")) else 2 if "ncl" in n else 1 for n in NAMES}
@@ -65,7 +67,7 @@ def test_registry_names_heads_views():
 
 
 def test_errors_name_the_valid_choices():
-    with pytest.raises(ValueError, match="unknown loss 'dbm'; valid: ce, ce_drw, bs, ldam_drw"):
+    with pytest.raises(ValueError, match="unknown loss 'dbm'; valid: ce, ce_drw, bs, la, ldam_drw"):
         build_loss("dbm", COUNTS)
     with pytest.raises(ValueError, match="unknown loss 'focal'"):
         loss_class("focal")

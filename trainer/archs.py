@@ -1,8 +1,9 @@
-"""Bodies by name: `ARCHS[model.arch]`, the images-to-pooled-features network every model kind is built from.
+"""Bodies by name: `arch_for(model.arch)`, the images-to-pooled-features network of every model kind.
 
 An `Arch` builds a fresh body (a module with `feature_dim`) from the one setting a body reads,
-`model.pretrained`, and carries the per-body defaults its heads use. This module reads no config section, so
-`trainer.config` can check `model.arch` against it without an import cycle.
+`model.pretrained`, and carries the per-body defaults its heads use. `ARCHS` holds the fixed names; a name
+`family:rest` goes to its family's maker (`FAMILIES`: "timm:<name>", any timm network, trainer/timm_body.py).
+This module reads no config section, so `trainer.config` can check `model.arch` against it without a cycle.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from trainer import timm_body
 from trainer.resnet_cifar import ResNetCifar
 from trainer.resnet_imagenet import PlacesResNet152, TorchvisionBody
 
@@ -37,3 +39,29 @@ ARCHS: dict[str, Arch] = {
     "resnext101_32x8d": Arch(lambda pretrained: TorchvisionBody("resnext101_32x8d"), False, 0, 1024),  # GML
     "resnet152_places": Arch(PlacesResNet152, False, 0, 1024),
 }
+
+
+def _timm_arch(name: str) -> Arch:
+    return Arch(lambda pretrained: timm_body.TimmBody(name, pretrained), False, 0, 1024)
+
+
+# `family:rest` names: the family's check (a ValueError naming the key) and its Arch maker.
+FAMILIES: dict[str, tuple[Callable[[str, str], None], Callable[[str], Arch]]] = {
+    "timm": (timm_body.check_name, _timm_arch),
+}
+
+
+def check_arch(key: str, name: str) -> None:
+    """A ValueError naming `key` unless `name` is a key of ARCHS or a valid `family:rest` name."""
+    family, sep, rest = name.partition(":")
+    if sep and family in FAMILIES:
+        FAMILIES[family][0](key, rest)
+    elif name not in ARCHS:
+        valid = ", ".join(map(repr, [*ARCHS, *(f"{f}:<name>" for f in FAMILIES)]))
+        raise ValueError(f"{key}: unknown value {name!r}; valid: {valid}")
+
+
+def arch_for(name: str) -> Arch:
+    """The Arch of a checked `model.arch`."""
+    family, sep, rest = name.partition(":")
+    return FAMILIES[family][1](rest) if sep and family in FAMILIES else ARCHS[name]

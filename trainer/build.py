@@ -60,6 +60,7 @@ def build_parts(
     import losses
     from trainer.models import build_model, rank_identical_buffers
     from trainer.optim import build_optimizer
+    from trainer.posthoc import eval_views
 
     device = torch.device(device)
     if device.type == "cuda":
@@ -96,7 +97,8 @@ def build_parts(
         loss=loss,
         optimizer=optimizer,
         train_step=TrainStep(model, loss, optimizer, cfg.step),
-        eval_step=EvalStep(model, cfg.step, counts),
+        # Post-hoc adjusted predictions (`[eval]`), counted beside the plain ones.
+        eval_step=EvalStep(model, cfg.step, counts, views=eval_views(cfg.eval, model, loss, counts)),
     )
 
 

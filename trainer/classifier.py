@@ -1,7 +1,7 @@
 """The classifier every loss but NCL's and GML's trains (model kind "classifier"), and the heads kinds share.
 
 `build_classifier(cfg, num_classes, head, mean=..., std=..., views=1)` stacks `Normalize` (uint8 -> float, the
-model's first operation, so it fuses into the compiled step) -> a body from `ARCHS` (pooled features f) -> a
+model's first operation, so it fuses into the compiled step) -> a body (`arch_for`; pooled features f) -> a
 classifier from `HEADS` ("linear": nn.Linear with bias; "cosine": raw cosines, the loss applies the scale) ->
 BCL's two projection heads when the loss takes several views. With `model.bn_views` > 1 the body encodes
 several views of each image in one pass and only view 0 is classified: the extra views reach BatchNorm's
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from losses import CosineClassifier, Loss, ModelOutput
 from pipelines.augment import Normalize
-from trainer.archs import ARCHS
+from trainer.archs import arch_for
 from trainer.config import ModelConfig
 from trainer.resnet_cifar import kaiming_init_
 
@@ -27,7 +27,8 @@ HEADS: dict[str, Callable[[int, int], nn.Module]] = {
     "cosine": lambda d, c: CosineClassifier(d, c),
 }
 
-SHAPE_KEYS = ("bcl_hidden", "bcl_embed")  # [model] keys that size this kind's parameters (besides arch)
+# [model] keys that size this kind's parameters (besides arch), and the stage-1 run a stage-2 body is from
+SHAPE_KEYS = ("bcl_hidden", "bcl_embed", "init_from")
 
 
 def mlp(d: int, hidden: int, out: int, *, batch_norm: bool = True) -> nn.Sequential:
@@ -59,6 +60,7 @@ class LongTailClassifier(nn.Module):
         self.head_fp32 = head_fp32
         d = body.feature_dim
         self.feature_dim = d
+        self.frozen_body = False  # stage 2 (trainer/stage2.py): the body neither learns nor updates its BN
         # images per sample in a training batch, view-major: the loss's num_views (BCL), or model.bn_views
         self.views = views
         self.bcl = bcl is not None
@@ -69,6 +71,18 @@ class LongTailClassifier(nn.Module):
             # Every rank computes the centres from the same (replicated) weights: its BatchNorm1d has
             # nothing to synchronise, and `trainer.sync_bn.convert_sync_bn` leaves it alone.
             self.head_fc.sync_bn = False
+
+    def freeze_body(self) -> None:
+        """No body parameter requires a gradient and the body stays in eval mode across `train()`."""
+        self.body.requires_grad_(False)
+        self.frozen_body = True
+        self.body.eval()
+
+    def train(self, mode: bool = True) -> LongTailClassifier:
+        super().train(mode)
+        if self.frozen_body:
+            self.body.eval()  # BatchNorm running statistics stay the stage-1 ones
+        return self
 
     def class_vectors(self) -> Tensor:
         """The raw (un-normalised) class vectors as rows, [C, d]: BCL's `W^T`."""
@@ -127,7 +141,7 @@ def build_classifier(
         raise ValueError(f"bn_views={bn_views} needs a one-view loss, got views={views}")
     if head not in HEADS:
         raise ValueError(f"unknown classifier head {head!r}; valid: {', '.join(HEADS)}")
-    arch = ARCHS[cfg.arch]
+    arch = arch_for(cfg.arch)
     body = arch.build(cfg.pretrained)
     classifier = HEADS[head](body.feature_dim, num_classes)
     hidden = cfg.bcl_hidden or arch.bcl_hidden
@@ -151,7 +165,12 @@ def build_classifier(
 
 def build(cfg: ModelConfig, loss: Loss, *, num_classes: int, class_counts, mean, std) -> nn.Module:
     """The "classifier" kind's builder (trainer.models.MODELS): the loss's head, BCL's heads for its views,
-    `model.bn_views`."""
-    return build_classifier(
+    `model.bn_views`; with `model.init_from`, the stage-1 run's body, frozen (trainer/stage2.py)."""
+    model = build_classifier(
         cfg, num_classes, loss.head, mean=mean, std=std, views=loss.num_views, bn_views=cfg.bn_views
     )
+    if cfg.init_from:
+        from trainer import stage2  # here: stage2 reads run folders through trainer.teacher, which imports us
+
+        stage2.init_from(model, cfg.init_from, arch=cfg.arch, num_classes=num_classes)
+    return model

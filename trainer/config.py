@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from losses.config import LossConfig
 from pipelines.config import DataConfig, check_choice, check_ranges
-from trainer.archs import ARCHS
+from trainer.archs import check_arch
 
 
 class ConfigError(ValueError):
@@ -74,8 +74,9 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "resnet50"  # a key of trainer.archs.ARCHS
-    # Places-LT's frozen ResNet-152: a state_dict file, or torchvision:ResNet152_Weights.IMAGENET1K_V1
+    arch: str = "resnet50"  # a key of trainer.archs.ARCHS, or "timm:<name>" (any timm network's features)
+    # Places-LT's frozen ResNet-152: a state_dict file, or torchvision:ResNet152_Weights.IMAGENET1K_V1;
+    # a timm arch: a weights file, or timm:<name>[.<tag>] from the local Hugging Face / timm cache
     pretrained: str = ""
     channels_last: bool = True
     head_fp32: bool = True  # classifier and BCL heads in fp32 under bf16 autocast (raw cosines feed arccos)
@@ -87,6 +88,9 @@ class ModelConfig:
     # "classification" view recipe (GML's ImageNet-LT teacher, trained inside a MoCo model whose encoder
     # normalises [cls; q]: 2). 1: off.
     bn_views: int = 1
+    # Stage 2 (cRT, trainer/stage2.py): a classifier run's folder (its newest checkpoint) or checkpoint file
+    # whose body this run loads and freezes; its classifier is trained afresh. "": a one-stage run.
+    init_from: str = ""
     # The model kinds' own keys stay flat in this section, so recipes keep `model.gml_*` / `model.ncl_*`;
     # their ranges are checked here only (the kinds' modules check what needs the data or the batch).
     # GML's MoCo student (loss gml / dbm_gml; trainer/gml_model.py): its frozen teacher and its queue.
@@ -104,9 +108,9 @@ class ModelConfig:
     ncl_ema_updates: int = 0  # EMA updates per step; 0: once per expert (the release's loop)
 
     def __post_init__(self) -> None:
-        check_choice("model.arch", self.arch, ARCHS)
+        check_arch("model.arch", self.arch)
         if self.teacher_arch:
-            check_choice("model.teacher_arch", self.teacher_arch, ARCHS)
+            check_arch("model.teacher_arch", self.teacher_arch)
         check_ranges(
             "model",
             (
@@ -184,6 +188,24 @@ class StepConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """Post-hoc adjustments every evaluation also reports, beside the plain argmax (trainer/posthoc.py)."""
+
+    la_tau: float = 0.0  # > 0: argmax(s * z - la_tau * log p) too, as `la_*` keys (Menon et al.'s post hoc)
+    tau_norm: float = 0.0  # > 0: the classifier's w_c / ||w_c||^tau_norm too, as `tau_norm_*` (Kang et al.)
+
+    def __post_init__(self) -> None:
+        check_ranges(
+            "eval",
+            (
+                ("la_tau", 0 <= self.la_tau < math.inf, "a finite number >= 0 (0: off)"),
+                ("tau_norm", 0 <= self.tau_norm < math.inf, "a finite number >= 0 (0: off)"),
+            ),
+            self,
+        )
+
+
+@dataclass(frozen=True)
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -191,6 +213,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     step: StepConfig = field(default_factory=StepConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def to_dict(cfg: Config) -> dict[str, dict[str, Any]]:

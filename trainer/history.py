@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from trainer import checkpoint as ckpt
-from trainer import rundir
+from trainer import posthoc, rundir
 from trainer.config import Config, to_dict
 from trainer.models import MODELS
 from trainer.optim import SGD
@@ -146,7 +146,12 @@ def results(
         "name": cfg.run.name,
         "epochs": hist.epoch,
         "best": hist.best,
-        "final": {"epoch": final.get("epoch"), **groups(final), "per_class": final.get("per_class")},
+        "final": {
+            "epoch": final.get("epoch"),
+            **groups(final),
+            "per_class": final.get("per_class"),
+            **posthoc.nested(final),  # the [eval] section's adjusted groups beside the plain ones
+        },
         "eval_samples": final.get("samples"),
         "num_classes": len(class_counts),
         "class_counts": list(class_counts),

@@ -28,7 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pipelines.clock import duration
-from trainer import checkpoint, history, rundir, stop, trackers
+from trainer import checkpoint, history, posthoc, rundir, stop, trackers
 from trainer.build import Parts
 from trainer.config import Config, OptimConfig
 from trainer.lead import HostLead, NoLead, host_lead
@@ -279,6 +279,7 @@ def fit(
             if history.better(report, hist.best):
                 hist.best = {"epoch": epoch + 1, **history.groups(report)}
             rec.update(history.groups(report), eval_samples=report["samples"], eval_time=report["eval_time"])
+            rec.update(posthoc.flat(report))  # the [eval] section's adjusted predictions, if any
         else:
             rec.update(dict.fromkeys(history.GROUPS))
         rec["time"] = time.perf_counter() - start

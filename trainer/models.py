@@ -84,6 +84,11 @@ def check_model(cfg: ModelConfig, loss: Loss | type[Loss], *, batch_size: int, w
             f"model.bn_views={cfg.bn_views}: only a classifier run with a one-view loss takes extra views; "
             f"loss.name={loss.name!r} trains a {loss.model} on {loss.num_views} view(s)"
         )
+    if cfg.init_from and loss.model != "classifier":
+        raise ConfigError(
+            f"model.init_from: stage 2 re-trains a classifier's head; loss.name={loss.name!r} trains a "
+            f"{loss.model} model"
+        )
     if kind.check is not None:
         kind.check(cfg, loss, batch_size=batch_size, world_size=world_size)
 

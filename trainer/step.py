@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -335,7 +335,13 @@ class EvalStep:
     of padding and masking. Many / medium / few are against the training class counts it was built with.
     """
 
-    def __init__(self, model: nn.Module, cfg: StepConfig, class_counts: Sequence[int]) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: StepConfig,
+        class_counts: Sequence[int],
+        views: Mapping[str, Callable[[Any], Tensor]] | None = None,
+    ) -> None:
         self.module = unwrap(model)
         self.class_counts = tuple(int(n) for n in class_counts)  # training counts: the shot groups
         self.device = next(self.module.parameters()).device
@@ -349,6 +355,11 @@ class EvalStep:
                 self.module, **compile_kwargs(cfg, module_compile_mode(cfg, self.mode))
             )
         self.metrics = ClassAccumulator(len(self.class_counts), self.device)
+        # Adjusted predictions (trainer/posthoc.py) counted beside the plain argmax, on the device.
+        self.views = dict(views or {})
+        self.view_metrics = {
+            name: ClassAccumulator(len(self.class_counts), self.device) for name in self.views
+        }
 
     @torch.no_grad()
     def __call__(self, images: Tensor, labels: Tensor) -> None:
@@ -357,9 +368,18 @@ class EvalStep:
         with autocast(self.device, self.dtype):
             output = self.forward(images)
         self.metrics.update(output.logits, labels)
+        for name, view in self.views.items():
+            self.view_metrics[name].update(view(output), labels)
 
     def read_metrics(self) -> dict[str, Any]:
-        """Host sync (a collective under DDP): top1, many/medium/few, per_class, samples; then resets."""
+        """Host sync (a collective under DDP): top1, many/medium/few, per_class, samples, and each view's
+        report (without per_class) under its name; then resets."""
         r = self.metrics.read()
         self.metrics.reset()
-        return accuracy_report(r["count"], r["correct"], self.class_counts)
+        report = accuracy_report(r["count"], r["correct"], self.class_counts)
+        for name, metrics in self.view_metrics.items():
+            v = metrics.read()
+            metrics.reset()
+            adjusted = accuracy_report(v["count"], v["correct"], self.class_counts)
+            report[name] = {k: adjusted[k] for k in ("top1", "many", "medium", "few")}
+        return report

@@ -41,18 +41,18 @@ class TeacherRecord(TypedDict):
     config: dict[str, Any]  # the teacher run's resolved config: what rebuilds its architecture
 
 
-def read_teacher(source: str | Path) -> tuple[Path, dict[str, Any]]:
-    """(file, checkpoint) for `model.teacher`: a run folder means its newest readable checkpoint, anything
-    else is taken as the checkpoint file itself; a GML student's checkpoint gives the teacher it holds (the
-    file named is then the teacher's own, as the student recorded it)."""
+def read_teacher(source: str | Path, key: str = "model.teacher") -> tuple[Path, dict[str, Any]]:
+    """(file, checkpoint) for `key` (`model.teacher`, or a stage-2 run's `model.init_from`): a run folder
+    means its newest readable checkpoint, anything else is taken as the checkpoint file itself; a GML
+    student's checkpoint gives the teacher it holds (the file named is then the teacher's own, as the
+    student recorded it)."""
+    role = "teacher" if key == "model.teacher" else "stage-1"
     if not str(source).strip():
-        raise CheckpointError(
-            "model.teacher is empty: give the teacher's run folder (runs/NAME) or checkpoint file"
-        )
+        raise CheckpointError(f"{key} is empty: give the {role} run's folder (runs/NAME) or checkpoint file")
     path = Path(source)
     if not path.exists():
         raise CheckpointError(
-            f"model.teacher: {path} does not exist (train the teacher run first, or give the path of its "
+            f"{key}: {path} does not exist (train the {role} run first, or give the path of its "
             "run folder or of a checkpoint file)"
         )
     try:
@@ -62,7 +62,7 @@ def read_teacher(source: str | Path) -> tuple[Path, dict[str, Any]]:
         else:
             state = load_checkpoint(path)
     except CheckpointError as err:
-        raise CheckpointError(f"model.teacher: {err}") from None
+        raise CheckpointError(f"{key}: {err}") from None
     record = state.get("teacher") if isinstance(state, dict) else None
     if isinstance(record, dict) and isinstance(state.get("model"), dict):  # a student's: its teacher
         weights = {
