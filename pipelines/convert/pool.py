@@ -53,7 +53,11 @@ def encoded_stream(tasks: Iterable[tuple[str, Any]], opts: EncodeOptions, worker
         _init_worker(opts, in_process=True)
         yield from map(_encode_task, tasks)
         return
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    # Not "fork": a process forked while another thread holds one of the pool's queue locks (a progress bar's
+    # monitor, torch's or numba's threads, the test runner's) waits on that lock forever, and so does the
+    # pool's shutdown. The forkserver forks from a clean single-threaded process; workers import only
+    # `pipelines.convert` (0.2 s).
+    method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
     chunksize = max(1, min(16, n // (workers * 8)))
     with mp.get_context(method).Pool(workers, initializer=_init_worker, initargs=(opts,)) as pool:
         yield from pool.imap(_encode_task, tasks, chunksize=chunksize)  # ordered: results in write order
