@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import colorsys
 import math
+import multiprocessing
 import os
 import sys
 import time
@@ -198,7 +199,9 @@ def make_demo_data(
     jobs = [(str(out / rel), label, s, size, quality) for _, rel, label, s in items]
     workers = workers or min(4, os.cpu_count() or 1)
     if workers > 1 and len(jobs) > 64:
-        with ProcessPoolExecutor(workers) as pool:
+        # forkserver: a worker forked from a threaded process (a test runner, a progress bar) can hang on a
+        # lock another thread held at the fork.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
             list(pool.map(_write_one, jobs, chunksize=32))
     else:
         for job in jobs:
