@@ -117,6 +117,7 @@ class FfcvBackend:
         self._unused = [n for n in reader.handlers if n not in (cfg.image_field, cfg.label_field)]
         self._active = None
         self._loader = None
+        self._streams = None  # the seeded ops' (epoch seed, batch counter) rows: `ffcv_ops.EpochStreams`
         self.num_batches = 0
 
     def start(self, order: EpochOrder, num_batches: int) -> None:
@@ -124,6 +125,9 @@ class FfcvBackend:
         if len(order) == 0:
             return  # a rank with no evaluation share: nothing to build, nothing to yield
         ffcv = _ffcv()
+        from .ffcv_ops import EpochStreams
+
+        self._streams = EpochStreams()
         try:
             self._loader = ffcv.loader.Loader(
                 str(spec.path),
@@ -144,13 +148,15 @@ class FfcvBackend:
         self._outputs = list(self._loader.pipeline_specs)  # the order of the tuple each batch comes as
 
     def _image_ops(self, decoder, flip: bool, translate: int = 0) -> list:
-        from ffcv.transforms import RandomHorizontalFlip, RandomTranslate, ToDevice, ToTensor, ToTorchImage
+        from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
+
+        from .ffcv_ops import SeededHorizontalFlip, SeededTranslate
 
         ops = [decoder]
         if translate:  # RandomCrop(size, padding=translate) with zero fill
-            ops.append(RandomTranslate(padding=translate, fill=(0, 0, 0)))
+            ops.append(SeededTranslate(self._streams.new(), padding=translate, fill=(0, 0, 0)))
         if flip:
-            ops.append(RandomHorizontalFlip())
+            ops.append(SeededHorizontalFlip(self._streams.new()))
         ops.append(ToTensor())
         if self.spec.device.type != "cpu":
             ops.append(ToDevice(self.spec.device, non_blocking=True))
@@ -159,21 +165,24 @@ class FfcvBackend:
 
     def _pipelines(self) -> dict:
         from ffcv.fields.basics import IntDecoder
-        from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
+        from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
         from ffcv.pipeline.pipeline_spec import PipelineSpec
         from ffcv.transforms import ToDevice, ToTensor
 
+        from .ffcv_ops import SeededRandomResizedCrop
+
         s, cfg = self.spec, self.spec.cfg
         size = (s.resolution, s.resolution)
+
+        def random_crop(scale) -> SeededRandomResizedCrop:
+            return SeededRandomResizedCrop(self._streams.new(), size, scale=scale, ratio=cfg.crop_ratio)
 
         def view0_ops() -> list:
             if s.crop == "padded":  # the centre square at the resolution, then a padded random crop
                 return self._image_ops(
                     CenterCropRGBImageDecoder(size, ratio=1.0), cfg.hflip, cfg.crop_padding
                 )
-            return self._image_ops(
-                RandomResizedCropRGBImageDecoder(size, scale=cfg.crop_scale, ratio=cfg.crop_ratio), cfg.hflip
-            )
+            return self._image_ops(random_crop(cfg.crop_scale), cfg.hflip)
 
         if s.train:
             image = view0_ops()
@@ -186,14 +195,11 @@ class FfcvBackend:
         pipes.update({cfg.image_field: image, cfg.label_field: label})
         if s.train:
             for v in range(1, s.views):
-                # Each pipeline draws its own crops and flips (numba's per-thread generators).
+                # Each pipeline draws its own crops and flips (each op its own stream).
                 ops = (
                     view0_ops()
                     if s.crops_like_view0(v)
-                    else self._image_ops(
-                        RandomResizedCropRGBImageDecoder(size, scale=s.view_crop_scale, ratio=cfg.crop_ratio),
-                        True,
-                    )
+                    else self._image_ops(random_crop(s.view_crop_scale), True)
                 )
                 pipes[f"{cfg.image_field}_view{v}"] = PipelineSpec(
                     cfg.image_field, decoder=ops[0], transforms=ops[1:]
@@ -201,10 +207,16 @@ class FfcvBackend:
         return pipes
 
     def epoch(self, epoch: int) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
+        from .loader import derive_seed
+
         self._stop_active()
         if self._loader is None or self.num_batches == 0:
             return
         self._loader.next_epoch = epoch
+        # Every random draw of this epoch from (seed, rank, epoch, op) on: no state carries over epochs.
+        self._streams.reset(
+            [derive_seed(self.spec.seed, self.spec.rank, epoch, op) for op in range(len(self._streams))]
+        )
         it = iter(self._loader)
         self._active = it
         names, image = self._outputs, self.spec.cfg.image_field

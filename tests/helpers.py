@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import math
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -42,6 +49,86 @@ def tiny_argv(data_dir: Path, out_dir: Path, name: str, *extra: str, backend: st
         f"--run.name={name}",
         *extra,
     ]
+
+
+# A resume test's overrides on top of `tiny_argv` (the demo recipe: padded random crop and flip): two epochs,
+# a checkpoint after each, a schedule that changes every epoch, and the rest of the recipes' augmentation
+# (AutoAugment + Cutout on the device). Every random draw is a function of (seed, rank, epoch, batch), so an
+# interrupted and resumed run and an uninterrupted one draw the same batches, crops and flips included.
+RESUME = (
+    "--run.epochs=2",
+    "--run.checkpoint_every=1",
+    "--data.auto_augment=cifar10",
+    "--data.cutout=8",
+    "--optim.schedule=cosine",
+    "--optim.warmup_epochs=1",
+    "--optim.lr=0.05",
+)
+
+
+def close(a: float | None, b: float | None, tol: float = 1e-5) -> bool:
+    if a is None or b is None:
+        return a is b
+    return math.isclose(a, b, rel_tol=tol, abs_tol=tol)
+
+
+def assert_same_run(a_dir: Path, b_dir: Path) -> tuple[dict, dict]:
+    """Two finished runs ended in the same place: the last checkpoints' model state and momentum, every line
+    of metrics.jsonl (one per epoch, none repeated) and the results' best and final figures. Returns the two
+    last checkpoints."""
+    from trainer import checkpoint, rundir
+
+    a, b = checkpoint.load_latest(a_dir), checkpoint.load_latest(b_dir)
+    assert a["epoch"] == b["epoch"]
+    assert a["model"].keys() == b["model"].keys()
+    for key, value in a["model"].items():
+        torch.testing.assert_close(b["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    states = zip(a["optimizer"]["state"].items(), b["optimizer"]["state"].items(), strict=True)
+    for (ka, va), (kb, vb) in states:
+        assert ka == kb
+        torch.testing.assert_close(vb["momentum_buffer"], va["momentum_buffer"], rtol=1e-5, atol=1e-6)
+    ra, rb = rundir.read_metrics(a_dir), rundir.read_metrics(b_dir)
+    assert [r["epoch"] for r in rb] == list(range(1, a["epoch"] + 1))
+    for x, y in zip(ra, rb, strict=True):
+        for field in ("loss", "lr", "top1", "many", "medium", "few"):
+            assert close(x[field], y[field]), (field, x[field], y[field])
+    results = [json.loads((d / "results.json").read_text()) for d in (a_dir, b_dir)]
+    for part in ("best", "final"):
+        for field in ("epoch", "top1", "many", "medium", "few"):
+            assert close(results[0][part][field], results[1][part][field]), (part, field)
+    return a, b
+
+
+def killed_run(argv: list[str], run_dir: Path, after_epoch: int = 1) -> None:
+    """`python launch.py *argv` killed with SIGKILL as soon as its checkpoint of `after_epoch` is on disk
+    (nothing runs on exit: what a crash or a preempted node leaves behind for `--resume`). The process runs
+    one torch thread, as the `one_thread` fixture gives the runs it is compared with."""
+    import os
+
+    from trainer import checkpoint
+
+    path = checkpoint.checkpoint_path(run_dir, after_epoch)
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "launch.py"), *argv],
+            cwd=ROOT,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+        try:
+            while not path.exists():
+                if proc.poll() is not None:
+                    err.seek(0)
+                    raise AssertionError(err.read().decode()[-3000:])
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert not (run_dir / "results.json").exists(), "the run finished before it was killed"
 
 
 def free_port() -> int:

@@ -1,21 +1,18 @@
-"""DBM-NCL end to end (issue #14) through `launch.main` as a user runs it: two views per image through both
+"""DBM-NCL end to end through `launch.main` as a user runs it: two views per image through both
 loaders, the three experts with their key branches and queues, the NCL loss, eager and compiled; and a
-resumed run that ends where an uninterrupted one does, queues and key bodies included."""
+resumed run that ends where an uninterrupted one does (crops, flips and augmentation on, both backends),
+queues and key bodies included."""
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import launch
-from pipelines import DataConfig, make_loader
-from tests.helpers import interrupted_run, tiny_argv
+from tests.helpers import RESUME, assert_same_run, interrupted_run, tiny_argv
 from trainer import checkpoint, rundir
 
 QUEUE = 48  # 3 batches of tiny_argv's 16: the pointer wraps inside an epoch
@@ -60,79 +57,23 @@ def test_ncl_linear_epoch_end_to_end(demo_converted, tmp_path):
     assert "classifiers.0.bias" in checkpoint.load_latest(tmp_path / "ncl_linear")["model"]
 
 
-@pytest.fixture(scope="module")
-def row_constant_converted(demo_images, convert_cli, tmp_path_factory):
-    """The demo set with every image replaced by its row means: each row is one colour, so a horizontal flip
-    leaves it unchanged, through JPEG without chroma subsampling (an 8x8 block constant along its rows
-    decodes constant along them; 2x2 chroma averaging is not mirror-symmetric) and the loaders' crops alike.
-    FFCV flips the key view with numba's unseeded per-thread generators; on these images that flip changes
-    nothing, so two runs see the same key views."""
-    images = tmp_path_factory.mktemp("row_constant_images")
-    shutil.copytree(demo_images, images, dirs_exist_ok=True)
-    for path in images.rglob("*.jpg"):
-        pixels = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
-        rows = np.broadcast_to(pixels.mean(axis=1, keepdims=True), pixels.shape).round().astype(np.uint8)
-        Image.fromarray(rows).save(path, format="JPEG", quality=95, subsampling=0)
-    out = tmp_path_factory.mktemp("row_constant_converted")
-    for split in ("train", "test"):
-        convert_cli(images, out, split, formats="ffcv")
-    return out
+# The resume test's overrides: NCL's keys on the shared RESUME (crop, flip, AutoAugment, Cutout on; the key
+# view's contrastive crop, flip, jitter, grey and blur are drawn from (seed, rank, epoch, batch) as well).
+NCL_RESUME = (*NCL_ARGS, *RESUME)
 
 
-# As tests/test_resume.py: FFCV's own crops and flips are unseeded, so view 0 takes the whole image unflipped;
-# the key view's crop is the whole image too (its flip cannot be turned off: see the fixture). Device-side
-# augmentation (AutoAugment, Cutout, the key view's jitter, grey and blur) draws from seeded generators.
-RESUME = (
-    *NCL_ARGS,
-    "--run.epochs=2",
-    "--run.checkpoint_every=1",
-    "--data.auto_augment=cifar10",
-    "--data.cutout=8",
-    "--data.crop=resized",
-    "--data.crop_scale=[1.0, 1.0]",
-    "--data.view_crop_scale=[1.0, 1.0]",
-    "--data.hflip=false",
-    "--optim.schedule=cosine",
-    "--optim.warmup_epochs=1",
-    "--optim.lr=0.05",
-)
-
-
-def test_resume_matches_an_uninterrupted_run(row_constant_converted, tmp_path, monkeypatch, one_thread):
-    data = row_constant_converted
-    # The premise: the key view the loader hands over is its own mirror image.
-    cfg = DataConfig(dir=str(data), train="train", resolution=32, batch_size=16, num_workers=1)
-    loader = make_loader(cfg, "train", views=2)
-    try:
-        images, _ = next(iter(loader))
-        assert torch.equal(images, images.flip(-1))
-    finally:
-        loader.close()
-
-    straight = launch.main(tiny_argv(data, tmp_path, "straight", *RESUME))
-    interrupted_run(tiny_argv(data, tmp_path, "resumed", *RESUME), monkeypatch)
+@pytest.mark.parametrize("backend", ["ffcv", "dali"])
+def test_resume_matches_an_uninterrupted_run(demo_converted, tmp_path, monkeypatch, one_thread, backend):
+    data = demo_converted
+    launch.main(tiny_argv(data, tmp_path, "straight", *NCL_RESUME, backend=backend))
+    interrupted_run(tiny_argv(data, tmp_path, "resumed", *NCL_RESUME, backend=backend), monkeypatch)
     run = tmp_path / "resumed"
     first = checkpoint.load_latest(run)
     assert first["epoch"] == 1
-    resumed = launch.main(["--resume", str(run)])
+    launch.main(["--resume", str(run)])
 
-    a, b = checkpoint.load_latest(tmp_path / "straight"), checkpoint.load_latest(run)
-    assert a["epoch"] == b["epoch"] == 2
-    assert a["model"].keys() == b["model"].keys()
-    for key, value in a["model"].items():
-        torch.testing.assert_close(b["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    a, b = assert_same_run(tmp_path / "straight", run)
+    assert a["epoch"] == 2
     # The queues and key bodies moved in epoch 2, so the comparison above covers their restore.
     for key in ("queues", "key_bodies.0.conv1.weight", "key_bodies.1.bn1.running_mean"):
         assert not torch.equal(first["model"][key], b["model"][key]), key
-    for (ka, va), (kb, vb) in zip(
-        a["optimizer"]["state"].items(), b["optimizer"]["state"].items(), strict=True
-    ):
-        assert ka == kb
-        torch.testing.assert_close(vb["momentum_buffer"], va["momentum_buffer"], rtol=1e-5, atol=1e-6)
-    ra, rb = rundir.read_metrics(tmp_path / "straight"), rundir.read_metrics(run)
-    assert [r["epoch"] for r in rb] == [1, 2]
-    for x, y in zip(ra, rb, strict=True):
-        for field in ("loss", "lr", "top1", "many", "medium", "few"):
-            assert (x[field] is None) == (y[field] is None), field
-            assert x[field] is None or x[field] == pytest.approx(y[field], rel=1e-5, abs=1e-5), field
-    assert straight["final"]["top1"] == pytest.approx(resumed["final"]["top1"], abs=1e-9)
