@@ -4,8 +4,10 @@ Samples enter through `fn.external_source`, fed with the JPEG bytes of the indic
 (`samplers.EpochOrder`), sliced from the memory-mapped tars at the offsets of their `.idx` files. DALI's
 readers take no sampler and reshuffle only within a buffer, so this is the route that gives the FFCV
 backend's exact semantics: an epoch's order is a pure function of (seed, epoch), ranks hold disjoint
-equal-length slices, evaluation shares are exact. Training decodes with a fused random crop, resizes and
-flips; evaluation resizes the shorter side and centre-crops. At GPU rates the source hands DALI the mapped
+equal-length slices, evaluation shares are exact. Training decodes only a random window (RandomResizedCrop),
+resizes and flips, with every window, offset and coin drawn on the host per (seed, rank, epoch, batch) and
+fed beside the bytes (`dali_draws`: no DALI random operator, whose state would carry across epochs);
+evaluation resizes the shorter side and centre-crops. At GPU rates the source hands DALI the mapped
 bytes without a copy (see `_source`) and the decoders' buffers are sized up front (`decoder_args`), so
 steady-state decoding allocates nothing (an allocation would break the step's CUDA-graph capture).
 """

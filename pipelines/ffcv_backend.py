@@ -1,7 +1,8 @@
 """FFCV backend: a `.beton` file through `ffcv.loader.Loader`, decoding and cropping on CPU threads (numba).
 
-Training decodes with RandomResizedCrop (or a centre square + padded RandomTranslate), flips, then
-ToTensor -> ToDevice(non_blocking) -> ToTorchImage(channels_last); evaluation centre-crops. Output stays
+Training decodes with RandomResizedCrop (or a centre square + padded RandomTranslate), flips (FFCV's ops with
+draws seeded per (seed, rank, epoch, batch): `ffcv_ops`), then ToTensor -> ToDevice(non_blocking) ->
+ToTorchImage(channels_last); evaluation centre-crops. Output stays
 uint8: a CPU NormalizeImage after ToTensor hangs FFCV's loader, and the model normalises anyway. The order
 is fastlt's own `EpochOrder`, not FFCV's (whose `distributed=True` needs a process group and pads
 evaluation with duplicates), so both backends draw the same samples. Fields are named by
