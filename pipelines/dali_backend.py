@@ -4,8 +4,10 @@ Samples enter through `fn.external_source`, fed with the JPEG bytes of the indic
 (`samplers.EpochOrder`), sliced from the memory-mapped tars at the offsets of their `.idx` files. DALI's
 readers take no sampler and reshuffle only within a buffer, so this is the route that gives the FFCV
 backend's exact semantics: an epoch's order is a pure function of (seed, epoch), ranks hold disjoint
-equal-length slices, evaluation shares are exact. Training decodes with a fused random crop, resizes and
-flips; evaluation resizes the shorter side and centre-crops. At GPU rates the source hands DALI the mapped
+equal-length slices, evaluation shares are exact. Training decodes only a random window (RandomResizedCrop),
+resizes and flips, with every window, offset and coin drawn on the host per (seed, rank, epoch, batch) and
+fed beside the bytes (`dali_draws`: no DALI random operator, whose state would carry across epochs);
+evaluation resizes the shorter side and centre-crops. At GPU rates the source hands DALI the mapped
 bytes without a copy (see `_source`) and the decoders' buffers are sized up front (`decoder_args`), so
 steady-state decoding allocates nothing (an allocation would break the step's CUDA-graph capture).
 """
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import dali_draws
 from .config import MAX_LEAD
 from .dali_tuning import decoder_args
 from .sample_check import SKIP_CORRUPT, checked_shards
@@ -105,6 +108,9 @@ class DaliBackend:
         self._iterator = None
         self._pipe = None
         self._in_epoch = False  # an epoch was started and not run to its end
+        self._epoch = 0  # the epoch the sources draw for (`dali_draws`)
+        self._streams = 0  # external sources of draws built so far (each its own generator per batch)
+        self._sizes = np.zeros((len(self.shards), 2), np.int32)  # (height, width), read on first use
         self._generation = 0  # counts epochs started: a stale, abandoned epoch generator must not read on
         self._names = ["view0"] + [f"view{v}" for v in range(1, spec.views)] + ["labels"]
 
@@ -129,9 +135,49 @@ class DaliBackend:
         self._fed.append(batch)
         return batch
 
-    def _build(self):
-        from .loader import derive_seed
+    def _drawn(self, fn, types, kind: str, arg=None):
+        """An external source of this batch's random draws of one `kind` (`dali_draws`): "window"
+        (RandomResizedCrop's normalised (x, y) anchor and (w, h) shape, `arg` the area scale), "roi" (the same
+        window as `fn.resize`'s relative (y, x) start and end), "offsets" (the padded crop's positions, `arg`
+        the padding) or "flip" (a coin per image)."""
+        stream = self._streams
+        self._streams += 1
+        outputs = {"window": 2, "roi": 2, "offsets": 2, "flip": 1}[kind]
 
+        def source(info):
+            i = info.iteration
+            if i >= len(self._batches):
+                raise StopIteration
+            s, idx = self.spec, self._batches[i]
+            rng = dali_draws.batch_generator(s.seed, s.rank, self._epoch, i, stream)
+            if kind in ("window", "roi"):
+                anchor, shape = dali_draws.resized_crop_windows(
+                    rng, *self._image_sizes(idx), arg, s.cfg.crop_ratio
+                )
+                if kind == "window":
+                    return anchor, shape
+                return np.ascontiguousarray(anchor[:, ::-1]), np.ascontiguousarray((anchor + shape)[:, ::-1])
+            if kind == "offsets":
+                return dali_draws.padded_offsets(rng, len(idx), arg)
+            return dali_draws.coins(rng, len(idx))
+
+        dtype = types.INT32 if kind == "flip" else types.FLOAT
+        return fn.external_source(
+            source=source,
+            num_outputs=outputs if outputs > 1 else None,
+            batch=True,
+            batch_info=True,
+            dtype=[dtype] * outputs if outputs > 1 else dtype,
+        )
+
+    def _image_sizes(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Heights and widths of these samples, from their headers the first time each is seen."""
+        new = np.unique(idx[self._sizes[idx, 0] == 0])
+        for i, data in zip(new, self.shards.jpegs(new), strict=True):
+            self._sizes[i] = dali_draws.image_size(data)
+        return self._sizes[idx, 0], self._sizes[idx, 1]
+
+    def _build(self):
         fn, pipeline, types, Iterator = _dali()
         s, cfg = self.spec, self.spec.cfg
         device_id = (s.device.index or 0) if self.cuda else None  # None: no CUDA at all (CPU-only hosts)
@@ -141,13 +187,14 @@ class DaliBackend:
             batch_size=s.batch_size,
             num_threads=s.threads,
             device_id=device_id,
-            seed=derive_seed(s.seed, s.rank, 0xDA11),
+            seed=0,  # no operator draws: every random parameter comes from `_drawn`
             prefetch_queue_depth=PREFETCH,
             # Pin DALI's CPU threads to the cores of the GPU's socket (NVML's affinity, intersected with the
             # cores this process may use): no cross-socket hops for the JPEG bytes or the Huffman decoding.
             set_affinity=self.cuda,
         )
         res = s.resolution
+        self._streams = 0
         with pipe:
             jpegs, labels = fn.external_source(
                 source=self._source,
@@ -163,43 +210,49 @@ class DaliBackend:
                 outputs = [fn.crop(images, crop=(res, res), out_of_bounds_policy="pad")]
             elif s.views == 1 and s.crop == "padded":
                 images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB, **dec)
-                outputs = [self._padded_crop(fn, images)]
-            elif s.views == 1:
-                images = fn.decoders.image_random_crop(
+                outputs = [self._padded_crop(fn, types, images)]
+            elif s.views == 1:  # decodes only the window
+                anchor, shape = self._drawn(fn, types, "window", tuple(cfg.crop_scale))
+                images = fn.decoders.image_slice(
                     jpegs,
+                    anchor,
+                    shape,
                     device=decoder,
                     output_type=types.RGB,
-                    random_area=list(cfg.crop_scale),
-                    random_aspect_ratio=list(cfg.crop_ratio),
-                    num_attempts=10,
+                    normalized_anchor=True,
+                    normalized_shape=True,
+                    axis_names="WH",
                     **dec,
                 )
                 images = fn.resize(images, resize_x=res, resize_y=res, antialias=True)
-                outputs = [self._flip(fn, images) if cfg.hflip else images]
+                outputs = [self._flip(fn, types, images) if cfg.hflip else images]
             else:  # decode once, branch into independent crops
                 full = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB, **dec)
                 outputs = []
                 for v in range(s.views):
                     like0 = s.crops_like_view0(v)
                     if like0 and s.crop == "padded":
-                        outputs.append(self._padded_crop(fn, full))
+                        outputs.append(self._padded_crop(fn, types, full))
                         continue
-                    crop = fn.random_resized_crop(
+                    scale = tuple(cfg.crop_scale if like0 else s.view_crop_scale)
+                    start, end = self._drawn(fn, types, "roi", scale)
+                    crop = fn.resize(  # the window, resized in one pass
                         full,
-                        size=(res, res),
-                        random_area=list(cfg.crop_scale if like0 else s.view_crop_scale),
-                        random_aspect_ratio=list(cfg.crop_ratio),
-                        num_attempts=10,
+                        resize_x=res,
+                        resize_y=res,
+                        roi_start=start,
+                        roi_end=end,
+                        roi_relative=True,
                         antialias=True,
                     )
-                    outputs.append(self._flip(fn, crop) if (cfg.hflip or not like0) else crop)
+                    outputs.append(self._flip(fn, types, crop) if (cfg.hflip or not like0) else crop)
             if self.cuda:
                 labels = labels.gpu()
             pipe.set_outputs(*outputs, labels)
         self._pipe = pipe
         return Iterator
 
-    def _padded_crop(self, fn, images):
+    def _padded_crop(self, fn, types, images):
         """The centre square resized to the resolution, zero-padded by `data.crop_padding`, cropped back at
         a random integer offset (torchvision's RandomCrop(res, padding)), then flipped."""
         cfg, res, pad = self.spec.cfg, self.spec.resolution, self.spec.cfg.crop_padding
@@ -208,18 +261,12 @@ class DaliBackend:
         images = fn.crop(
             images, crop=(res + 2 * pad, res + 2 * pad), out_of_bounds_policy="pad", fill_values=0
         )
-        positions = [k / (2 * pad) for k in range(2 * pad + 1)]  # anchors 0..2*pad exactly
-        images = fn.crop(
-            images,
-            crop=(res, res),
-            crop_pos_x=fn.random.uniform(values=positions),
-            crop_pos_y=fn.random.uniform(values=positions),
-        )
-        return self._flip(fn, images) if cfg.hflip else images
+        x, y = self._drawn(fn, types, "offsets", pad)  # anchors 0..2*pad exactly
+        images = fn.crop(images, crop=(res, res), crop_pos_x=x, crop_pos_y=y)
+        return self._flip(fn, types, images) if cfg.hflip else images
 
-    @staticmethod
-    def _flip(fn, images):
-        return fn.flip(images, horizontal=fn.random.coin_flip(probability=0.5))
+    def _flip(self, fn, types, images):
+        return fn.flip(images, horizontal=self._drawn(fn, types, "flip"))
 
     def _open(self):
         """A fresh pipeline + iterator; the first batches are drawn from `self._batches` right away."""
@@ -231,6 +278,7 @@ class DaliBackend:
         if self.num_batches == 0:
             return
         order = self.order(epoch)
+        self._epoch = epoch
         b = self.spec.batch_size
         self._batches = [order[i * b : (i + 1) * b] for i in range(self.num_batches)]
         self._generation += 1

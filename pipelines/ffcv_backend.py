@@ -1,7 +1,8 @@
 """FFCV backend: a `.beton` file through `ffcv.loader.Loader`, decoding and cropping on CPU threads (numba).
 
-Training decodes with RandomResizedCrop (or a centre square + padded RandomTranslate), flips, then
-ToTensor -> ToDevice(non_blocking) -> ToTorchImage(channels_last); evaluation centre-crops. Output stays
+Training decodes with RandomResizedCrop (or a centre square + padded RandomTranslate), flips (FFCV's ops with
+draws seeded per (seed, rank, epoch, batch): `ffcv_ops`), then ToTensor -> ToDevice(non_blocking) ->
+ToTorchImage(channels_last); evaluation centre-crops. Output stays
 uint8: a CPU NormalizeImage after ToTensor hangs FFCV's loader, and the model normalises anyway. The order
 is fastlt's own `EpochOrder`, not FFCV's (whose `distributed=True` needs a process group and pads
 evaluation with duplicates), so both backends draw the same samples. Fields are named by
@@ -122,6 +123,7 @@ class FfcvBackend:
         self._unused = [n for n in reader.handlers if n not in (cfg.image_field, cfg.label_field)]
         self._active = None
         self._loader = None
+        self._streams = None  # the seeded ops' (epoch seed, batch counter) rows: `ffcv_ops.EpochStreams`
         self.num_batches = 0
 
     def start(self, order: EpochOrder, num_batches: int) -> None:
@@ -129,6 +131,9 @@ class FfcvBackend:
         if len(order) == 0:
             return  # a rank with no evaluation share: nothing to build, nothing to yield
         ffcv = _ffcv()
+        from .ffcv_ops import EpochStreams
+
+        self._streams = EpochStreams()
         try:
             with _keep_torch_threads():
                 self._loader = ffcv.loader.Loader(
@@ -150,13 +155,15 @@ class FfcvBackend:
         self._outputs = list(self._loader.pipeline_specs)  # the order of the tuple each batch comes as
 
     def _image_ops(self, decoder, flip: bool, translate: int = 0) -> list:
-        from ffcv.transforms import RandomHorizontalFlip, RandomTranslate, ToDevice, ToTensor, ToTorchImage
+        from ffcv.transforms import ToDevice, ToTensor, ToTorchImage
+
+        from .ffcv_ops import SeededHorizontalFlip, SeededTranslate
 
         ops = [decoder]
         if translate:  # RandomCrop(size, padding=translate) with zero fill
-            ops.append(RandomTranslate(padding=translate, fill=(0, 0, 0)))
+            ops.append(SeededTranslate(self._streams.new(), padding=translate, fill=(0, 0, 0)))
         if flip:
-            ops.append(RandomHorizontalFlip())
+            ops.append(SeededHorizontalFlip(self._streams.new()))
         ops.append(ToTensor())
         if self.spec.device.type != "cpu":
             ops.append(ToDevice(self.spec.device, non_blocking=True))
@@ -165,21 +172,24 @@ class FfcvBackend:
 
     def _pipelines(self) -> dict:
         from ffcv.fields.basics import IntDecoder
-        from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
+        from ffcv.fields.rgb_image import CenterCropRGBImageDecoder
         from ffcv.pipeline.pipeline_spec import PipelineSpec
         from ffcv.transforms import ToDevice, ToTensor
 
+        from .ffcv_ops import SeededRandomResizedCrop
+
         s, cfg = self.spec, self.spec.cfg
         size = (s.resolution, s.resolution)
+
+        def random_crop(scale) -> SeededRandomResizedCrop:
+            return SeededRandomResizedCrop(self._streams.new(), size, scale=scale, ratio=cfg.crop_ratio)
 
         def view0_ops() -> list:
             if s.crop == "padded":  # the centre square at the resolution, then a padded random crop
                 return self._image_ops(
                     CenterCropRGBImageDecoder(size, ratio=1.0), cfg.hflip, cfg.crop_padding
                 )
-            return self._image_ops(
-                RandomResizedCropRGBImageDecoder(size, scale=cfg.crop_scale, ratio=cfg.crop_ratio), cfg.hflip
-            )
+            return self._image_ops(random_crop(cfg.crop_scale), cfg.hflip)
 
         if s.train:
             image = view0_ops()
@@ -192,14 +202,11 @@ class FfcvBackend:
         pipes.update({cfg.image_field: image, cfg.label_field: label})
         if s.train:
             for v in range(1, s.views):
-                # Each pipeline draws its own crops and flips (numba's per-thread generators).
+                # Each pipeline draws its own crops and flips (each op its own stream).
                 ops = (
                     view0_ops()
                     if s.crops_like_view0(v)
-                    else self._image_ops(
-                        RandomResizedCropRGBImageDecoder(size, scale=s.view_crop_scale, ratio=cfg.crop_ratio),
-                        True,
-                    )
+                    else self._image_ops(random_crop(s.view_crop_scale), True)
                 )
                 pipes[f"{cfg.image_field}_view{v}"] = PipelineSpec(
                     cfg.image_field, decoder=ops[0], transforms=ops[1:]
@@ -207,10 +214,16 @@ class FfcvBackend:
         return pipes
 
     def epoch(self, epoch: int) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
+        from .loader import derive_seed
+
         self._stop_active()
         if self._loader is None or self.num_batches == 0:
             return
         self._loader.next_epoch = epoch
+        # Every random draw of this epoch from (seed, rank, epoch, op) on: no state carries over epochs.
+        self._streams.reset(
+            [derive_seed(self.spec.seed, self.spec.rank, epoch, op) for op in range(len(self._streams))]
+        )
         with _keep_torch_threads() as restore:
             it = iter(self._loader)
         self._active = it

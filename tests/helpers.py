@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,18 +54,15 @@ def tiny_argv(data_dir: Path, out_dir: Path, name: str, *extra: str, backend: st
     ]
 
 
-# A resume test's overrides: two epochs, a checkpoint after each, a schedule that changes every epoch, and
-# device-side augmentation (AutoAugment + Cutout draw from the loader's per-epoch generators). FFCV's own
-# random crop and flip draw from numba's unseeded per-thread generators (the padded crop too), so they are
-# off (a whole-image "random resized" crop, no flip) to make two runs comparable at all.
+# A resume test's overrides on top of `tiny_argv` (the demo recipe: padded random crop and flip): two epochs,
+# a checkpoint after each, a schedule that changes every epoch, and the rest of the recipes' augmentation
+# (AutoAugment + Cutout on the device). Every random draw is a function of (seed, rank, epoch, batch), so an
+# interrupted and resumed run and an uninterrupted one draw the same batches, crops and flips included.
 RESUME = (
     "--run.epochs=2",
     "--run.checkpoint_every=1",
     "--data.auto_augment=cifar10",
     "--data.cutout=8",
-    "--data.crop=resized",
-    "--data.crop_scale=[1.0, 1.0]",
-    "--data.hflip=false",
     "--optim.schedule=cosine",
     "--optim.warmup_epochs=1",
     "--optim.lr=0.05",
@@ -99,6 +100,36 @@ def assert_same_run(a_dir: Path, b_dir: Path) -> tuple[dict, dict]:
         for field in ("epoch", "top1", "many", "medium", "few"):
             assert close(results[0][part][field], results[1][part][field]), (part, field)
     return a, b
+
+
+def killed_run(argv: list[str], run_dir: Path, after_epoch: int = 1) -> None:
+    """`python launch.py *argv` killed with SIGKILL as soon as its checkpoint of `after_epoch` is on disk
+    (nothing runs on exit: what a crash or a preempted node leaves behind for `--resume`). The process runs
+    one torch thread, as the `one_thread` fixture gives the runs it is compared with."""
+    from trainer import checkpoint
+
+    path = checkpoint.checkpoint_path(run_dir, after_epoch)
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "launch.py"), *argv],
+            cwd=ROOT,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+        try:
+            while not path.exists():
+                if proc.poll() is not None:
+                    err.seek(0)
+                    raise AssertionError(err.read().decode()[-3000:])
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert not (run_dir / "results.json").exists(), "the run finished before it was killed"
 
 
 def free_port() -> int:

@@ -97,12 +97,16 @@ def test_a_missing_or_mismatched_teacher_stops_before_the_run_folder(demo_conver
     assert not (tmp_path / "s3").exists()
 
 
-def test_resumed_student_equals_an_uninterrupted_one(demo_converted, tmp_path, monkeypatch, one_thread):
+@pytest.mark.parametrize("backend", ["ffcv", "dali"])
+def test_resumed_student_equals_an_uninterrupted_one(
+    demo_converted, tmp_path, monkeypatch, one_thread, backend
+):
+    """RESUME's crop, flip, AutoAugment and Cutout on all three views (cls, q, k), each its own draws."""
     launch.main(tiny_argv(demo_converted, tmp_path, "teacher", *TEACHER, "--run.eval_every=0"))
     args = student_args(tmp_path / "teacher", *RESUME)
-    launch.main(tiny_argv(demo_converted, tmp_path, "straight", *args))
+    launch.main(tiny_argv(demo_converted, tmp_path, "straight", *args, backend=backend))
 
-    interrupted_run(tiny_argv(demo_converted, tmp_path, "resumed", *args), monkeypatch)
+    interrupted_run(tiny_argv(demo_converted, tmp_path, "resumed", *args, backend=backend), monkeypatch)
     run = tmp_path / "resumed"
     assert checkpoint.load_latest(run)["epoch"] == 1
 

@@ -1,4 +1,7 @@
-"""`--resume` continues an interrupted run to the same end as an uninterrupted one."""
+"""`--resume` continues an interrupted run to the same end as an uninterrupted one, with every augmentation of
+the recipes on (random crop and flip in the loader, AutoAugment and Cutout on the device), on both backends:
+interrupted at an epoch boundary in process, or killed with SIGKILL. Since the uninterrupted run is a second
+run of the demo recipe, this is also the check that two runs of the same config and seed agree exactly."""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import pytest
 import torch
 
 import launch
-from tests.helpers import RESUME, assert_same_run, interrupted_run, tiny_argv
+from tests.helpers import RESUME, assert_same_run, interrupted_run, killed_run, tiny_argv
 from trainer import checkpoint, rng, rundir
 
 # Everything resume must restore is exercised: RESUME's augmentation and schedule, a loss with epoch state
@@ -14,12 +17,19 @@ from trainer import checkpoint, rng, rundir
 EXTRA = (*RESUME, "--loss.name=dbm_drw", "--loss.drw_epoch=1", "--loss.scale=16")
 
 
-def test_resume_matches_an_uninterrupted_run(demo_converted, tmp_path, monkeypatch, one_thread):
-    launch.main(tiny_argv(demo_converted, tmp_path, "straight", *EXTRA))
+@pytest.mark.parametrize(("backend", "stop"), [("ffcv", "interrupt"), ("dali", "kill")])
+def test_resume_matches_an_uninterrupted_run(
+    demo_converted, tmp_path, monkeypatch, one_thread, backend, stop
+):
+    launch.main(tiny_argv(demo_converted, tmp_path, "straight", *EXTRA, backend=backend))
 
-    interrupted_run(tiny_argv(demo_converted, tmp_path, "resumed", *EXTRA), monkeypatch)
     run = tmp_path / "resumed"
-    assert checkpoint.load_latest(run)["epoch"] == 1
+    argv = tiny_argv(demo_converted, tmp_path, "resumed", *EXTRA, backend=backend)
+    if stop == "kill":
+        killed_run(argv, run)
+    else:
+        interrupted_run(argv, monkeypatch)
+        assert checkpoint.load_latest(run)["epoch"] == 1
     assert not (run / "results.json").exists()
 
     launch.main(["--resume", str(run)])

@@ -41,7 +41,9 @@ def _shift_between(a: torch.Tensor, b: torch.Tensor) -> tuple[int, int] | None:
             xa, xb = slice(max(dx, 0), RES + min(dx, 0)), slice(max(-dx, 0), RES + min(-dx, 0))
             pa, pb = a[:, ya, xa], b[:, yb, xb]
             both = (pa.sum(0) > 0) & (pb.sum(0) > 0)
-            if both.sum() >= RES * RES // 3 and ((pa - pb).abs().amax(0)[both] <= 2).all():
+            # a sixth of the image: what two crops 2 * PAD apart in both directions still share, each less
+            # a Cutout square
+            if both.sum() >= RES * RES // 6 and ((pa - pb).abs().amax(0)[both] <= 2).all():
                 return dy, dx
     return None
 
