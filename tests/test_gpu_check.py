@@ -218,3 +218,40 @@ def test_capture_survives_an_ffcv_like_thread():
 
     out = _raw_case(_gpu_ctx(), "ffcv", "global", thread_first=True)
     assert out["value"] == 1.0 and out["calls"] > 0 and not out["errors"], out
+
+
+def test_every_listed_gpu_test_exists_and_is_gpu_marked():
+    """The gpu_tests stage names its tests one by one: a renamed test must not silently drop out of it."""
+    from tools.gpu_check_env import GPU_TESTS
+
+    cmd = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-m", "gpu"]
+    proc = subprocess.run([*cmd, *GPU_TESTS], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    collected = {line.split("[")[0] for line in proc.stdout.splitlines() if "::" in line}
+    assert set(GPU_TESTS) <= collected, set(GPU_TESTS) - collected
+    assert len(set(GPU_TESTS)) == len(GPU_TESTS)
+
+
+def test_a_pytest_run_killed_part_way_keeps_the_tests_that_finished(tmp_path):
+    """The gpu_tests stage's pytest is killed at the stage cap: what finished before is still recorded, and
+    the tests that never ran are named."""
+    from tools.gpu_check_env import run_pytest
+
+    (tmp_path / "test_part.py").write_text(
+        "import time\nimport pytest\n\n"
+        "pytestmark = pytest.mark.gpu\n\n"
+        "def test_fast():\n    assert True\n\n"
+        "def test_broken():\n    assert False\n\n"
+        "def test_hangs():\n    time.sleep(600)\n\n"
+        "def test_never_reached():\n    assert True\n"
+    )
+    (tmp_path / "conftest.py").write_text(
+        "def pytest_configure(config):\n    config.addinivalue_line('markers', 'gpu: a GPU test')\n"
+    )
+    names = ("test_fast", "test_broken", "test_hangs", "test_never_reached")
+    ids = [f"test_part.py::{name}" for name in names]
+    start = time.monotonic()
+    result = run_pytest(ids, timeout=30, cwd=tmp_path)
+    assert time.monotonic() - start < 60
+    assert result["timed_out"] and result["returncode"] is None
+    assert result["outcomes"] == {"passed": [ids[0]], "failed": [ids[1]]}
+    assert result["not_reported"] == ids[2:]

@@ -54,12 +54,12 @@ class Stage:
 # Priority order: the environment, capture and DDP correctness, the step speeds, then the decode proxy.
 STAGES: tuple[Stage, ...] = (
     Stage("env", 30, 5, False, "tools.gpu_check_env:stage_env"),
-    Stage("gpu_tests", 75, 30, True, "tools.gpu_check_env:stage_gpu_tests"),
+    Stage("gpu_tests", 150, 30, True, "tools.gpu_check_env:stage_gpu_tests"),
     Stage("capture", 60, 25, True, "tools.gpu_check_capture:stage_capture"),
     Stage("ddp", 50, 20, False, "tools.gpu_check_capture:stage_ddp"),
     Stage("resnet50", 210, 90, False, "tools.gpu_check_speed:stage_resnet50"),
     Stage("augment", 75, 25, False, "tools.gpu_check_speed:stage_augment"),
-    Stage("cifar", 100, 40, True, "tools.gpu_check_speed:stage_cifar"),
+    Stage("cifar", 60, 30, True, "tools.gpu_check_speed:stage_cifar"),
     Stage("decode", 25, 10, True, "tools.gpu_check_speed:stage_decode"),
 )
 BY_NAME = {s.name: s for s in STAGES}
