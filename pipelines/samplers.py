@@ -8,20 +8,8 @@ slice, so ranks are disjoint within an epoch (for `uniform`), all ranks get the 
     s = make_sampler("sqrt", labels, num_samples=None)
     order = s.rank_order(epoch=3, seed=0, rank=1, world_size=4)    # int64 sample indices
 
-Samplers (a registry, `SAMPLERS`):
-- `uniform`: a permutation of all samples, each visited once (instance-balanced: a class appears as often as
-  it has samples). `num_samples` below the dataset size takes the permutation's head (a fresh random subset
-  each epoch); above it chains further permutations, so every sample appears floor or ceil(n / N) times.
-- `class_balanced`: each draw picks a class uniformly among the classes that have samples, then a sample of
-  that class uniformly, with replacement: every class is equally frequent whatever its size (Kang et al.'s
-  class-balanced sampling, q = 0).
-- `sqrt`: as above with class probability proportional to n_c ** 0.5 (square-root sampling, q = 1/2).
-
-Limits: the weighted samplers draw with replacement, so within an epoch a tail sample repeats many times and
-some head samples are never seen; their epoch length defaults to the dataset size (set `num_samples` to
-choose it, e.g. `max(counts) * num_classes` for a classifier-balancing "epoch"). With `world_size` W the
-last `len(stream) % W` draws of the global stream are left out of that epoch on every rank. Labels must be
-0..C-1; classes with no sample are never drawn.
+Samplers: `SAMPLERS`. With `world_size` W the last `len(stream) % W` draws of the global stream are left
+out of that epoch on every rank. Labels must be 0..C-1; classes with no sample are never drawn.
 """
 
 from __future__ import annotations
@@ -72,6 +60,10 @@ class Sampler:
 
 
 class UniformSampler(Sampler):
+    """A permutation of all samples, each visited once (instance-balanced). `num_samples` below the dataset
+    size takes the permutation's head (a fresh random subset each epoch); above it chains permutations, so
+    every sample appears floor or ceil(n / N) times."""
+
     name = "uniform"
 
     def _draw(self, rng: np.random.Generator) -> np.ndarray:
@@ -81,7 +73,10 @@ class UniformSampler(Sampler):
 
 
 class ClassPowerSampler(Sampler):
-    """A class with probability proportional to n_c ** q, then one of its samples uniformly (replacement)."""
+    """A class with probability proportional to n_c ** q, then one of its samples uniformly, with
+    replacement: a tail sample repeats many times in an epoch and some head samples are never seen. The epoch
+    length defaults to the dataset size (`num_samples` chooses it, e.g. `max(counts) * num_classes` for a
+    classifier-balancing "epoch")."""
 
     power = 0.0
 
@@ -104,11 +99,15 @@ class ClassPowerSampler(Sampler):
 
 
 class ClassBalancedSampler(ClassPowerSampler):
+    """Every class equally frequent whatever its size (Kang et al.'s class-balanced sampling, q = 0)."""
+
     name = "class_balanced"
     power = 0.0
 
 
 class SqrtSampler(ClassPowerSampler):
+    """Square-root sampling (q = 1/2)."""
+
     name = "sqrt"
     power = 0.5
 

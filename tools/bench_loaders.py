@@ -3,22 +3,10 @@ torchvision ImageFolder DataLoader, on the same images in one run.
 
     python -m tools.bench_loaders --images 2400 --size 400x350 --res 224 --batch 64 --workers 2 --repeats 3
 
-Training-mode work everywhere (the loaders are in tools/loader_adapters.py): RandomResizedCrop(scale
-0.08-1, ratio 3/4-4/3) to --res, horizontal flip, uint8 NCHW output (labels too), no augmentation policy:
-- `fastlt_ffcv`  make_loader with data.backend "ffcv" (<stem>.beton)
-- `raw_ffcv`     ffcv.loader.Loader, RANDOM order, os_cache, RRC decoder -> flip -> ToTensor -> ToTorchImage
-- `fastlt_dali`  make_loader with data.backend "dali" (<stem>.dali)
-- `raw_dali`     readers.webdataset(random_shuffle) -> decoders.image_random_crop -> resize -> flip,
-                 DALIGenericIterator(reader_name, DROP)
-- `torchvision`  ImageFolder + RandomResizedCrop + RandomHorizontalFlip + PILToTensor, DataLoader(num_workers)
-Each loader first runs one warm-up epoch (FFCV's JIT compile, DALI's start-up, worker spawn), then
---repeats timed epochs, interleaved across loaders so load from other processes hits them alike. The
-median epoch gives img/s (the fastest one: best_img_per_s), divided by --workers for img/s per core;
-`img_per_cpu_s` divides by the CPU time the loader actually used (this process's threads + worker
-processes): the work per image, which load from other processes distorts far less than wall time.
-With --device cuda the batches land on the GPU (DALI decodes with nvJPEG) and the clock stops after a
-synchronisation at the end of each epoch. Images come from tools/make_demo_data.py (12 equal classes),
-converted in process by `pipelines.convert` (what tools/convert_datasets.py runs), kept in --data.
+The same training-mode work for every loader (tools/loader_adapters.py; the list and the method are in
+docs/BENCHMARKS.md, "Loaders"): one warm-up epoch each, then --repeats timed epochs interleaved across
+loaders; `img_per_cpu_s` divides by the CPU time the loader itself used, which other processes' load
+distorts far less than wall time. With --device cuda the batches land on the GPU.
 `run(...)` returns the figures as a dict for the benchmark suite.
 """
 
