@@ -167,7 +167,7 @@ class SlowEvalStep:
     """EvalStep's interface; each call queues ~5 ms of work on the twin and measures the host's lead."""
 
     def __init__(self, device: ThreadDevice) -> None:
-        from tools.gpu_check_lead import LeadMeter
+        from tools.gpu_check_core import LeadMeter
 
         self.twin = device
         self.device = torch.device("cpu")
