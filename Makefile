@@ -47,7 +47,9 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not gpu and not slow" $(PYTEST_ARGS)
 
 # The fast suite on the oldest supported torch (constraints-floor.txt): code that needs a newer torch fails here.
-# Then gpu-check's dry run, since GPU machines may well have that torch.
+# Then gpu-check's dry run, since GPU machines may well have that torch. Inductor gets a cache of its own: the
+# precompiled headers another torch left in the shared one do not compile against this one.
+test-floor: export TORCHINDUCTOR_CACHE_DIR = $(CURDIR)/.venv-floor/inductor-cache
 test-floor: $(FLOOR_STAMP)
 	$(FLOOR_PY) -m pytest -m "not gpu and not slow" $(PYTEST_ARGS)
 	$(FLOOR_PY) -m pytest tests/test_gpu_check.py::test_dry_run_schema_and_cpu_figures $(PYTEST_ARGS)
