@@ -14,11 +14,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from losses import loss_class
 from trainer.checkpoint import CheckpointError
-from trainer.config import ConfigError
-from trainer.recipe import from_dict
-from trainer.teacher import read_teacher
+from trainer.teacher import check_classes, read_classifier_run
 
 log = logging.getLogger(__name__)
 
@@ -28,28 +25,11 @@ KEY = "model.init_from"
 def stage1_body(source: str | Path, *, arch: str, num_classes: int) -> dict:
     """The body's state_dict (weights and BatchNorm buffers) of the stage-1 classifier run at `source`,
     checked to be an `arch` over `num_classes` classes."""
-    path, state = read_teacher(source, key=KEY)
-    where = f"{KEY}: {path}"
-    if not isinstance(state.get("config"), dict) or not isinstance(state.get("model"), dict):
-        raise CheckpointError(f"{where} is not a fastlt checkpoint (no 'config' and 'model')")
-    try:
-        cfg = from_dict(state["config"], source=f"{path} (config)")
-        kind = loss_class(cfg.loss.name)
-    except (ConfigError, ValueError) as exc:
-        raise CheckpointError(f"{where}: cannot rebuild the stage-1 config: {exc}") from exc
-    if kind.model != "classifier":
-        raise CheckpointError(
-            f"{where} is a {kind.model} run (loss {cfg.loss.name}): stage 1 must be a classifier run"
-        )
-    if cfg.model.arch != arch:
-        raise CheckpointError(f"{where} holds a {cfg.model.arch}, but model.arch is {arch}")
-    weights = state["model"]
-    classifier = weights.get("classifier.weight")
-    if classifier is None:
-        raise CheckpointError(f"{where} has no classifier.weight: not a classifier run")
-    found = classifier.shape[1] if kind.head == "cosine" else classifier.shape[0]
-    if found != num_classes:
-        raise CheckpointError(f"{where} classifies {found} classes, but this run's data has {num_classes}")
+    run = read_classifier_run(source, key=KEY, role="stage 1", config="the stage-1 config")
+    state, where = run.state, run.where
+    if run.cfg.model.arch != arch:
+        raise CheckpointError(f"{where} holds a {run.cfg.model.arch}, but model.arch is {arch}")
+    check_classes(run, num_classes)
     last = state.get("last_eval") or {}
     if last.get("top1") is not None:
         log.info(
@@ -59,7 +39,7 @@ def stage1_body(source: str | Path, *, arch: str, num_classes: int) -> dict:
             100 * last["top1"],
             *(_pct(last.get(g)) for g in ("many", "medium", "few")),
         )
-    return {k.removeprefix("body."): v for k, v in weights.items() if k.startswith("body.")}
+    return {k.removeprefix("body."): v for k, v in run.weights.items() if k.startswith("body.")}
 
 
 def _pct(v: float | None) -> str:

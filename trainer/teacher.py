@@ -103,22 +103,58 @@ def freeze(model: nn.Module) -> nn.Module:
     return model.requires_grad_(False).eval()
 
 
-def load_teacher(source: str | Path, *, num_classes: int, arch: str = "", head: str = "") -> nn.Module:
-    """The frozen classifier of the fastlt run at `source`. It must classify `num_classes` classes and, if
-    given, be an `arch` and have a `head` ("cosine" when the student distils from its raw cosines)."""
-    path, state = read_teacher(source)
-    where = f"model.teacher: {path}"
+@dataclasses.dataclass(frozen=True)
+class ClassifierRun:
+    """A finished classifier run read for another run: GML's teacher, or cRT's stage 1 (trainer/stage2.py)."""
+
+    path: Path  # its checkpoint file
+    where: str  # "<key>: <path>", what every message about it starts with
+    state: dict[str, Any]  # the checkpoint
+    cfg: Config  # the run's config, rebuilt
+    kind: Any  # its loss class: head, num_views, model
+
+    @property
+    def weights(self) -> dict[str, Any]:
+        return self.state["model"]
+
+
+def read_classifier_run(source: str | Path, *, key: str, role: str, config: str) -> ClassifierRun:
+    """The checkpoint at `source` (for `key`) with its config rebuilt, refused with a CheckpointError naming
+    `key` unless it is a fastlt classifier run; `role` and `config` name the run and its config in the
+    messages ("a teacher", "the teacher's config")."""
+    path, state = read_teacher(source, key=key)
+    where = f"{key}: {path}"
     if not isinstance(state.get("config"), dict) or not isinstance(state.get("model"), dict):
         raise CheckpointError(f"{where} is not a fastlt checkpoint (no 'config' and 'model')")
     try:
         cfg = from_dict(state["config"], source=f"{path} (config)")
         kind = loss_class(cfg.loss.name)
     except (ConfigError, ValueError) as exc:
-        raise CheckpointError(f"{where}: cannot rebuild the teacher's config: {exc}") from exc
+        raise CheckpointError(f"{where}: cannot rebuild {config}: {exc}") from exc
     if kind.model != "classifier":
         raise CheckpointError(
-            f"{where} is a {kind.model} run (loss {cfg.loss.name}): a teacher must be a classifier run"
+            f"{where} is a {kind.model} run (loss {cfg.loss.name}): {role} must be a classifier run"
         )
+    return ClassifierRun(path, where, state, cfg, kind)
+
+
+def check_classes(run: ClassifierRun, num_classes: int) -> None:
+    """Refuse a run whose classifier does not classify `num_classes` classes."""
+    classifier = run.weights.get("classifier.weight")
+    if classifier is None:
+        raise CheckpointError(f"{run.where} has no classifier.weight: not a classifier run")
+    found = classifier.shape[1] if run.kind.head == "cosine" else classifier.shape[0]
+    if found != num_classes:
+        raise CheckpointError(
+            f"{run.where} classifies {found} classes, but this run's data has {num_classes}"
+        )
+
+
+def load_teacher(source: str | Path, *, num_classes: int, arch: str = "", head: str = "") -> nn.Module:
+    """The frozen classifier of the fastlt run at `source`. It must classify `num_classes` classes and, if
+    given, be an `arch` and have a `head` ("cosine" when the student distils from its raw cosines)."""
+    run = read_classifier_run(source, key="model.teacher", role="a teacher", config="the teacher's config")
+    path, state, cfg, kind, where = run.path, run.state, run.cfg, run.kind, run.where
     if arch and cfg.model.arch != arch:
         raise CheckpointError(f"{where} holds a {cfg.model.arch}, but model.teacher_arch is {arch}")
     if head and kind.head != head:
@@ -126,13 +162,8 @@ def load_teacher(source: str | Path, *, num_classes: int, arch: str = "", head: 
             f"{where} has a {kind.head} head (loss {cfg.loss.name}), but distillation (loss.gml_alpha > 0) "
             f"compares raw cosines: give a teacher trained with a {head}-head loss, or set loss.gml_alpha=0"
         )
-    weights = state["model"]
-    classifier = weights.get("classifier.weight")
-    if classifier is None:
-        raise CheckpointError(f"{where} has no classifier.weight: not a classifier run")
-    found = classifier.shape[1] if kind.head == "cosine" else classifier.shape[0]
-    if found != num_classes:
-        raise CheckpointError(f"{where} classifies {found} classes, but this run's data has {num_classes}")
+    check_classes(run, num_classes)
+    weights = run.weights
     model = build_classifier(
         cfg.model, num_classes, kind.head, mean=cfg.data.mean, std=cfg.data.std, views=kind.num_views
     )
