@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -234,3 +236,49 @@ def launch_failure(argv: list[str]) -> tuple[int, str]:
     )
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     return proc.returncode, proc.stderr.strip().splitlines()[-1]
+
+
+# A CPU twin of an asynchronous device and its events, for the host-lead rings (training, evaluation, the GPU
+# check's meter).
+class ThreadDevice:
+    """Runs submitted work in order on a worker thread: an asynchronous device that is slower than the
+    host. `done` counts finished items."""
+
+    def __init__(self) -> None:
+        self.submitted = 0
+        self.done = 0
+        self.cond = threading.Condition()
+        self.queue: queue.Queue = queue.Queue()
+        threading.Thread(target=self._work, daemon=True).start()
+
+    def submit(self, fn) -> int:
+        index = self.submitted
+        self.submitted += 1
+        self.queue.put((index, fn))
+        return index
+
+    def _work(self) -> None:
+        while True:
+            index, fn = self.queue.get()
+            fn()
+            with self.cond:
+                self.done = index + 1
+                self.cond.notify_all()
+
+
+class ThreadEvent:
+    """record / query / synchronize, ordered with the device's work like a CUDA event on a stream."""
+
+    def __init__(self, device: ThreadDevice) -> None:
+        self.device = device
+        self.mark: int | None = None
+
+    def record(self) -> None:
+        self.mark = self.device.submit(lambda: None)
+
+    def query(self) -> bool:
+        return self.mark is None or self.device.done > self.mark
+
+    def synchronize(self) -> None:
+        with self.device.cond:
+            self.device.cond.wait_for(self.query)

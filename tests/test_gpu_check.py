@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import json
 import math
-import queue
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.helpers import ThreadDevice, ThreadEvent
 from tools.gpu_check_core import KEYS, STATUSES, Context, RecompileCounter, record, run_with_lead
 from trainer.lead import HostLead, NoLead
 
@@ -102,50 +101,6 @@ def test_recompile_counter_counts_dynamo_recompiles():
 
 
 # --- the host-lead ring, on a CPU twin of an asynchronous device ---
-
-
-class ThreadDevice:
-    """Runs submitted work in order on a worker thread: an asynchronous device that is slower than the
-    host. `done` counts finished items."""
-
-    def __init__(self) -> None:
-        self.submitted = 0
-        self.done = 0
-        self.cond = threading.Condition()
-        self.queue: queue.Queue = queue.Queue()
-        threading.Thread(target=self._work, daemon=True).start()
-
-    def submit(self, fn) -> int:
-        index = self.submitted
-        self.submitted += 1
-        self.queue.put((index, fn))
-        return index
-
-    def _work(self) -> None:
-        while True:
-            index, fn = self.queue.get()
-            fn()
-            with self.cond:
-                self.done = index + 1
-                self.cond.notify_all()
-
-
-class ThreadEvent:
-    """record / query / synchronize, ordered with the device's work like a CUDA event on a stream."""
-
-    def __init__(self, device: ThreadDevice) -> None:
-        self.device = device
-        self.mark: int | None = None
-
-    def record(self) -> None:
-        self.mark = self.device.submit(lambda: None)
-
-    def query(self) -> bool:
-        return self.mark is None or self.device.done > self.mark
-
-    def synchronize(self) -> None:
-        with self.device.cond:
-            self.device.cond.wait_for(self.query)
 
 
 def _lead_run(lead_of, steps: int = 30) -> dict:

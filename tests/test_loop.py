@@ -3,8 +3,6 @@ the host-lead bound of training and evaluation; which buffers evaluation broadca
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
 
 import pytest
@@ -12,6 +10,7 @@ import torch
 
 from losses import build_loss
 from pipelines.config import MAX_LEAD
+from tests.helpers import ThreadDevice, ThreadEvent
 from trainer.config import ModelConfig, OptimConfig, StepConfig
 from trainer.lead import HostLead, NoLead
 from trainer.loop import buffers_to_broadcast, evaluate, train_one_epoch
@@ -121,46 +120,6 @@ def test_evaluation_never_leads_the_gpu_by_more_than_max_lead_steps():
 
 
 # --- evaluation's lead on a CPU twin of an asynchronous device ---
-
-
-class ThreadDevice:
-    """Runs submitted work in order on a worker thread: a device slower than the host; `done` counts it."""
-
-    def __init__(self) -> None:
-        self.submitted = self.done = 0
-        self.cond = threading.Condition()
-        self.work: queue.Queue = queue.Queue()
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def submit(self, fn) -> int:
-        self.submitted += 1
-        self.work.put((self.submitted - 1, fn))
-        return self.submitted - 1
-
-    def _run(self) -> None:
-        while True:
-            index, fn = self.work.get()
-            fn()
-            with self.cond:
-                self.done = index + 1
-                self.cond.notify_all()
-
-
-class ThreadEvent:
-    """record / query / synchronize, ordered with the device's work as a CUDA event on its stream."""
-
-    def __init__(self, device: ThreadDevice) -> None:
-        self.device, self.mark = device, None
-
-    def record(self) -> None:
-        self.mark = self.device.submit(lambda: None)
-
-    def query(self) -> bool:
-        return self.mark is None or self.device.done > self.mark
-
-    def synchronize(self) -> None:
-        with self.device.cond:
-            self.device.cond.wait_for(self.query)
 
 
 class SlowEvalStep:
