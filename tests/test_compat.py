@@ -6,19 +6,17 @@ torches, and the gathers built on them give every rank's rows and their gradient
 from __future__ import annotations
 
 import configparser
-import os
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from packaging.requirements import Requirement
 from packaging.version import Version
 from torch.distributed import _functional_collectives as fc
 
 from losses import compat
 from losses.distributed import gather_rows, gather_values
-from tests.helpers import ROOT, free_port
+from tests.helpers import ROOT, run_ranks
 
 WORLD = 2
 
@@ -64,29 +62,21 @@ def rows(rank: int) -> torch.Tensor:
     return torch.arange(6, dtype=torch.float32).reshape(2, 3) + 10 * rank
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        weight = torch.arange(WORLD * 6, dtype=torch.float32).reshape(WORLD * 2, 3)
-        x = rows(rank).requires_grad_()
-        gathered = gather_rows(x, dist.group.WORLD)
-        labels = gather_values(x.detach().long(), dist.group.WORLD)
-        (gathered * weight).sum().backward()
-        # plain values: the collectives return a tensor subclass that torch.load refuses
-        result = (gathered.tolist(), labels.tolist(), x.grad.tolist())
-        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+def _worker(rank: int, world: int) -> tuple[list, list, list]:
+    weight = torch.arange(world * 6, dtype=torch.float32).reshape(world * 2, 3)
+    x = rows(rank).requires_grad_()
+    gathered = gather_rows(x, dist.group.WORLD)
+    labels = gather_values(x.detach().long(), dist.group.WORLD)
+    (gathered * weight).sum().backward()
+    # plain values: the collectives return a tensor subclass that torch.load refuses
+    return gathered.tolist(), labels.tolist(), x.grad.tolist()
 
 
-def test_two_processes_gather_every_ranks_rows_with_their_gradient(tmp_path):
-    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+def test_two_processes_gather_every_ranks_rows_with_their_gradient():
+    results = run_ranks(_worker, WORLD)
     whole = torch.cat([rows(r) for r in range(WORLD)])
     weight = torch.arange(WORLD * 6, dtype=torch.float32).reshape(WORLD * 2, 3)
-    for rank in range(WORLD):
-        gathered, labels, grad = torch.load(tmp_path / f"rank{rank}.pt")
+    for rank, (gathered, labels, grad) in enumerate(results):
         assert gathered == whole.tolist() and labels == whole.long().tolist()
         # every rank's loss reads rank r's rows once: their gradient sums over the ranks
         assert grad == (WORLD * weight[2 * rank : 2 * rank + 2]).tolist()
