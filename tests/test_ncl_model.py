@@ -1,5 +1,6 @@
-"""The NCL model: EMA and queue against plain loops, the queue read before the
-enqueue, shuffle-BN, evaluation by the experts' mean, checkpointed state, compiled == eager, CUDA graphs."""
+"""The NCL model (trainer/ncl_model.py): EMA and queue against plain loops, the queue read before the
+enqueue, shuffle-BN, evaluation by the experts' mean, checkpointed state, compiled == eager, CUDA graphs, and
+the queues under DDP in two processes."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from torch._dynamo.utils import counters
 from losses import build_loss, loss_class
 from losses.heads import CosineClassifier
 from losses.output import ExpertOutput
+from tests.helpers import run_ranks
 from trainer.config import ConfigError, ModelConfig
-from trainer.models import build_model, check_model
+from trainer.models import build_model, check_model, rank_identical_buffers
 from trainer.ncl_model import NCLModel, saved_copy
 from trainer.optim import param_groups
 from trainer.resnet_cifar import ResNetCifar
@@ -399,3 +401,62 @@ def test_cuda_graph_capture_replays_the_stateful_forward():
     assert captured.queue_ptr.item() == eager.queue_ptr.item() == (5 * N) % Q
     for a, b in zip(captured.key_bodies.parameters(), eager.key_bodies.parameters(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+# --- Under DDP: two gloo processes, each training on half of a batch, enqueue every rank's keys in rank
+# order, so both hold the one queue one process would, eager and compiled; DDP's broadcast leaves them out.
+
+WORLD = 2
+MODES = ("eager", "compile")
+
+
+def rank_images(rank: int) -> torch.Tensor:
+    """This rank's share of a fixed global batch: its classification rows, then its key rows."""
+    images = batch(seed=1)[0]
+    n = N // WORLD
+    rows = slice(rank * n, (rank + 1) * n)
+    return torch.cat([images[:N][rows], images[N:][rows]])
+
+
+def own_keys(model: NCLModel, images: torch.Tensor) -> torch.Tensor:
+    """This rank's keys [K, n, e] through a copy of its key branch (train-mode BN over this rank's rows)."""
+    ref = copy.deepcopy(model).train()
+    x = ref.normalize(images[images.shape[0] // 2 :])
+    with torch.no_grad():
+        pairs = zip(ref.key_bodies, ref.key_projectors, strict=True)
+        return torch.stack([F.normalize(p(b(x)), dim=1) for b, p in pairs])
+
+
+def _worker(rank: int, world: int) -> dict:
+    results = {}
+    for mode in MODES:
+        model = tiny().train()  # the same initialisation on every rank, as DDP's first broadcast makes it
+        before = model.queues.clone()
+        images = rank_images(rank)
+        keys = own_keys(model, images)
+        step = torch.compile(model, backend="aot_eager") if mode == "compile" else model
+        step(images)
+        results[mode] = (before, keys, model.queues.clone(), int(model.queue_ptr))
+    return results
+
+
+@pytest.fixture(scope="module")
+def rank_results():
+    return run_ranks(_worker, WORLD)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", MODES)
+def test_every_rank_enqueues_every_ranks_keys_in_rank_order(rank_results, mode):
+    (before, keys0, queues0, ptr0), (_, keys1, queues1, ptr1) = (r[mode] for r in rank_results)
+    assert torch.equal(queues0, queues1)  # one queue on both ranks, with no broadcast needed
+    assert ptr0 == ptr1 == N  # advanced by the global batch
+    n = N // WORLD
+    torch.testing.assert_close(queues0[:, :n], keys0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(queues0[:, n:N], keys1, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(keys0, keys1, atol=1e-3)  # the ranks' keys differ: the check has teeth
+    assert torch.equal(queues0[:, N:], before[:, N:])  # the rest of the queue is untouched
+
+
+def test_the_queues_are_left_out_of_ddps_broadcast():
+    assert rank_identical_buffers(tiny()) == ["queues", "queue_ptr"]

@@ -25,7 +25,7 @@ from pipelines.meta import read_meta
 from pipelines.sample_check import image_size
 from pipelines.shards import CorruptSampleError
 from tests.foreign_data import write_tar
-from tests.test_shards_corrupt import damage
+from tests.test_shards import damage
 from trainer.history import left_out
 
 KW = dict(batch_size=4, resolution=16, num_workers=1)
