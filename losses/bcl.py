@@ -1,13 +1,10 @@
 """Balanced Contrastive Learning (BCL, CVPR 2022): BalSCL on views 1-2 plus the class centres.
 
-Under several processes BalSCL contrasts over the global batch (`losses.distributed`), as the released
-code's single loss on DataParallel's gathered outputs; the classification term stays per rank (a mean
-over the local rows, which DDP's gradient averaging turns into the global mean).
-
-`bcl` and `dbm_bcl` take 3 views of each image: `output.logits` holds view 0's raw cosines [B, C] (the
-classification branch: LogitAdjust CE on s*cos or on DBM logits), `output.embeddings` the L2-normalised
-contrastive embeddings of views 1 then 2 [2B, e], `output.centers` the normalised class centres [C, e].
-Total: bcl_alpha * L_CE + bcl_beta * L_SCL.
+`bcl` and `dbm_bcl` take 3 views: `output.logits` holds view 0's raw cosines [B, C] (LogitAdjust CE on
+s*cos or on DBM logits), `output.embeddings` the normalised embeddings of views 1 then 2 [2B, e],
+`output.centers` the normalised class centres [C, e]. Total: bcl_alpha * L_CE + bcl_beta * L_SCL.
+Under DDP BalSCL contrasts over the global batch (`losses.distributed`), as the release did on
+DataParallel's gathered outputs; the CE term stays a per-rank mean, which DDP's averaging makes global.
 """
 
 from __future__ import annotations

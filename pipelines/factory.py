@@ -6,10 +6,7 @@
         for images, labels in loader:   # uint8 [N,3,H,W] channels_last, int64 [N], on the device
             ...
 
-`cfg` is the whole `[data]` config (`pipelines.DataConfig`), carried to the backend inside the `LoaderSpec`;
-the backend comes from the registry (`pipelines.backends.BACKENDS`). Every backend shares the samplers, the
-rank sharding and the batched device-side augmentations, so a run gives the same shapes and statistics
-whichever format it reads. The loss says how many views it needs and which recipe they follow.
+Backends (`backends.BACKENDS`) share samplers, rank sharding and augmentations: same shapes in any format.
 """
 
 from __future__ import annotations
