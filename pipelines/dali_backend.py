@@ -302,11 +302,8 @@ class DaliBackend:
                 raise
             except RuntimeError as exc:
                 raise self._failure(epoch, n, exc) from exc
-            # The outputs are zero-copy views (DLPack) of DALI's buffers, and a buffer DALI gets back may be
-            # reused for a later batch without waiting for torch's stream. The consumer drops batch i when it
-            # fetches batch i + 1, yet the device may still have MAX_LEAD queued steps (and their copies or
-            # augmentations) reading batches i - 1 and i: keep the last MAX_LEAD + 1 batches referenced, the
-            # one handed out included, so none returns to DALI before the loops' lead bound has passed it.
+            # The outputs are zero-copy (DLPack) views of buffers DALI may reuse without waiting for torch's
+            # stream: keep the last MAX_LEAD + 1 referenced (docs/ARCHITECTURE.md, "Batch lifetime").
             self._out.append(out)
             n += 1
             yield [out[name].permute(0, 3, 1, 2) for name in self._names[:-1]], out["labels"]  # NHWC -> NCHW
