@@ -5,7 +5,8 @@ draws seeded per (seed, rank, epoch, batch) (`ffcv_ops`); evaluation centre-crop
 channels_last: a CPU NormalizeImage hangs FFCV's loader, and the model normalises anyway. The order is
 fastlt's `EpochOrder`, not FFCV's (whose `distributed=True` needs a process group and pads evaluation),
 so both backends draw the same samples. FFCV resets torch's CPU thread count to `num_workers`; this
-backend puts the caller's back each time (`_keep_torch_threads`).
+backend puts the caller's back each time (`_keep_torch_threads`). Fields are `data.image_field` /
+`data.label_field`; a foreign `.beton`'s other fields stay undecoded.
 """
 
 from __future__ import annotations

@@ -21,6 +21,9 @@ from pathlib import Path
 from tools.output import record, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
+# loaders (a): make_loader vs the raw libraries and a DataLoader; losses (d): each loss vs cross-entropy;
+# augment: batched vs torchvision's per-image AutoAugment; convert: vs a bare ffcv DatasetWriter; step (b):
+# the step alone on synthetic device batches; e2e (c): training fed by each backend, as a fraction of (b).
 SECTIONS = ("loaders", "losses", "augment", "convert", "step", "e2e")
 
 

@@ -4,9 +4,9 @@
         --split-file /data/ImageNet_LT/ImageNet_LT_train.txt --out data/imagenet_lt --workers 16
     python tools/convert_datasets.py cifar100_lt --root data/cifar --split train --imb-ratio 100 --out data/c
 
-Writes <stem>.beton, <stem>.dali/ and <stem>.meta.json (stem: the split file's, else <dataset>_<split>) all
-at once at the end, so a failed run leaves --out untouched; a format not in --formats keeps its earlier
-output. Exit status: 0 done, 1 conversion or writing failed, 2 bad arguments or --out, or outputs exist.
+Writes <stem>.beton, <stem>.dali/ and <stem>.meta.json (stem: the split file's, else <dataset>_<split>) at
+once at the end, so a failed run leaves --out untouched; a format not in --formats keeps its earlier output.
+Exit: 0 done, 1 conversion or writing failed, 2 bad arguments, unusable --out, outputs without --overwrite.
 """
 
 from __future__ import annotations
