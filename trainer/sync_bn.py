@@ -4,8 +4,8 @@
 buffers: torch's BatchNorm to the bit in one process; under N processes, per-rank (count, mean, centred sum
 of squares) gathered with gradient (`losses.distributed.gather_rows`) and combined by Chan's parallel formula,
 so output, running statistics and input gradients equal plain BatchNorm on the concatenated batch.
-Not `torch.nn.SyncBatchNorm`: it rejects CPU tensors and drops empty ranks with a boolean mask (a host sync
-per layer); this one is traceable ops and functional collectives, so compiled and captured steps keep it.
+Not `torch.nn.SyncBatchNorm`: it rejects CPU tensors and, uncaptured, drops empty ranks with a boolean mask
+(a host sync per layer); this one is traceable ops and functional collectives, so the step never waits.
 A subtree whose root has `sync_bn = False` is left alone (BCL's `head_fc`: replicated rows, nothing to sync).
 """
 
