@@ -5,10 +5,8 @@
     accelerate launch [--num_machines M --machine_rank R --main_process_ip IP ...] launch.py --config X.toml
     torchrun --nproc_per_node N launch.py --config X.toml
 
-It builds one loader per split (each process loads its own shard: Accelerate's `prepare` does not shard FFCV
-or DALI loaders; `data.batch_size` is the global batch, so each of N processes loads batch_size / N), then
-the loss, model, optimizer and steps through `trainer.build.build_parts` from the training split's class
-counts, and hands them to `fit`.
+Each process loads its own shard (Accelerate's `prepare` does not shard FFCV or DALI loaders):
+`data.batch_size` is global, so each of N processes loads batch_size / N.
 """
 
 from __future__ import annotations

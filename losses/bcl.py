@@ -1,13 +1,10 @@
 """Balanced Contrastive Learning (BCL, CVPR 2022): BalSCL on views 1-2 plus the class centres.
 
-Under several processes BalSCL contrasts over the global batch (`losses.distributed`), as the released
-code's single loss on DataParallel's gathered outputs; the classification term stays per rank (a mean
-over the local rows, which DDP's gradient averaging turns into the global mean).
-
-`bcl` and `dbm_bcl` take 3 views of each image: `output.logits` holds view 0's raw cosines [B, C] (the
-classification branch: LogitAdjust CE on s*cos or on DBM logits), `output.embeddings` the L2-normalised
-contrastive embeddings of views 1 then 2 [2B, e], `output.centers` the normalised class centres [C, e].
-Total: bcl_alpha * L_CE + bcl_beta * L_SCL.
+`bcl` and `dbm_bcl` take 3 views: `output.logits` holds view 0's raw cosines [B, C] (LogitAdjust CE on
+s*cos or on DBM logits), `output.embeddings` the normalised embeddings of views 1 then 2 [2B, e],
+`output.centers` the normalised class centres [C, e]. Total: bcl_alpha * L_CE + bcl_beta * L_SCL.
+Under DDP BalSCL contrasts over the global batch (`losses.distributed`), as the release did on
+DataParallel's gathered outputs; the CE term stays a per-rank mean, which DDP's averaging makes global.
 """
 
 from __future__ import annotations
@@ -42,13 +39,10 @@ def balanced_contrastive(
 
     `group`: the process group the batch is split over (None: this process holds the whole batch). Then
     this rank's 2b anchors (`embeddings`, its view-1 rows then its view-2 rows) are contrasted against
-    every rank's anchors (gathered with gradient) plus the centres, and `cnt` counts the global batch, as
-    the released code's one loss on DataParallel's gathered outputs. Each rank returns the mean over its
-    own anchors, so the mean of the ranks' values is the one-process loss on the whole batch (equal local
-    batch sizes, as the samplers guarantee). BalSCL does not depend on the order of the anchors, so the
-    gathered rank-major order [rank 0 v1; rank 0 v2; rank 1 v1; ...] gives the same loss as [v1; v2].
-    In a CUDA-graph-captured step the gather sits inside the graph, between the model's forward and the
-    loss (and its reduce-scatter in the backward): NCCL collectives are capturable and rerun on each replay.
+    every rank's anchors (gathered with gradient) plus the centres, and `cnt` counts the global batch.
+    Each rank returns the mean over its own anchors, so the mean of the ranks' values is the one-process
+    loss on the whole batch (equal local batch sizes, as the samplers guarantee). BalSCL does not depend on
+    the anchors' order, so the gathered rank-major order gives the same loss as [v1; v2].
     """
     num_classes, two_b = centers.shape[0], embeddings.shape[0]
     anchors = at_least_float32(embeddings)

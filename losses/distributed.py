@@ -1,14 +1,10 @@
 """The collectives a loss needs when its batch is split over processes (DDP): gathers that keep autograd.
 
-A loss whose value couples the samples of a batch (BCL's BalSCL: every anchor is contrasted against every
-other anchor, and the class counts are the batch's) must see the global batch to compute the objective a
-single process would. `batch_group()` says whether the batch is split (and over which group); `gather_rows`
-stacks every rank's rows in rank order with a gradient that flows back to the rank that owns them.
-
-Built on `torch.distributed._functional_collectives`, the traceable collectives, under the names
-`losses.compat` resolves on the running torch: dynamo compiles them into the loss graph (no graph break),
-and they run on whatever backend the process group has (gloo on CPUs, NCCL on GPUs, where the collectives
-are recorded into a CUDA-graph capture like any kernel).
+A loss that couples a batch's samples (BCL's BalSCL) must see the global batch to compute what one process
+would. `batch_group()` says whether (and over which group) the batch is split; `gather_rows` stacks every
+rank's rows in rank order with a gradient that flows back to the owner. Built on the traceable functional
+collectives (names resolved by `losses.compat`): dynamo compiles them without a graph break, they run on
+gloo or NCCL, and a CUDA-graph capture records them like any kernel.
 """
 
 from __future__ import annotations

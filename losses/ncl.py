@@ -1,13 +1,12 @@
 """Nested Collaborative Learning (NCL, CVPR 2022) as the DBM release runs it: `ncl`, `ncl_linear`, `dbm_ncl`.
 
-K experts classify the same view. With ℓ_k = map(expert k's raw output) + log n_c (raw counts) and m the
-hard-category mask taken from expert 0's raw output:
+K experts classify the same view; ℓ_k = map(expert k's raw output) + log n_c, m the hard-category mask
+from expert 0's raw output:
 
     L = Σ_k CE(ℓ_k) + Σ_k CE(ℓ_k ⊙ m) + NBOD(ℓ) + NBOD(ℓ ⊙ m) + w Σ_k InfoNCE_k
 
-as the release's `NIL_NBOD` plus its combiner's MoCo term (quotation2520/dbm_ltr `cifar/losses/ncl.py`,
-`cifar/models/resnet_ncl.py:389-451`). The model (`trainer/ncl_model.py`, kind "ncl_experts") hands over an
-`ExpertOutput` and owns the queue. What differs from the release: docs/FIDELITY.md, "NCL".
+as the release's `NIL_NBOD` plus its MoCo term (quotation2520/dbm_ltr `cifar/losses/ncl.py`,
+`cifar/models/resnet_ncl.py:389-451`). Differences from the release: docs/FIDELITY.md, "NCL".
 """
 
 from __future__ import annotations

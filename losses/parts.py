@@ -1,13 +1,10 @@
 """The base of the pieces every registered loss is assembled from.
 
-A *logit map* (`logit_maps.py`) turns the model's output into the logits the objective sees; an *objective*
-(`objectives.py`) turns logits into a loss. Each piece names the `LossConfig` fields it reads (`uses`); the
-values come from the config, the only place their defaults are written.
-
-Epoch-dependent state (DRW's weights, FBL's curriculum) lives in buffers that `set_epoch` overwrites in
-place: a compiled or CUDA-graph-captured step reads the new values without seeing a changed Python object,
-so it neither recompiles nor goes stale. Buffers are not persistent: they derive from the class counts and
-the epoch, which the trainer restores. Every piece computes in float32 whatever the logits' dtype.
+A *logit map* (`logit_maps.py`) turns the model's output into logits; an *objective* (`objectives.py`)
+turns logits into a loss. Each piece names the `LossConfig` fields it reads (`uses`).
+Epoch state (DRW's weights, FBL's curriculum) lives in non-persistent buffers that `set_epoch` overwrites
+in place, so a compiled or captured step reads new values without recompiling or going stale; the trainer
+restores them from the class counts and the epoch. Every piece computes in float32.
 """
 
 from __future__ import annotations

@@ -1,15 +1,12 @@
 """DALI backend: a `.dali` folder of WebDataset shards, decoded by nvJPEG on the GPU (`mixed`) or on CPU.
 
-Samples enter through `fn.external_source`, fed with the JPEG bytes of the indices this rank draws
-(`samplers.EpochOrder`), sliced from the memory-mapped tars at the offsets of their `.idx` files. DALI's
-readers take no sampler and reshuffle only within a buffer, so this is the route that gives the FFCV
-backend's exact semantics: an epoch's order is a pure function of (seed, epoch), ranks hold disjoint
-equal-length slices, evaluation shares are exact. Training decodes only a random window (RandomResizedCrop),
-resizes and flips, with every window, offset and coin drawn on the host per (seed, rank, epoch, batch) and
-fed beside the bytes (`dali_draws`: no DALI random operator, whose state would carry across epochs);
-evaluation resizes the shorter side and centre-crops. At GPU rates the source hands DALI the mapped
-bytes without a copy (see `_source`) and the decoders' buffers are sized up front (`decoder_args`), so
-steady-state decoding allocates nothing (an allocation would break the step's CUDA-graph capture).
+Samples enter through `fn.external_source` as the bytes of the indices this rank draws (`EpochOrder`),
+sliced from the memory-mapped tars at their `.idx` offsets: DALI's readers take no sampler, so this is how
+it gets the FFCV backend's exact order and rank slices. Training decodes a random window, resizes and
+flips with every draw made on the host per (seed, rank, epoch, batch) (`dali_draws`); evaluation resizes
+and centre-crops. At GPU rates the source hands over the mapped bytes without a copy (`_source`) and the
+decoders' buffers are sized up front (`decoder_args`), so steady-state decoding allocates nothing (an
+allocation would break the step's CUDA-graph capture).
 """
 
 from __future__ import annotations
@@ -305,11 +302,8 @@ class DaliBackend:
                 raise
             except RuntimeError as exc:
                 raise self._failure(epoch, n, exc) from exc
-            # The outputs are zero-copy views (DLPack) of DALI's buffers, and a buffer DALI gets back may be
-            # reused for a later batch without waiting for torch's stream. The consumer drops batch i when it
-            # fetches batch i + 1, yet the device may still have MAX_LEAD queued steps (and their copies or
-            # augmentations) reading batches i - 1 and i: keep the last MAX_LEAD + 1 batches referenced, the
-            # one handed out included, so none returns to DALI before the loops' lead bound has passed it.
+            # The outputs are zero-copy (DLPack) views of buffers DALI may reuse without waiting for torch's
+            # stream: keep the last MAX_LEAD + 1 referenced (docs/ARCHITECTURE.md, "Batch lifetime").
             self._out.append(out)
             n += 1
             yield [out[name].permute(0, 3, 1, 2) for name in self._names[:-1]], out["labels"]  # NHWC -> NCHW

@@ -1,14 +1,11 @@
 """The DALI backend's random crop windows, padded-crop offsets and flips, drawn on the host per batch.
 
-DALI's random operators take one seed when the pipeline is built and carry their state across epochs, so
-an epoch's draws depended on every epoch before it in this process: a resumed run drew other crops than an
-uninterrupted one. Here batch `i` of epoch `e` on rank `r` draws everything from its own NumPy generator,
-seeded by (seed, rank, epoch, i), and the pipeline receives the draws with the JPEG bytes through its
-external source: the same batch gets the same crops and flips in any run, whatever ran before, with one
-pipeline built once (rebuilding it per epoch with an epoch seed would cost a build and its allocations every
-epoch, seconds on a short CIFAR epoch, and an allocation while a step is being captured). The algorithms are
-those of the DALI operators they replace: torchvision's RandomResizedCrop (10 attempts, then the centre crop
-with the ratio clamped), a uniform integer offset in [0, 2 * padding], a fair coin.
+DALI's random operators are seeded once per pipeline and carry state across epochs, so a resumed run drew
+other crops than an uninterrupted one. Here batch `i` of epoch `e` on rank `r` draws from its own NumPy
+generator seeded by (seed, rank, epoch, i), fed to the pipeline with the bytes: the same batch gets the same
+draws in any run, with one pipeline built once (a rebuild per epoch costs seconds and allocates during
+capture). The algorithms are those of the operators replaced: torchvision's RandomResizedCrop (10 attempts,
+then the centre crop with the ratio clamped), a uniform integer offset in [0, 2 * padding], a fair coin.
 """
 
 from __future__ import annotations

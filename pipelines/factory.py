@@ -6,10 +6,7 @@
         for images, labels in loader:   # uint8 [N,3,H,W] channels_last, int64 [N], on the device
             ...
 
-`cfg` is the whole `[data]` config (`pipelines.DataConfig`), carried to the backend inside the `LoaderSpec`;
-the backend comes from the registry (`pipelines.backends.BACKENDS`). Every backend shares the samplers, the
-rank sharding and the batched device-side augmentations, so a run gives the same shapes and statistics
-whichever format it reads. The loss says how many views it needs and which recipe they follow.
+Backends (`backends.BACKENDS`) share samplers, rank sharding and augmentations: same shapes in any format.
 """
 
 from __future__ import annotations
@@ -60,26 +57,18 @@ def make_loader(
     device: torch.device | str = "cpu",
     seed: int = 0,
 ) -> Loader:
-    """A loader over `cfg.path(split)` with `cfg.backend` for process `rank` of `world_size`.
+    """A loader over `cfg.path(split)` with `cfg.backend` for process `rank` of `world_size` (no process
+    group needed); `seed` fixes every epoch's order (`loader.set_epoch(e)`).
 
-    Training (`split="train"`): RandomResizedCrop(`crop_scale`, `crop_ratio`) to `resolution`, or with
-    `crop="padded"` the centre square resized to `resolution` and RandomCrop(resolution,
-    padding=`crop_padding`, zero fill) as in the CIFAR recipes; then horizontal flip (`hflip`), then
-    `auto_augment` and `cutout` batched on the device. Samples come from `sampler`, `epoch_samples` per
-    epoch (0: the dataset size), split into `world_size` equal slices: every rank gets `len(loader)` full
-    batches. `views` > 1 adds views, images then being [views*N, 3, H, W], view-major; with `view_recipe`
-    "contrastive" they are BCL's (RandomResizedCrop(`view_crop_scale`) + flip + colour jitter 0.4/0.4/0.4/0.1
-    w.p. 0.8 + grayscale w.p. 0.2, + Gaussian blur w.p. 0.5 under 64 px as in the papers' CIFAR recipe),
-    with "classification" each is cropped, flipped and augmented as view 0, with its own draws, plus
-    `view_grayscale` and `view_blur` after the jitter (GML). The loss declares both (`num_views`,
-    `view_recipe`).
-
-    Evaluation (`split="eval"`): centre crop of `eval_crop_ratio` of the shorter side resized to
-    `eval_resolution`; each rank reads its contiguous share of the data in file order, every sample exactly
-    once across ranks, the last batch partial. Augmentation, sampler and views apply to training only.
-
-    `rank`/`world_size` shard the data without a process group; `seed` fixes every epoch's order
-    (`loader.set_epoch(e)`).
+    Training: RandomResizedCrop to `resolution`, or with `crop="padded"` the centre square resized and
+    RandomCrop(resolution, padding=`crop_padding`, zero fill) as in the CIFAR recipes; flip; then
+    `auto_augment` and `cutout` batched on the device. `epoch_samples` from `sampler`, in `world_size` equal
+    slices: every rank gets `len(loader)` full batches. `views` > 1 gives [views*N, 3, H, W], view-major:
+    "contrastive" views are BCL's (RandomResizedCrop(`view_crop_scale`) + flip + colour jitter 0.4/0.4/0.4/0.1
+    w.p. 0.8 + grayscale w.p. 0.2, + Gaussian blur w.p. 0.5 under 64 px as in the papers' CIFAR recipe);
+    "classification" views are view 0's recipe with their own draws, plus `view_grayscale` and `view_blur`.
+    Evaluation: centre crop of `eval_crop_ratio` resized to `eval_resolution`; each rank reads its
+    contiguous share in file order, every sample exactly once across ranks, the last batch partial.
     """
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")

@@ -1,15 +1,12 @@
 """FFCV backend: a `.beton` file through `ffcv.loader.Loader`, decoding and cropping on CPU threads (numba).
 
-Training decodes with RandomResizedCrop (or a centre square + padded RandomTranslate), flips (FFCV's ops with
-draws seeded per (seed, rank, epoch, batch): `ffcv_ops`), then ToTensor -> ToDevice(non_blocking) ->
-ToTorchImage(channels_last); evaluation centre-crops. Output stays
-uint8: a CPU NormalizeImage after ToTensor hangs FFCV's loader, and the model normalises anyway. The order
-is fastlt's own `EpochOrder`, not FFCV's (whose `distributed=True` needs a process group and pads
-evaluation with duplicates), so both backends draw the same samples. Fields are named by
-`data.image_field` / `data.label_field`; other fields of a foreign `.beton` are left undecoded. FFCV sets
-torch's CPU thread count to `num_workers` whenever it builds or iterates a loader (and from its epoch
-thread); this backend puts the caller's count back each time (`_keep_torch_threads`), so the trainer's
-OMP_NUM_THREADS / `torch.set_num_threads` holds.
+Training decodes with RandomResizedCrop (or a centre square + padded RandomTranslate) and flips, with
+draws seeded per (seed, rank, epoch, batch) (`ffcv_ops`); evaluation centre-crops. Output stays uint8
+channels_last: a CPU NormalizeImage hangs FFCV's loader, and the model normalises anyway. The order is
+fastlt's `EpochOrder`, not FFCV's (whose `distributed=True` needs a process group and pads evaluation),
+so both backends draw the same samples. FFCV resets torch's CPU thread count to `num_workers`; this
+backend puts the caller's back each time (`_keep_torch_threads`). Fields are `data.image_field` /
+`data.label_field`; a foreign `.beton`'s other fields stay undecoded.
 """
 
 from __future__ import annotations

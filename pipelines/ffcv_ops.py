@@ -1,13 +1,10 @@
 """FFCV's random crop, flip and padded translate, drawing from (seed, epoch, rank, batch, sample) alone.
 
-ffcv 1.0.2's own ops draw from numba's `np.random`, one unseeded generator per worker thread, so the same
-config and seed gave different batches from run to run and a resumed run could not repeat its epoch. These
-subclasses keep FFCV's algorithms (torchvision's RandomResizedCrop with 10 attempts and its centre-crop
-fallback, a fair coin per image, a uniform integer shift in [0, 2 * padding]) and replace the draws by a
-counter-based hash: each draw is `splitmix64` of the op's epoch seed, the batch's number in the epoch, the
-image's slot in the batch and the draw's number, so no thread ordering can change it. The epoch seed and the
-batch counter live in a small host array (`EpochStreams`) that the compiled code reads through its address
-(numba freezes arrays it captures); the backend resets it before each epoch's iterator starts.
+ffcv 1.0.2's ops draw from numba's unseeded per-thread `np.random`, so runs differed and a resume could not
+repeat its epoch. These subclasses keep FFCV's algorithms and replace each draw by `splitmix64` of the op's
+epoch seed, the batch number, the image's slot and the draw's number: no thread ordering can change it. The
+epoch seed and batch counter live in a host array (`EpochStreams`) read through its address (numba freezes
+captured arrays); the backend resets it before each epoch.
 """
 
 from __future__ import annotations

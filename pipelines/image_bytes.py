@@ -1,18 +1,11 @@
 """Is this a whole image? The first and last bytes of an encoded JPEG or PNG, checked without decoding.
 
-A sample whose bytes were zero-filled, overwritten or cut short still sits in a valid tar at the offsets its
-index gives; a DALI decoder fed such bytes can crash the whole process with no message. Both formats begin
+A sample whose bytes were zero-filled, overwritten or cut short still sits in a valid tar at its indexed
+offsets, and a DALI decoder fed such bytes can crash the whole process with no message. Both formats begin
 with a fixed signature and end with a fixed marker (JPEG: end-of-image; PNG: the IEND chunk, whose CRC never
-varies), so a handful of byte reads on pages the decoder reads anyway tells most damage apart. The format is
-told by the bytes, not the member's extension (ImageNet has a PNG named .JPEG). The converter writes JPEGs,
-and PNGs for tiny images (CIFAR, stored losslessly); foreign shards may hold either.
-
-The converter writes nothing after a JPEG's end marker (`jpeg_problem`, strict), but JPEGs from elsewhere
-may carry a trailer: zero padding, a phone's metadata block. Decoders stop at the end marker and never read
-it, so a sample is accepted when the marker sits within its last `JPEG_TRAILER` bytes (`image_problem`).
-That stays safe: the two bytes FF D9 occur nowhere in a JPEG's entropy-coded data (an FF there is followed
-by 00 or a restart marker), so a sample cut or zero-filled before its end marker has none in its tail
-(short of a file cut within JPEG_TRAILER bytes of an embedded thumbnail's end).
+varies), so a few byte reads tell most damage apart. The format is told by the bytes, not the member's
+extension (ImageNet has a PNG named .JPEG). The converter writes JPEGs, and PNGs for tiny images; foreign
+shards may hold either, and JPEGs with a trailer after the end marker (`image_problem`).
 """
 
 from __future__ import annotations
@@ -47,7 +40,10 @@ def jpeg_problem(data: bytes | np.ndarray, trailer: int = 0) -> str | None:
 
 def image_problem(data: bytes | np.ndarray) -> str | None:
     """Why `data` is neither a whole JPEG (a trailer of up to `JPEG_TRAILER` bytes allowed) nor a whole PNG
-    (None: it looks like one of them)."""
+    (None: it looks like one of them). Foreign JPEGs may carry zero padding or metadata after the end
+    marker, which decoders never read. That stays safe: FF D9 occurs nowhere in entropy-coded data (an FF
+    there is followed by 00 or a restart marker), so bytes cut or zeroed before the marker have none in
+    their tail (short of a cut within JPEG_TRAILER bytes of an embedded thumbnail's end)."""
     head = bytes(data[: len(PNG_SIGNATURE)])
     if head.startswith(JPEG_SOI):
         return jpeg_problem(data, JPEG_TRAILER)

@@ -1,13 +1,11 @@
 """`<stem>.meta.json`: what a conversion wrote, and the class counts every loss and metric relies on.
 
-`read_meta` takes the meta file itself or any backend's file or folder for the stem. The JSON shape is a
-contract: {"dataset", "split", "stem", "num_classes", "num_samples", "class_counts", "max_resolution",
-"jpeg_quality", "seed", "formats": {backend: its entry, names relative to the meta's folder, with the
-"encoding" the converter chose: ffcv "raw" | "jpeg" | "jpeg+raw", dali "png" | "jpeg" | "jpeg+png"},
-"skipped"},
-plus optional `class_names`, `source`, `imb_ratio` and `format_version`; readers ignore keys they do not
-know. Data fastlt did not convert has none: `counted_meta` makes one in memory from its labels' counts
-(`pipelines.foreign`), with `dataset = "foreign"` and the cache file in `formats["foreign"]["counts"]`.
+`read_meta` takes the meta file or any backend's file or folder for the stem. The JSON shape is a contract:
+{"dataset", "split", "stem", "num_classes", "num_samples", "class_counts", "max_resolution", "jpeg_quality",
+"seed", "formats": {backend: entry, names relative to the meta's folder, "encoding": ffcv "raw" | "jpeg" |
+"jpeg+raw", dali "png" | "jpeg" | "jpeg+png"}, "skipped"}, plus optional `class_names`, `source`,
+`imb_ratio`, `format_version`; readers ignore unknown keys. Foreign data gets one in memory from its label
+counts (`counted_meta`: `dataset = "foreign"`, the cache file in `formats["foreign"]["counts"]`).
 """
 
 from __future__ import annotations

@@ -1,14 +1,10 @@
 """Every sample of a split checked when its loader opens, so damage stops a run before it trains or evaluates.
 
-A sample whose bytes were zero-filled, overwritten or cut short would otherwise be found mid-epoch (DALI:
-after a whole training epoch, when it sits in the evaluation split) or never (FFCV decodes a zero-filled
-JPEG as a black image and trains on it under its label). The check reads only the bytes that tell
-(`image_bytes`: a JPEG's start and end markers, a PNG's signature and IEND chunk), vectorised over all
-samples, so it costs a few page reads a sample. Raw pixels (what the converter stores for CIFAR-size images
-in a `.beton`) have no marker and are not checked. Images of foreign data are also held to
-`data.max_pixels` (their header's size, read without decoding; the largest is cached in the data cache
-folder): one huge image would cost gigabytes a batch. What a check finds is `cached` in the data cache folder
-(`data.cache_dir`), keyed by the files' sizes and mtimes, so another rank or run reads it back.
+Damaged bytes would otherwise be found mid-epoch (DALI) or never (FFCV decodes a zero-filled JPEG as a
+black image). The check reads only the bytes that tell (`image_bytes`), vectorised over all samples; raw
+pixels (CIFAR-size images in a `.beton`) have no marker and are not checked. Foreign images are also held
+to `data.max_pixels` (header size, no decode): one huge image would cost gigabytes a batch. Findings are
+`cached` in `data.cache_dir`, keyed by the files' sizes and mtimes, so another rank or run reads them back.
 """
 
 from __future__ import annotations

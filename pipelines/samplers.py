@@ -2,14 +2,11 @@
 
 An order is a pure function of (labels, sampler, seed, epoch, epoch length): every rank draws the same
 global stream from `numpy.random.default_rng((seed, epoch))` and keeps its own contiguous, equal-length
-slice, so ranks are disjoint within an epoch (for `uniform`), all ranks get the same number of batches
-(what DDP and a captured step need), and a resumed run redraws exactly the epoch it stopped in.
+slice, so ranks are disjoint within an epoch (for `uniform`), all get the same number of batches (what DDP
+and a captured step need), and a resumed run redraws exactly the epoch it stopped in.
 
     s = make_sampler("sqrt", labels, num_samples=None)
     order = s.rank_order(epoch=3, seed=0, rank=1, world_size=4)    # int64 sample indices
-
-Samplers: `SAMPLERS`. With `world_size` W the last `len(stream) % W` draws of the global stream are left
-out of that epoch on every rank. Labels must be 0..C-1; classes with no sample are never drawn.
 """
 
 from __future__ import annotations
@@ -46,6 +43,8 @@ class Sampler:
         return self.num_samples // world_size
 
     def rank_order(self, epoch: int, seed: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
+        """This rank's slice of the epoch's global stream; the last `len(stream) % world_size` draws are
+        left out on every rank."""
         check_rank(rank, world_size)
         per = self.per_rank(world_size)
         return self.order(epoch, seed)[rank * per : (rank + 1) * per]
@@ -118,6 +117,7 @@ SAMPLERS: dict[str, Callable[..., Sampler]] = {
 
 
 def make_sampler(name: str, labels: np.ndarray, num_samples: int | None = None) -> Sampler:
+    """The sampler `name` (`SAMPLERS`) over `labels` (0..C-1; a class with no sample is never drawn)."""
     try:
         cls = SAMPLERS[name]
     except KeyError:

@@ -1,13 +1,10 @@
 """Random access to the WebDataset shards of a `.dali` folder (or any folder of shards) through DALI indexes.
 
-`read_shard_index` parses each shard's `.idx` (beside it, or in `index_dir` for data that came without
-them); `map_shards` memory-maps the tars and reads the `.cls` labels, so the DALI backend can feed any order
-it draws as slices of the maps. Opening checks what it can cheaply (indexes that parse, offsets inside the
-tar, tar headers where the index says, integer labels); every error names the shard (and the sample).
-Labels against the meta file are the loader's check (`DatasetMeta.check_labels`), not this module's.
-Sample bytes are checked all at once when a loader opens (`corrupt_samples`, `sample_check`) and again as
-they are handed out (`jpegs`): each must start and end as a whole JPEG (or PNG) does, which catches the
-damaged samples on which a DALI decoder can crash the whole process.
+`read_shard_index` parses each shard's `.idx` (beside it, or in `index_dir`); `map_shards` memory-maps the
+tars and reads the `.cls` labels, so the DALI backend can feed any order as slices of the maps. Opening
+checks what is cheap (indexes, offsets, tar headers, integer labels); every error names the shard (and
+sample). Sample bytes are checked when a loader opens (`sample_check`) and as they are handed out
+(`jpegs`), catching damage on which a DALI decoder can crash the whole process.
 """
 
 from __future__ import annotations

@@ -3,11 +3,9 @@ torchvision ImageFolder DataLoader, on the same images in one run.
 
     python -m tools.bench_loaders --images 2400 --size 400x350 --res 224 --batch 64 --workers 2 --repeats 3
 
-The same training-mode work for every loader (tools/loader_adapters.py; the list and the method are in
-docs/BENCHMARKS.md, "Loaders"): one warm-up epoch each, then --repeats timed epochs interleaved across
-loaders; `img_per_cpu_s` divides by the CPU time the loader itself used, which other processes' load
-distorts far less than wall time. With --device cuda the batches land on the GPU.
-`run(...)` returns the figures as a dict for the benchmark suite.
+Same training-mode work for every loader (tools/loader_adapters.py; method in docs/BENCHMARKS.md,
+"Loaders"): one warm-up epoch each, then --repeats timed epochs interleaved; `img_per_cpu_s` divides by the
+loader's own CPU time, which other load distorts far less than wall time. `run(...)` returns a dict.
 """
 
 from __future__ import annotations

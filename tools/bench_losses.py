@@ -3,12 +3,9 @@
     python -m tools.bench_losses                       # CPU, (N, C) = (256, 1000) and (512, 8142)
     python -m tools.bench_losses --device cuda --json bench_out/losses.json
 
-One process, the same random inputs of the kind each loss's model returns (`INPUTS`, per model kind:
-cosines as logits, [N, 512] features, BCL's embeddings and centres, GML's queue similarities, NCL's 3
-experts' cosines and MoCo similarities). A timed call is the forward plus `torch.autograd.grad` to the
-inputs, eager or `torch.compile(fullgraph=True)`, after the compile and `--warmup` calls (tools/timer.py).
-A figure is the best of `--rounds` means of `--repeats` calls, interleaved round by round with plain
-`F.cross_entropy` (same mode, size, inputs and load); `ratio` divides the first by the second.
+Inputs are those each loss's model returns (`INPUTS`, per model kind). A timed call is the forward plus
+`torch.autograd.grad`, eager or `torch.compile(fullgraph=True)`, after warm-up; a figure is the best of
+`--rounds` means of `--repeats` calls, interleaved with `F.cross_entropy`; `ratio` divides the two.
 """
 
 from __future__ import annotations

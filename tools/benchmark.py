@@ -4,15 +4,9 @@
     python -m tools.benchmark --tiny               # the CPU smoke run: tiny model, low resolution, few steps
     python -m tools.benchmark --only step,e2e --device cuda
 
-Sections, each run in its own process (so one failure does not hide the others, and no section's threads
-or JIT state disturb another's timing) and written by its `--json` flag to <out>/<section>.json:
-  loaders  a) images/s of make_loader (ffcv, dali) vs the raw libraries and a torchvision DataLoader
-  losses   d) forward+backward of every loss vs plain cross-entropy, eager and compiled
-  augment     batched AutoAugment + Cutout vs torchvision's per-image AutoAugment
-  convert     conversion images/s vs a bare ffcv DatasetWriter
-  step     b) the training step alone on synthetic device batches: eager, compile, graph
-  e2e      c) training fed by each backend, as a fraction of (b): the data pipeline's headroom
-Within a section every comparison runs side by side in one process; warm-up is never timed.
+Sections (`SECTIONS`: loaders, losses, augment, convert, step, e2e) each run in their own process, so one
+failure hides no other and no section's threads or JIT state disturb another's timing; each writes
+<out>/<section>.json. Within a section comparisons run side by side in one process; warm-up is never timed.
 """
 
 from __future__ import annotations
@@ -27,6 +21,9 @@ from pathlib import Path
 from tools.output import record, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
+# loaders (a): make_loader vs the raw libraries and a DataLoader; losses (d): each loss vs cross-entropy;
+# augment: batched vs torchvision's per-image AutoAugment; convert: vs a bare ffcv DatasetWriter; step (b):
+# the step alone on synthetic device batches; e2e (c): training fed by each backend, as a fraction of (b).
 SECTIONS = ("loaders", "losses", "augment", "convert", "step", "e2e")
 
 

@@ -4,12 +4,9 @@
         --split-file /data/ImageNet_LT/ImageNet_LT_train.txt --out data/imagenet_lt --workers 16
     python tools/convert_datasets.py cifar100_lt --root data/cifar --split train --imb-ratio 100 --out data/c
 
-For a split file <stem>.txt / <stem>.json (or <dataset>_<split> when there is none) it writes into --out
-<stem>.beton, <stem>.dali/shard-NNNNN.{tar,idx} and <stem>.meta.json, all at once at the end: a failed run
-leaves --out untouched. A stem converted before keeps the format not named in --formats (the meta file then
-lists both); an output replaced or kept is said in one line. Errors are one line that names the file (and
-line) at fault. Exit status: 0 done, 1 the data could not be converted or written, 2 bad arguments, an
-unusable --out, or existing outputs without --overwrite.
+Writes <stem>.beton, <stem>.dali/ and <stem>.meta.json (stem: the split file's, else <dataset>_<split>) at
+once at the end, so a failed run leaves --out untouched; a format not in --formats keeps its earlier output.
+Exit: 0 done, 1 conversion or writing failed, 2 bad arguments, unusable --out, outputs without --overwrite.
 """
 
 from __future__ import annotations

@@ -1,15 +1,12 @@
 """`make gpu-check`: what a GPU box with only torch, torchvision and accelerate can tell about fastlt's CUDA
-path, in at most 7 minutes, as JSON lines plus a table.
+path, in at most 7 minutes, as JSON lines plus a table (no DALI, FFCV, network or API newer than torch 2.11).
 
     PYTHONPATH=. python3 tools/gpu_check.py --out bench_out/gpu_check.jsonl   # on the GPU
     PYTHONPATH=. python3 tools/gpu_check.py --dry-run                  # tiny sizes on the CPU (a test)
     PYTHONPATH=. python3 tools/gpu_check.py --only resnet50,augment    # some stages
 
-Stages run in priority order, each in its own process under its own time cap; a stage that would start
-with less than its minimum time left is skipped and says so, and the run never exceeds `--budget` seconds.
-Each result is one JSON line (schema in tools/gpu_check_core.py) to `--out` and stdout; the stages' logs go
-to `<out>.log`. The dry run forces the CPU and runs the stages in this process, except with `--isolate yes`.
-Nothing here needs DALI, FFCV, a network or an API newer than torch 2.11.
+Stages run in priority order, each in its own process under its own time cap, never past `--budget`
+seconds in all; records (tools/gpu_check_core.py) go to `--out` and stdout, logs to `<out>.log`.
 """
 
 from __future__ import annotations

@@ -1,13 +1,11 @@
 """Stages `capture` and `ddp`: CUDA-graph capture while a loader-like thread is live, and DDP + capture.
 
-`capture`: does a capture survive a thread that allocates (DALI-like) or only copies (FFCV-like) during the
-capture window, in global and thread-local mode; and does capturing before the thread starts keep every
-later replay correct while it runs? A case is 1.0 when the capture succeeded and the replays reproduced an
-eager run of the same steps, else 0.0 (`note` has the error); cases that may break the context run last.
-`LoaderThread` plays the loaders: `dali` cudaMalloc/cudaFree and pinned allocations through the process's
-own libcudart (bypassing torch's caching allocator, as a C++ library does), `ffcv` only asynchronous copies.
-`ddp`: the trainer's graph step on a DDP-wrapped model (one process, world size 1), with a DRW switch
-between replays, against the eager step without DDP: the largest parameter difference over their scale.
+`capture`: does a capture survive a thread that allocates (DALI-like, via the process's own libcudart,
+bypassing torch's allocator) or only copies (FFCV-like), in global and thread-local mode, and do replays
+stay correct while it runs? A case is 1.0 when capture succeeded and replays reproduced an eager run, else
+0.0 (`note` has the error); cases that may break the context run last. `ddp`: the graph step on a
+DDP-wrapped model (world size 1) with a DRW switch, against eager without DDP: largest parameter
+difference over their scale.
 """
 
 from __future__ import annotations

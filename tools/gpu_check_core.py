@@ -1,14 +1,11 @@
 """Shared pieces of the GPU check: the result record, the stage context, synthetic batches, the recompile
-counter and the host-lead meter (timing is tools/timer.py).
-
-A record is one JSON line:
+counter and the host-lead meter (timing is tools/timer.py). A record is one JSON line:
 
     {"stage": "resnet50", "case": "graph", "status": "ok", "value": 5120.3, "unit": "img/s",
      "baseline": "eager", "ratio": 1.21, "note": "...", "detail": {...}}
 
-`status` is "ok" (measured; `value` is a finite number), "skipped" (not run; `note` says why), "error"
-(the case raised; `note` holds the message) or "timeout" (the stage ran out of its time cap). `ratio` is
-`value` over the value of the case named in `baseline`, measured side by side in the same process.
+`status` is "ok" (`value` finite), "skipped" (`note` says why), "error" (`note` holds the message) or
+"timeout"; `ratio` is `value` over the `baseline` case's, measured side by side in one process.
 """
 
 from __future__ import annotations

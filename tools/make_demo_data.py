@@ -1,10 +1,8 @@
 """Write fastlt's embedded long-tailed image set: procedurally drawn JPEGs with ImageNet-LT-style lists.
 
-A class is a (shape, fill pattern) pair, so neither the outline nor the texture alone tells classes apart;
-colour, position, scale, rotation, background and clutter vary freely inside each class. Training counts
-follow CIFAR-LT's exponential profile (tools/longtail.py): class c keeps n_max * IF ** (-c / (C - 1));
-the test split is balanced. Everything is a pure function of the seed, so tests and benchmarks can
-regenerate it at will.
+A class is a (shape, fill pattern) pair, so neither outline nor texture alone tells classes apart; colour,
+position, scale, rotation, background and clutter vary freely. Training counts follow CIFAR-LT's profile
+(tools/longtail.py); the test split is balanced. Everything is a pure function of the seed.
 
     python -m tools.make_demo_data --out data/demo/images
 writes  <out>/train/<class>/<i>.jpg, <out>/test/<class>/<i>.jpg, <out>/train.txt, <out>/test.txt

@@ -6,13 +6,7 @@
     python -m tools.paper_table imagenet_lt inat2018 --emit slurm      # an array job; `bash` it to submit
     python -m tools.paper_table cifar100_lt_if100 --report             # only the table of the finished runs
 
-The published figures and each row's recipe live in docs/paper_tables.toml (no table named: all of them).
-A table's data folder is `<data root>/<dataset>` (CIFAR at imbalance 50 / 10: `<dataset>_if50` / `_if10`);
-`--data TABLE=DIR` replaces it. `--override section.key=value` (or a bare `--section.key=value`) goes to every
-run. Runs are `launch.py` subprocesses named `<table>__<row>` under `--runs`; a row whose results.json exists
-is not run again (`--rerun` does), and a GML row's teacher is trained first, once per table. The report reads
-each run's results.json (the best epoch, as the papers log; `--final`: the last), prints fastlt against the
-paper with the difference, and draws both top-1s side by side, one panel a table, into one PNG.
+Figures and recipes: docs/paper_tables.toml; a row runs `launch.py` as `<table>__<row>` under `--runs`.
 """
 
 from __future__ import annotations

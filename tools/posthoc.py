@@ -3,11 +3,9 @@
     python -m tools.posthoc runs/NAME                          # tau = 0, 0.1, .., 2 (the release's sweep)
     python -m tools.posthoc runs/NAME --taus 0,0.5,1,1.5 --data.dir=/data/imagenet_lt --out sweep/
 
-One pass of the run's newest checkpoint over the evaluation split stores logits, features and labels; every
-tau is then computed from them (trainer/posthoc.py: argmax(s * z - tau * log p); the classifier's
-w_c / ||w_c||^tau, bias dropped). Writes posthoc.csv, posthoc.json and posthoc.png (accuracy of each shot
-group against tau) into --out (default: the run folder) and prints the table. `--section.key=value`
-overrides the run's config (a moved data folder, another backend).
+One pass of the newest checkpoint stores logits, features and labels; every tau is computed from them
+(trainer/posthoc.py). Writes posthoc.csv, .json and .png into --out (default: the run folder) and prints
+the table; `--section.key=value` overrides the run's config (a moved data folder, another backend).
 """
 
 from __future__ import annotations

@@ -1,16 +1,10 @@
 """Checkpoints: everything a run needs to continue as if it had never stopped, written atomically.
 
-A checkpoint holds the model, the optimizer, the number of finished epochs, every rank's RNG states
-(`trainer.rng`), the best evaluation so far and the metrics history (`trainer.history` assembles it). Each is
-one `torch.save` file, `checkpoints/epoch-NNNN.pt`, written under a temporary name and renamed, so an
-interrupted save leaves the earlier ones intact; the newest `run.keep_checkpoints` are kept, so a file that
-was damaged later still leaves an older one to resume from. Everything in it is tensors and plain Python
-values, so it loads with `weights_only=True`.
-
-Each file also holds a SHA-256 (`"sha256"`) of everything else in it, every tensor's bytes and every
-value, checked on load: a file damaged after it was written (a flipped bit inside a tensor loads without
-error) is reported by name and an older one is used, as a truncated one is. The file stays a plain
-`torch.load`-able one; files written before the checksum existed load unverified.
+A checkpoint holds the model, the optimizer, the finished epochs, every rank's RNG states (`trainer.rng`),
+the best evaluation so far and the metrics history (`trainer.history`): one `torch.save` file,
+`checkpoints/epoch-NNNN.pt`, written under a temporary name and renamed; the newest `run.keep_checkpoints`
+are kept. Plain tensors and values only, so it loads with `weights_only=True`. Each file holds a SHA-256 of
+the rest (`digest`), checked on load: a damaged file is reported by name and an older one is used.
 """
 
 from __future__ import annotations
@@ -108,6 +102,8 @@ def prune(run_dir: Path, keep: int) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The state in `path`, its SHA-256 verified: a flipped bit inside a tensor loads without error, so
+    only the digest catches it. Files written before the checksum existed load unverified."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")

@@ -102,12 +102,8 @@ class GMLStudent(nn.Module):
     cosines. BatchNorm's running statistics, which differ per rank, are still broadcast from rank 0.
 
     Each key carries an id, `step * global batch + position`, so that the loss's temperature term can leave
-    out a query's own key. Deviations from the release: key ids instead of dataset indices (which would also
-    leave out an older key of the same image still in the queue: only T_c's gradient differs); T_s is
-    exactly 30 (the release's exp(log(1/30))); the projection MLPs run under the step's autocast; the class
-    sums run in `segment_reduce`'s order, not a one-hot matmul's; the queue has one spare row for
-    overflowing keys; distillation uses the raw scaled cosines. BatchNorm is per rank unless `model.sync_bn`
-    (the release's large-scale runs use SyncBN, as the large-scale recipes do).
+    out a query's own key. Deviations from the release: docs/FIDELITY.md, "GML". BatchNorm is per rank
+    unless `model.sync_bn` (the release's large-scale runs use SyncBN, as the large-scale recipes do).
     """
 
     RANK_IDENTICAL_BUFFERS = ("steps",)

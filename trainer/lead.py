@@ -1,13 +1,10 @@
 """A bound on how far the host runs ahead of the device: a ring of `MAX_LEAD` CUDA events.
 
-The training and evaluation loops enqueue steps without waiting for them (the step never syncs), so without
-a bound the host can run tens of steps ahead of the GPU, and loaders recycle their buffers on the host's
-clock: FFCV 1.0.2 rewrites a pinned host slot as soon as the consumer asks for the next batch, and DALI's
-zero-copy outputs live only as long as the backend references them. `HostLead()` makes the host wait,
-before enqueuing step i, for the event recorded after step i - MAX_LEAD (`pipelines.config.MAX_LEAD`, the
-one number the backends size their kept batches by), so no loader buffer is reused while a queued step may
-still read it. The wait is normally already satisfied when the device is the bottleneck; it waits on one
-blocking event (the host thread sleeps, it does not spin a core), never on the whole device or in a capture.
+The loops enqueue steps without waiting, and loaders recycle their buffers on the host's clock (FFCV
+rewrites a pinned slot when the next batch is asked for; DALI's zero-copy outputs live only while
+referenced). `HostLead()` makes the host wait, before enqueuing step i, for the event recorded after step
+i - MAX_LEAD (`pipelines.config.MAX_LEAD`), so no buffer is reused while a queued step may read it. The wait
+is on one blocking event (the thread sleeps), never on the whole device or in a capture.
 """
 
 from __future__ import annotations

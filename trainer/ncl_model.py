@@ -87,11 +87,7 @@ class NCLModel(nn.Module):
     BN statistics are broadcast from rank 0); shuffle-BN permutes within a rank only. The release trains on
     one GPU; the CIFAR recipes are single-process like it.
 
-    Deviations from the release, none of which changes what is computed: the queues are one [K, Q, e]
-    buffer of keys as rows with one pointer (the release: per expert an [e, Q] queue and its own pointer,
-    which move together); evaluation runs neither the key branch nor the projectors; under bf16 autocast
-    the heads, projectors and similarities stay in fp32; q's gradient reads a saved copy of the queue
-    (`saved_copy`).
+    Deviations from the release (none changes what is computed): docs/FIDELITY.md, "NCL".
     """
 
     RANK_IDENTICAL_BUFFERS = ("queues", "queue_ptr")  # every rank enqueues the same gathered keys

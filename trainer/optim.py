@@ -1,14 +1,11 @@
 """SGD whose learning rate is a 0-dim device tensor, and its parameter groups.
 
-Why not `torch.optim.SGD(lr=tensor)`: its foreach path multiplies by `-lr` through a Python scalar, which
-calls `.item()` (a host sync, and an error under CUDA-graph capture) unless it runs under torch.compile;
-the fused kernel's tensor-lr overload is CUDA-only. This update is plain foreach arithmetic with the lr
-tensor as an operand, so it runs the same eagerly, compiled, and captured, and `lr.fill_(v)` between steps
-changes the rate without a recompile or a recapture.
-
-The maths is torch's SGD with dampening 0: d = g + wd*p; b = m*b + d; d = d + m*b (nesterov) or b;
-p -= lr*d. Momentum buffers are created as zeros up front (0*m + d equals torch's first-step clone), so the
-state exists before any step and a graph can be captured over it.
+Not `torch.optim.SGD(lr=tensor)`: its foreach path calls `.item()` on `-lr` outside torch.compile (a host
+sync, an error under capture), and the fused tensor-lr kernel is CUDA-only. Here the lr tensor is a plain
+foreach operand, so eager, compiled and captured steps all run it and `lr.fill_(v)` needs no recompile.
+Maths: torch's SGD with dampening 0: d = g + wd*p; b = m*b + d; d = d + m*b (nesterov) or b; p -= lr*d.
+Momentum buffers start as zeros (0*m + d equals torch's first-step clone), so a graph can be captured
+over them before any step.
 """
 
 from __future__ import annotations

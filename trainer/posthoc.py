@@ -1,13 +1,10 @@
 """Post-hoc adjustments of a trained classifier's predictions: logit adjustment and tau-normalisation.
 
-Logit adjustment (Menon et al., ICLR 2021, post hoc): predict argmax_c (s * z_c - tau * log p_c), with z the
-model's logits (raw cosines for a cosine head, which the loss scales by s; s = 1 for a linear head) and p the
-training class prior. Tau-normalisation (Kang et al., ICLR 2020): replace each class vector w_c by
-w_c / ||w_c||^tau and drop the bias, as the classifier-balancing release does; a cosine head normalises the
-features as it always does but not the class vectors, so tau = 1 is its plain prediction. Both are pure
-functions of what a forward already returns (logits, features) and of the classifier's weights: evaluation
-computes them on the device beside the plain argmax (`eval_views`, the `[eval]` section), and tools/posthoc.py
-sweeps tau over logits and features stored from one pass.
+Logit adjustment (Menon et al., ICLR 2021): argmax_c (s * z_c - tau * log p_c), z the logits (raw cosines
+for a cosine head, s its scale; s = 1 for a linear head), p the training prior. Tau-normalisation (Kang et
+al., ICLR 2020): w_c -> w_c / ||w_c||^tau, bias dropped, as the release does; a cosine head still normalises
+the features, so tau = 1 is its plain prediction. Both are pure functions of a forward's outputs and the
+classifier's weights, computed on the device beside the plain argmax (`eval_views`).
 """
 
 from __future__ import annotations

@@ -1,14 +1,12 @@
-"""The run folder: resolved config, environment, per-epoch metrics and results, each written atomically.
+"""The run folder: config, environment, metrics and results, each written atomically by the main process.
 
-    {run.out_dir}/{run.name}/
-        config.toml              the resolved Config (`load_config` reads it back to the same Config)
-        env.json                 versions, device, world size, git commit (trainer.environment)
-        metrics.jsonl            one JSON object per epoch
-        results.json             best and final evaluation
-        per_class_accuracy.png   written by trainer.plot
-        checkpoints/epoch-NNNN.pt    the newest run.keep_checkpoints, written by trainer.checkpoint
-
-Only the main process calls the writers here; a half-written file is never left behind (temp + rename).
+{run.out_dir}/{run.name}/
+    config.toml              the resolved Config (`load_config` reads it back to the same Config)
+    env.json                 versions, device, world size, git commit (trainer.environment)
+    metrics.jsonl            one JSON object per epoch
+    results.json             best and final evaluation
+    per_class_accuracy.png   written by trainer.plot
+    checkpoints/epoch-NNNN.pt    the newest run.keep_checkpoints, written by trainer.checkpoint
 """
 
 from __future__ import annotations

@@ -1,14 +1,11 @@
 """Stopping on request: SIGTERM and SIGUSR1 (a cluster's time limit, a preemption, SLURM's `--signal`).
 
-The handler only sets a flag; the hot step never looks at it. The loop reads it where the host already
-waits for the device: every `run.log_every` steps (the loss read) and at each epoch's start. Under several
-processes the flag is reduced (max) at those same points, so every rank stops at the same step even when
-only one got the signal; a rank that stopped alone would leave the others waiting in a collective.
-
-The loaders cannot start an epoch part-way, so a stopped run saves the state at the start of the epoch it
-was in (a checkpoint of the last finished epoch, held in memory when that epoch wrote none) and a resume
-runs that epoch again from its start: exactly what the uninterrupted run did. launch.py then exits with
-EXIT_CODE (75, EX_TEMPFAIL: "try again later"), which tools/slurm/train.sbatch turns into a requeue.
+The handler only sets a flag; the step never looks at it. The loop reads it where the host already waits
+(every `run.log_every` steps and at epoch start), max-reduced over ranks so all stop at the same step: a
+rank that stopped alone would leave the others waiting in a collective. Loaders cannot start an epoch
+part-way, so a stopped run saves the state at the start of its epoch (held in memory if that epoch wrote
+no checkpoint) and a resume reruns that epoch. launch.py exits with EXIT_CODE (75, EX_TEMPFAIL), which
+tools/slurm/train.sbatch turns into a requeue.
 """
 
 from __future__ import annotations

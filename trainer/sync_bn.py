@@ -1,21 +1,12 @@
 """Synchronised BatchNorm: under DDP, every BatchNorm's training statistics are those of the global batch.
 
-`convert_sync_bn(model)` swaps each `BatchNorm{1,2,3}d` for a `SyncBatchNorm` that shares its parameters
-and buffers. With one process (no process group, or world size 1) the module is torch's BatchNorm to the
-bit; under a group of N processes a training forward computes each rank's per-channel (count, mean,
-centred sum of squares), gathers them with gradient (`losses.distributed.gather_rows`, one small
-collective per layer), and combines them with Chan's parallel formula: the output, the running statistics
-(momentum update, unbiased running variance, `num_batches_tracked`) and the input gradients equal one
-process with plain BatchNorm on the concatenated batch.
-
-Why not `torch.nn.SyncBatchNorm`: it rejects CPU tensors (so gloo runs and CPU tests cannot use it), and
-outside a CUDA-graph capture its forward drops empty ranks' statistics with a boolean mask, a host sync in
-every layer of every step (torch/nn/modules/_functions.py). This one is made of traceable ops and
-functional collectives, so `compile` and `graph` steps trace it like any layer and the step never waits on
-the host; in a captured step its gathers are recorded into the graph (NCCL collectives are capturable).
-
-A subtree whose root has `sync_bn = False` is left alone: BCL's `head_fc` computes the class centres from
-the replicated classifier weights, the same rows on every rank, so there is nothing to synchronise.
+`convert_sync_bn(model)` swaps each `BatchNorm{1,2,3}d` for a `SyncBatchNorm` sharing its parameters and
+buffers: torch's BatchNorm to the bit in one process; under N processes, per-rank (count, mean, centred sum
+of squares) gathered with gradient (`losses.distributed.gather_rows`) and combined by Chan's parallel formula,
+so output, running statistics and input gradients equal plain BatchNorm on the concatenated batch.
+Not `torch.nn.SyncBatchNorm`: it rejects CPU tensors and, uncaptured, drops empty ranks with a boolean mask
+(a host sync per layer); this one is traceable ops and functional collectives, so the step never waits.
+A subtree whose root has `sync_bn = False` is left alone (BCL's `head_fc`: replicated rows, nothing to sync).
 """
 
 from __future__ import annotations

@@ -1,17 +1,11 @@
 """The frozen teacher of a two-stage run (GML's key encoder): rebuilt from a finished fastlt run.
 
-`load_teacher("runs/NAME", num_classes=C, arch="resnet56")` reads the newest readable checkpoint of the run
-folder `runs/NAME` (`trainer.checkpoint.load_latest`), or a checkpoint file given directly, rebuilds the
-classifier that run trained from the resolved config stored in the checkpoint (arch, head, views,
-normalisation; `model.bn_views` shaped only its BatchNorm statistics, which the weights hold), loads its
-weights, and returns it in eval mode with no parameter requiring a gradient.
-Every failure is a `CheckpointError` that names `model.teacher` and the file.
-
-A student is self-contained: its checkpoints hold the teacher's weights (part of the student's state_dict)
-and, under "teacher", the teacher's file and resolved config (`TeacherRecord`), so `model.teacher` may also
-name a student's checkpoint, and a resumed student rebuilds its teacher from its own checkpoint
-(`resume_config`) without the teacher's run folder, which may have moved or gained newer checkpoints. The
-student's recorded config names the teacher file actually used (`pinned`), never just a folder.
+`load_teacher("runs/NAME", num_classes=C, arch="resnet56")` reads the run's newest readable checkpoint (or
+a checkpoint file), rebuilds its classifier from the resolved config stored there (`model.bn_views` shaped
+only BatchNorm statistics, which the weights hold), loads the weights, and returns it in eval mode with no
+parameter requiring a gradient. Every failure is a `CheckpointError` naming `model.teacher` and the file.
+A student is self-contained: its checkpoints hold the teacher's weights and its `TeacherRecord`, so a
+resumed student rebuilds its teacher without the teacher's run folder (`resume_config`, `pinned`).
 """
 
 from __future__ import annotations

@@ -1,13 +1,10 @@
 """Batched colour ops with one parameter per sample, uint8 in and out.
 
-Every op that maps a pixel value through a per-(sample, channel) function of that value alone (brightness,
-contrast, posterize, solarize, solarize-add, autocontrast, equalize, invert) is expressed as a 256-entry
-lookup table: the tables are tiny (N x C x 256), so building one per op and choosing per sample with
-`torch.where` costs nothing, and the image is read once by a single lookup whatever the ops. Colour
-(saturation) and sharpness depend on neighbouring channels or pixels and are blended instead.
-
-The arithmetic copies torchvision's `transforms.v2.functional` kernels (float32, truncation to uint8) so a
-sample matches torchvision's own op on the same image to the last bit in almost every pixel.
+Every op that maps a pixel value through a per-(sample, channel) function of it alone (brightness, contrast,
+posterize, solarize, autocontrast, equalize, invert, ...) is a 256-entry lookup table chosen per sample with
+`torch.where`, so the image is read once whatever the ops; saturation and sharpness are blended instead.
+The arithmetic copies torchvision's `transforms.v2.functional` kernels (float32, truncation to uint8), so a
+sample matches torchvision's op on the same image to the last bit in almost every pixel.
 """
 
 from __future__ import annotations

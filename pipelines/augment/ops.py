@@ -32,12 +32,10 @@ def apply_ops(
 ) -> torch.Tensor:
     """uint8 N x C x H x W -> uint8, sample i transformed by op `op[i]` (int64, N) with `arg[i]` (N).
 
-    `arg` means what the comment in `policies` before the magnitude functions says. Ops fall into three
-    families, each run once over the batch and each the identity for samples whose op belongs to another:
-    lookup-table ops (brightness, contrast, posterize, solarize, autocontrast, equalize, invert: one gather),
-    blends that need neighbours (colour, sharpness), and geometric ops (shear, translate, rotate: one
-    `grid_sample`). `present` is the static set of op names a stage can draw; families with no op in it are
-    skipped, so a stage that only draws colour ops never resamples the image.
+    `arg` means what the comment in `policies` before the magnitude functions says. Three families (lookup
+    tables, blends: `colour`; geometric: one `grid_sample`) each run once over the batch, the identity for
+    samples of another family. `present` is the static set of op names a stage can draw; families with no
+    op in it are skipped, so a stage that only draws colour ops never resamples the image.
     """
     present = check_ops(present)
     if present & LUT_OPS:

@@ -1,15 +1,11 @@
 """Image decoding and normalising: any input -> correct RGB, longest side <= max resolution, encoded once.
 
-One call per sample produces what both writers need from a single decode:
-- for FFCV, the RGBImageField payload: JPEG at `jpeg_quality` (as FFCV's 'jpg' mode writes it: cv2, RGB->BGR),
-  or raw uint8 pixels for tiny images (FFCV's 'smart' mode idea: no decode cost, no JPEG loss);
-- for DALI, encoded bytes: the source file itself when nothing has to change (a JPEG, RGB, small enough, no
-  EXIF rotation, nothing after its end marker), a lossless PNG for tiny images (CIFAR: the dataset's exact
-  pixels, as FFCV's raw payload), otherwise the same JPEG that FFCV gets. Every DALI sample thus starts and
-  ends with the JPEG or PNG markers the loader checks (`image_bytes.image_problem`), so a sample that does not
-  is damage, never a quirk of its source.
-CMYK and grayscale JPEGs, PNG data behind a .JPEG name, palette/alpha images and EXIF orientation all end as
-upright RGB.
+One decode per sample gives both writers' payloads: for FFCV, JPEG at `jpeg_quality` (cv2, as FFCV's 'jpg'
+mode) or raw uint8 pixels for tiny images; for DALI, the source file itself when nothing has to change (an
+upright RGB JPEG, small enough, nothing after its end marker), a lossless PNG for tiny images, else the
+FFCV JPEG. Every DALI sample thus carries the markers the loader checks (`image_bytes.image_problem`), so
+one that does not is damage. CMYK and grayscale JPEGs, PNG data behind a .JPEG name, palette/alpha images
+and EXIF orientation all end as upright RGB.
 """
 
 from __future__ import annotations
