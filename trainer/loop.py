@@ -1,14 +1,10 @@
 """The training loop as plain functions: `fit` runs epochs of `train_one_epoch` and `evaluate`.
 
-`fit` receives parts that launch.py built (model, loss, steps, loaders) and owns only the run's time line:
-per epoch it sets the loss's and the loader's epoch, trains (learning rate written into the optimizer's
-device tensor every step, host reads only every `run.log_every` steps), evaluates every `run.eval_every`
-epochs and at the end, appends a line to metrics.jsonl, and checkpoints every `run.checkpoint_every` epochs
-and at the end. `fit(..., resume=True)` reloads the last checkpoint and goes on exactly where it stopped.
-A stop signal (trainer/stop.py) ends the run at the next log point with the epoch-start state checkpointed.
-
-Epochs are numbered from 1 in everything written (metrics, results, checkpoints) and from 0 in the calls
-the loss and the loaders receive (`set_epoch(epoch)`), as in the papers' code.
+`fit` receives the parts `build_parts` made and owns only the run's time line: per epoch it sets the loss's
+and the loader's epoch, trains (the host reads values only every `run.log_every` steps), evaluates, appends
+a line to metrics.jsonl and checkpoints, each on its own period and at the end. A stop signal
+(trainer/stop.py) ends the run at the next log point with the epoch-start state checkpointed. Epochs are
+numbered from 1 in everything written and from 0 in `set_epoch(epoch)`, as in the papers' code.
 """
 
 from __future__ import annotations
