@@ -1,9 +1,10 @@
 """tools/demo.py (`make demo`) end to end at smoke size: the real data, one epoch of a tiny model per loss.
 
 That the demo is deterministic is shown where it is cheaper: its data is a pure function of the seed
-(`tests/test_make_demo_data.py`), its loaders' batches, padded crop and flip included, are a function of (seed,
-epoch) to the bit on both backends (`tests/test_loaders_determinism.py`), and two runs of the demo recipe,
-one of them interrupted and resumed, end in the same place on both backends (`tests/test_resume.py`)."""
+(`tests/test_make_demo_data.py`), its loaders' batches, padded crop and flip included, are a function of
+(seed, epoch) to the bit on both backends (`tests/test_loaders_determinism.py`), and two runs of the demo
+recipe, one of them interrupted and resumed, end in the same place on both backends
+(`tests/test_resume.py`)."""
 
 from __future__ import annotations
 
