@@ -205,8 +205,8 @@ def test_a_pytest_run_killed_part_way_keeps_the_tests_that_finished(tmp_path):
     names = ("test_fast", "test_broken", "test_hangs", "test_never_reached")
     ids = [f"test_part.py::{name}" for name in names]
     start = time.monotonic()
-    result = run_pytest(ids, timeout=30, cwd=tmp_path)
-    assert time.monotonic() - start < 60
+    result = run_pytest(ids, timeout=12, cwd=tmp_path)  # pytest reaches test_hangs in about a second
+    assert time.monotonic() - start < 40
     assert result["timed_out"] and result["returncode"] is None
     assert result["outcomes"] == {"passed": [ids[0]], "failed": [ids[1]]}
     assert result["not_reported"] == ids[2:]

@@ -161,23 +161,24 @@ def test_a_run_folder_the_other_node_cannot_see_is_refused(demo_converted, tmp_p
     )
 
 
-@pytest.mark.parametrize("mode", ["eager", "compile"])
-def test_two_processes_dbm_bcl_with_sync_bn(demo_converted, tmp_path, mode):
-    """The large-scale DBM-BCL recipe's machinery on 2 processes: BalSCL over the global batch, SyncBN,
-    view-0 colour jitter, the last partial batch kept."""
+def test_two_processes_dbm_bcl_with_sync_bn(demo_converted, tmp_path):
+    """The large-scale DBM-BCL recipe's machinery on 2 processes, compiled: BalSCL over the global batch,
+    SyncBN, view-0 colour jitter, the last partial batch kept (a second shape). Eager and compiled steps give
+    one process's gradients in tests/test_losses_distributed.py; the eager launch on 2 processes is
+    test_two_processes_count_every_sample_once's."""
     argv = tiny_argv(
         demo_converted,
         tmp_path,
-        f"bcl_{mode}",
+        "bcl",
         "--loss.name=dbm_bcl",
         "--loss.scale=16",
         "--model.sync_bn=true",
-        f"--step.mode={mode}",
+        "--step.mode=compile",
         "--step.compile_backend=aot_eager",
         "--data.jitter=[0.4, 0.4, 0.4, 0.0]",
         "--data.drop_last=false",
         "--data.batch_size=20",
     )
     _two_processes(argv)
-    (record,) = rundir.read_metrics(tmp_path / f"bcl_{mode}")
+    (record,) = rundir.read_metrics(tmp_path / "bcl")
     assert record["steps"] == 15 and record["loss"] > 0 and record["top1"] is not None
