@@ -88,3 +88,15 @@ def test_a_zero_byte_checkpoint_says_why(tmp_path):
     empty.write_text("hello\n")
     with pytest.raises(CheckpointError, match=r"cannot read checkpoint: \w+Error: .+"):
         load_checkpoint(empty)
+
+
+def test_weights_for_an_arch_that_ignores_them_are_refused(tmp_path):
+    """Only the bodies that load weights take `model.pretrained`; elsewhere it would be silently ignored."""
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text('[model]\narch = "resnet32"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(recipe, ["--model.pretrained=/w/resnet32.pth"])
+    want = "override --model.pretrained=/w/resnet32.pth: model.pretrained: 'resnet32' is built from scratch"
+    assert str(err.value).startswith(want) and "'resnet152_places', 'timm:<name>'" in str(err.value)
+    for arch in ("resnet152_places", "timm:resnet18"):  # checked when built, not here
+        load_config(recipe, [f"--model.arch={arch}", "--model.pretrained=/w/weights.pth"])

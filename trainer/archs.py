@@ -24,6 +24,7 @@ class Arch:
     cifar_init: bool  # True: kaiming-normal on the heads' Linear weights too (the CIFAR code's `apply`)
     bcl_hidden: int  # BCL MLP width; 0 = the feature dimension (upstream BCL's large-scale heads)
     bcl_embed: int
+    reads_weights: bool = False  # False: `build` ignores model.pretrained, so setting it is an error
 
 
 ARCHS: dict[str, Arch] = {
@@ -37,12 +38,12 @@ ARCHS: dict[str, Arch] = {
     "resnet50": Arch(lambda pretrained: TorchvisionBody("resnet50"), False, 0, 1024),
     "resnext50_32x4d": Arch(lambda pretrained: TorchvisionBody("resnext50_32x4d"), False, 0, 1024),
     "resnext101_32x8d": Arch(lambda pretrained: TorchvisionBody("resnext101_32x8d"), False, 0, 1024),  # GML
-    "resnet152_places": Arch(PlacesResNet152, False, 0, 1024),
+    "resnet152_places": Arch(PlacesResNet152, False, 0, 1024, reads_weights=True),
 }
 
 
 def _timm_arch(name: str) -> Arch:
-    return Arch(lambda pretrained: timm_body.TimmBody(name, pretrained), False, 0, 1024)
+    return Arch(lambda pretrained: timm_body.TimmBody(name, pretrained), False, 0, 1024, reads_weights=True)
 
 
 # `family:rest` names: the family's check (a ValueError naming the key) and its Arch maker.
@@ -59,6 +60,18 @@ def check_arch(key: str, name: str) -> None:
     elif name not in ARCHS:
         valid = ", ".join(map(repr, [*ARCHS, *(f"{f}:<name>" for f in FAMILIES)]))
         raise ValueError(f"{key}: unknown value {name!r}; valid: {valid}")
+
+
+def check_pretrained(name: str, pretrained: str) -> None:
+    """A ValueError when `model.pretrained` names weights for an arch that would ignore them."""
+    if pretrained and not arch_for(name).reads_weights:
+        takes = ", ".join(
+            [*(repr(k) for k, a in ARCHS.items() if a.reads_weights), *(f"'{f}:<name>'" for f in FAMILIES)]
+        )
+        raise ValueError(
+            f"model.pretrained: {name!r} is built from scratch and reads no weights (only {takes} do); "
+            "leave model.pretrained empty"
+        )
 
 
 def arch_for(name: str) -> Arch:

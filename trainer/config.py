@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from losses.config import LossConfig
 from pipelines.config import DataConfig, check_choice, check_ranges
-from trainer.archs import check_arch
+from trainer.archs import check_arch, check_pretrained
 
 
 class ConfigError(ValueError):
@@ -109,6 +109,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check_arch("model.arch", self.arch)
+        check_pretrained(self.arch, self.pretrained)
         if self.teacher_arch:
             check_arch("model.teacher_arch", self.teacher_arch)
         check_ranges(
