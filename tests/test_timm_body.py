@@ -68,25 +68,16 @@ def test_pretrained_weights_from_a_local_file(tmp_path):
 TIMM_ARGS = (f"--model.arch={TINY}", "--loss.name=dbm_ce", "--loss.scale=16")
 
 
-@pytest.mark.parametrize(
-    "backend, mode, arch, compiler",
-    [
-        ("ffcv", "eager", TINY, "inductor"),
-        ("dali", "compile", TINY, "aot_eager"),
-        pytest.param("dali", "compile", "timm:test_convnext", "inductor", marks=pytest.mark.slow),
-    ],
-    ids=["ffcv-eager", "dali-compile", "dali-inductor"],
-)
-def test_a_timm_model_trains_one_epoch(demo_converted, tmp_path, backend, mode, arch, compiler):
-    """The real TrainStep, channels_last, the cosine head in fp32, eager and compiled. Inductor on the CPU
-    takes minutes, so the fast compiled run traces with aot_eager and the `slow` one compiles timm's test
-    ConvNeXt with Inductor: torch 2.14's CPU Inductor fails on timm's ResNets fed channels_last batches
-    (a KeyError in its loop body)."""
-    args = (*TIMM_ARGS, f"--step.mode={mode}", f"--model.arch={arch}", f"--step.compile_backend={compiler}")
+@pytest.mark.parametrize("backend, mode", [("ffcv", "eager"), ("dali", "compile")])
+def test_a_timm_model_trains_one_epoch(demo_converted, tmp_path, backend, mode):
+    """The real TrainStep, channels_last, the cosine head in fp32, eager and compiled. The compiled run traces
+    with aot_eager (Dynamo and AOTAutograd as on a GPU); CPU Inductor's code generation, which a GPU run does
+    not use, takes a minute per model and fails on timm's ResNets fed channels_last batches in torch 2.14."""
+    args = (*TIMM_ARGS, f"--step.mode={mode}", "--step.compile_backend=aot_eager")
     results = launch.main(tiny_argv(demo_converted, tmp_path, "timm", *args, backend=backend))
     assert results["epochs"] == 1 and results["final"]["top1"] is not None
     state = checkpoint.load_latest(tmp_path / "timm")
-    assert state["config"]["model"]["arch"] == arch and any(k.startswith("body.net.") for k in state["model"])
+    assert state["config"]["model"]["arch"] == TINY and any(k.startswith("body.net.") for k in state["model"])
 
 
 def test_resumed_timm_run_equals_an_uninterrupted_one(demo_converted, tmp_path, monkeypatch, one_thread):
