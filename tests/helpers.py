@@ -6,6 +6,7 @@ import json
 import math
 import os
 import queue
+import shlex
 import signal
 import socket
 import subprocess
@@ -132,6 +133,26 @@ def killed_run(argv: list[str], run_dir: Path, after_epoch: int = 1) -> None:
                 proc.kill()
                 proc.wait()
     assert not (run_dir / "results.json").exists(), "the run finished before it was killed"
+
+
+def slurm_dry_run(*argv: str, **env: str | None) -> list[tuple[str, list[str]]]:
+    """What tools/slurm/train.sbatch would run, under `DRY_RUN=1`: (node label, command as argv) per node.
+    `env` overrides the environment; a None value removes the variable."""
+    full = {**os.environ, "DRY_RUN": "1"}
+    for key, value in env.items():
+        if value is None:
+            full.pop(key, None)
+        else:
+            full[key] = value
+    out = subprocess.run(
+        ["bash", "tools/slurm/train.sbatch", *argv],
+        cwd=ROOT,
+        env=full,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    return [(label, shlex.split(cmd)) for label, cmd in (line.split(": ", 1) for line in out)]
 
 
 def free_port() -> int:

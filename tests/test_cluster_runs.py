@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import signal
 import socket
 import subprocess
@@ -17,7 +16,7 @@ import pytest
 import torch
 
 import launch
-from tests.helpers import assert_same_run, free_port, launch_failure, tiny_argv
+from tests.helpers import assert_same_run, free_port, launch_failure, slurm_dry_run, tiny_argv
 from tests.test_resume import EXTRA
 from trainer import checkpoint, rundir, stop
 from trainer.config import to_dict
@@ -179,22 +178,17 @@ def test_a_read_only_out_dir_is_one_error(tmp_path):
 
 
 # ---- SLURM -------------------------------------------------------------------------------------------------
-def _dry_run(tmp_path: Path, *argv: str, restart: str | None) -> list[str]:
-    env = {**os.environ, "DRY_RUN": "1", "SLURM_NNODES": "1", "GPUS_PER_NODE": "2", "MASTER_ADDR": "h"}
-    env.update(PYTHON=sys.executable)
-    env.pop("SLURM_RESTART_COUNT", None)
-    if restart is not None:
-        env["SLURM_RESTART_COUNT"] = restart
-    out = subprocess.run(
-        ["bash", "tools/slurm/train.sbatch", *argv],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    node = next(line for line in out if line.startswith("node 0: "))
-    cmd = shlex.split(node.split(": ", 1)[1])
+def _dry_run(*argv: str, restart: str | None) -> list[str]:
+    """The argv node 0 hands launch.py (SLURM_RESTART_COUNT set to `restart`, or unset for None)."""
+    nodes = slurm_dry_run(
+        *argv,
+        SLURM_NNODES="1",
+        GPUS_PER_NODE="2",
+        MASTER_ADDR="h",
+        PYTHON=sys.executable,
+        SLURM_RESTART_COUNT=restart,
+    )
+    cmd = dict(nodes)["node 0"]
     return cmd[cmd.index("launch.py") + 1 :]
 
 
@@ -206,7 +200,7 @@ def test_the_slurm_script_asks_for_a_signal_requeues_and_resumes(tmp_path):
     ckpt = checkpoint.checkpoint_path(tmp_path / "r", 3)
     ckpt.parent.mkdir(parents=True)
     ckpt.write_bytes(b"")
-    assert _dry_run(tmp_path, *argv, restart=None) == argv  # a first submission never resumes by itself
-    assert _dry_run(tmp_path, *argv, restart="2") == ["--resume", str(tmp_path / "r"), *argv[2:]]
+    assert _dry_run(*argv, restart=None) == argv  # a first submission never resumes by itself
+    assert _dry_run(*argv, restart="2") == ["--resume", str(tmp_path / "r"), *argv[2:]]
     (tmp_path / "r" / rundir.RESULTS_FILE).write_text("{}")
-    assert _dry_run(tmp_path, *argv, restart="2") == argv  # finished: a fresh start, which launch.py refuses
+    assert _dry_run(*argv, restart="2") == argv  # finished: a fresh start, which launch.py refuses

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import launch
-from tests.helpers import ROOT, tiny_argv
+from tests.helpers import slurm_dry_run, tiny_argv
 from trainer import checkpoint, rundir
 from trainer.config import ConfigError
 from trainer.recipe import launcher_precision, load_config
@@ -123,36 +123,23 @@ def test_accelerates_mixed_precision_flag_maps_to_the_step(monkeypatch):
 
 def test_the_slurm_script_resolves_one_accelerate_launch_per_node(tmp_path):
     """`DRY_RUN=1` prints each node's command; each parses with accelerate's own launch parser."""
-    import os
-    import shlex
     import subprocess
 
     from accelerate.commands.launch import launch_command_parser
 
-    env = {**os.environ, "DRY_RUN": "1", "SLURM_NNODES": "2", "GPUS_PER_NODE": "8", "MASTER_ADDR": "10.1.2.3"}
-    out = subprocess.run(
-        ["bash", "tools/slurm/train.sbatch", "--config", "configs/demo.toml", "--data.dir=/shared/d"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.splitlines()
-    assert [line.split(":", 1)[0] for line in out] == ["node 0", "node 1"]
-    for rank, line in enumerate(out):
-        argv = shlex.split(line.split(":", 1)[1])
+    env = {"SLURM_NNODES": "2", "GPUS_PER_NODE": "8", "MASTER_ADDR": "10.1.2.3"}
+    nodes = slurm_dry_run("--config", "configs/demo.toml", "--data.dir=/shared/d", **env)
+    assert [label for label, _ in nodes] == ["node 0", "node 1"]
+    for rank, (_, argv) in enumerate(nodes):
         assert argv[:3] == [".venv/bin/python", "-m", "accelerate.commands.launch"]
         args = launch_command_parser().parse_args(argv[3:])
         assert (args.num_machines, args.num_processes, args.machine_rank) == (2, 16, rank)
         assert (args.main_process_ip, args.main_process_port, args.multi_gpu) == ("10.1.2.3", 29500, True)
         assert args.training_script == "launch.py"
         assert args.training_script_args == ["--config", "configs/demo.toml", "--data.dir=/shared/d"]
-    env.pop("MASTER_ADDR")
-    env.pop("SLURM_JOB_NODELIST", None)
-    failed = subprocess.run(
-        ["bash", "tools/slurm/train.sbatch"], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    assert failed.returncode != 0 and "not inside a SLURM job: set MASTER_ADDR" in failed.stderr
+    with pytest.raises(subprocess.CalledProcessError) as failed:  # a non-zero exit
+        slurm_dry_run(**{**env, "MASTER_ADDR": None, "SLURM_JOB_NODELIST": None})
+    assert "not inside a SLURM job: set MASTER_ADDR" in failed.value.stderr
 
 
 def test_a_dbm_loss_describes_its_margins_and_warns_when_the_normalisers_differ():
